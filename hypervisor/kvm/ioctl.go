@@ -1,0 +1,83 @@
+//go:build linux && amd64
+
+package kvm
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// APIVersion is the only KVM_GET_API_VERSION value the kernel has returned
+// since Linux 2.6.22; anything else means an ABI these bindings don't speak.
+const APIVersion = 12
+
+// The ioctl request encoding of asm-generic/ioctl.h, which x86 uses:
+// dir<<30 | size<<16 | type<<8 | nr.
+const (
+	iocNone  = 0
+	iocWrite = 1
+	iocRead  = 2
+
+	iocNRShift   = 0
+	iocTypeShift = 8
+	iocSizeShift = 16
+	iocDirShift  = 30
+
+	kvmio = 0xAE
+)
+
+// The request numbers are written as constant expressions of the macro so
+// that a struct whose layout drifts also changes its request number, which
+// the tests compare against the values the kernel headers produce.
+const (
+	kvmGetAPIVersion       = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x00
+	kvmCreateVM            = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x01
+	kvmCheckExtension      = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x03
+	kvmGetVCPUMmapSize     = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x04
+	kvmGetSupportedCPUID   = (iocRead|iocWrite)<<iocDirShift | uintptr(unsafe.Sizeof(cpuid2Header{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x05
+	kvmCreateVCPU          = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x41
+	kvmGetDirtyLog         = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(dirtyLog{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x42
+	kvmSetUserMemoryRegion = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(userspaceMemoryRegion{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x46
+	kvmSetTSSAddr          = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x47
+	kvmSetIdentityMapAddr  = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(uint64(0)))<<iocSizeShift | kvmio<<iocTypeShift | 0x48
+	kvmRun                 = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x80
+	kvmGetRegs             = iocRead<<iocDirShift | uintptr(unsafe.Sizeof(Regs{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x81
+	kvmSetRegs             = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(Regs{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x82
+	kvmGetSregs            = iocRead<<iocDirShift | uintptr(unsafe.Sizeof(Sregs{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x83
+	kvmSetSregs            = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(Sregs{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x84
+	kvmInterrupt           = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(interrupt{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x86
+	kvmGetMSRs             = (iocRead|iocWrite)<<iocDirShift | uintptr(unsafe.Sizeof(msrsHeader{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x88
+	kvmSetMSRs             = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(msrsHeader{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x89
+	kvmGetFPU              = iocRead<<iocDirShift | uintptr(unsafe.Sizeof(FPU{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x8c
+	kvmSetFPU              = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(FPU{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x8d
+	kvmSetCPUID2           = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(cpuid2Header{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x90
+	kvmSetGuestDebug       = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(guestDebug{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x9b
+	kvmGetVCPUEvents       = iocRead<<iocDirShift | uintptr(unsafe.Sizeof(VCPUEvents{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x9f
+	kvmSetVCPUEvents       = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(VCPUEvents{}))<<iocSizeShift | kvmio<<iocTypeShift | 0xa0
+)
+
+// ioctl issues a request whose argument is a plain integer.
+//
+// It uses unix.Syscall rather than RawSyscall so a long KVM_RUN releases its P
+// to the scheduler, and it returns EINTR as is: retrying is the caller's
+// decision, and for KVM_RUN the answer is always no.
+func ioctl(fd int, req uintptr, arg uintptr) (int, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+	if errno != 0 {
+		return int(r), errno
+	}
+	return int(r), nil
+}
+
+// ioctlPtr issues a request whose argument points at memory the kernel reads
+// or writes. The pointer-to-uintptr conversion sits in the Syscall call
+// expression itself so the compiler keeps the object alive and in place for
+// the duration of the call.
+func ioctlPtr(fd int, req uintptr, arg unsafe.Pointer) (int, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+	if errno != 0 {
+		return int(r), errno
+	}
+	return int(r), nil
+}
