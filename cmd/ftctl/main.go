@@ -9,9 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/ftvm/ftvm/testbench/kvmhost"
 )
 
 func main() {
+	// Inside a nested test host, ftctl itself serves as the host's agent.
+	if kvmhost.IsAgent() {
+		os.Exit(kvmhost.AgentMain())
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newRootCommand().ExecuteContext(ctx); err != nil {

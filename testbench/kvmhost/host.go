@@ -497,6 +497,18 @@ func writeHostInitrd(ctx context.Context, path string, cfg Config, kernel hostKe
 		if err != nil {
 			return err
 		}
+		// A command is often a symlink (/usr/bin/sh -> dash): follow it at the
+		// top; the file is copied in under the name it was given.
+		info, err := os.Stat(abs)
+		if err != nil {
+			return fmt.Errorf("file for nested host: %w", err)
+		}
+		if info.Mode().IsRegular() {
+			if err := addWithLibs(abs); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := filepath.Walk(abs, func(p string, info os.FileInfo, err error) error {
 			if err != nil {
 				return fmt.Errorf("file for nested host: %w", err)
