@@ -117,8 +117,19 @@ type Exit struct {
 	HardwareExitReason uint64
 }
 
+// kvm_run.io.direction values (KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT).
+const (
+	ioDirIn  = 0
+	ioDirOut = 1
+)
+
 // IOExit is a port I/O access the guest made (IN/OUT, or INS/OUTS with
 // Count > 1).
+//
+// At this exit the guest's RIP still points at the I/O instruction on
+// current kernels (older ones, and port 0x7e today, advance it first): KVM
+// finishes the instruction and moves RIP past it on the next Run. Code that
+// records RIP at exits must read it the same way on primary and backup.
 type IOExit struct {
 	Port  uint16
 	Size  uint8 // bytes per access: 1, 2 or 4
@@ -202,7 +213,7 @@ func decodeExit(run []byte) Exit {
 	switch e.Kind {
 	case ExitIO:
 		io := (*runIO)(u)
-		e.IO = IOExit{Port: io.Port, Size: io.Size, In: io.Direction == 1, Count: io.Count}
+		e.IO = IOExit{Port: io.Port, Size: io.Size, In: io.Direction == ioDirIn, Count: io.Count}
 		n := uint64(io.Size) * uint64(io.Count)
 		if off := io.DataOffset; off <= uint64(len(run)) && n <= uint64(len(run))-off {
 			e.IO.Data = run[off : off+n : off+n]

@@ -10,4 +10,4 @@ func DecodeExit(run []byte) Exit { return decodeExit(run) }
 
 // NewVCPUOnRunPage returns a VCPU with no kernel object behind it whose
 // kvm_run is run, for exercising the run-page accessors and the Kicker.
-func NewVCPUOnRunPage(run []byte) *VCPU { return &VCPU{fd: -1, run: run} }
+func NewVCPUOnRunPage(run []byte) *VCPU { return newVCPU(-1, 0, run) }

@@ -35,7 +35,11 @@ func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("vcpu %d: mmap kvm_run (%d bytes): %w", id, vm.mmapSize, err)
 	}
-	return &VCPU{fd: fd, id: id, run: run, hdr: (*runHeader)(unsafe.Pointer(&run[0]))}, nil
+	return newVCPU(fd, id, run), nil
+}
+
+func newVCPU(fd, id int, run []byte) *VCPU {
+	return &VCPU{fd: fd, id: id, run: run, hdr: (*runHeader)(unsafe.Pointer(&run[0]))}
 }
 
 // ID is the id the vCPU was created with.
