@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime/debug"
+	"sort"
+	"time"
+)
+
+// Workload is one program the guest can run, selected by ftvm.workload.
+// It runs in a child process of /init; returning nil means exit status 0.
+type Workload func(ctx context.Context, cfg Config, out io.Writer) error
+
+// registry lists the workloads built into /init. It is a function, not a
+// package variable, so nothing can mutate it at run time.
+func registry() map[string]Workload {
+	return map[string]Workload{
+		"none":  func(context.Context, Config, io.Writer) error { return nil },
+		"sleep": sleepWorkload,
+		// crash panics on purpose: it proves that a failing workload still
+		// ends with an exit line and a power-off, not a kernel panic.
+		"crash": func(context.Context, Config, io.Writer) error { panic("ftvm.workload=crash asked for a panic") },
+	}
+}
+
+func workloadNames(m map[string]Workload) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// sleepWorkload exercises the guest clock: it sleeps in one-second steps
+// for cfg.Seconds and prints how much time the guest saw pass, which under
+// replay must be the same on primary and backup.
+func sleepWorkload(ctx context.Context, cfg Config, out io.Writer) error {
+	start := time.Now()
+	for i := 1; i <= cfg.Seconds; i++ {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		fmt.Fprintf(out, "ftvm-guest sleep step=%d/%d elapsed=%s\n", i, cfg.Seconds, time.Since(start).Round(time.Millisecond))
+	}
+	if elapsed := time.Since(start); elapsed < time.Duration(cfg.Seconds)*time.Second {
+		return errors.New("guest clock ran backwards or sleep returned early")
+	}
+	return nil
+}
+
+// runWorkload runs the workload and turns its outcome, including a panic,
+// into an exit status.
+func runWorkload(ctx context.Context, cfg Config, w Workload, out io.Writer) (status int) {
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(out, "ftvm-guest workload %s panicked: %v\n%s", cfg.Workload, r, debug.Stack())
+			status = 3
+		}
+	}()
+	if err := w(ctx, cfg, out); err != nil {
+		fmt.Fprintf(out, "ftvm-guest workload %s failed: %v\n", cfg.Workload, err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,147 @@
+package kernel
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFragmentParses(t *testing.T) {
+	opts, err := ParseConfig(Fragment())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"64BIT": "y", "MODULES": "n", "VIRTIO_MMIO_CMDLINE_DEVICES": "y", "X86_PM_TIMER": "y", "PVH": "y", "RD_GZIP": "y", "EXT4_FS": "y"}
+	got := map[string]string{}
+	for _, o := range opts {
+		got[o.Name] = o.Value
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("CONFIG_%s: fragment has %q, want %q", k, got[k], v)
+		}
+	}
+	// Every assignment must be explained by a comment right above it (or
+	// be part of a commented group).
+	lines := strings.Split(string(Fragment()), "\n")
+	for _, o := range opts {
+		prev := strings.TrimSpace(lines[o.Line-2])
+		if !strings.HasPrefix(prev, "#") && !strings.HasPrefix(prev, "CONFIG_") {
+			t.Errorf("CONFIG_%s (line %d) has no comment above it", o.Name, o.Line)
+		}
+	}
+}
+
+func TestParseConfigRejects(t *testing.T) {
+	for in, want := range map[string]string{
+		"CONFIG_A=y\nCONFIG_A=n\n": "already set on line 1",
+		"CONFIG_A y\n":             "neither",
+	} {
+		if _, err := ParseConfig([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseConfig(%q) = %v, want error containing %q", in, err, want)
+		}
+	}
+}
+
+func TestVerify(t *testing.T) {
+	frag := []byte("# why\nCONFIG_A=y\n# why\n# CONFIG_B is not set\n# why\n# CONFIG_C is not set\nCONFIG_D=\"x\"\n")
+	good := []byte("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_D=\"x\"\nCONFIG_E=y\n")
+	if err := Verify(frag, good); err != nil {
+		t.Fatal(err)
+	}
+	bad := []byte("CONFIG_B=y\nCONFIG_D=\"y\"\n")
+	err := Verify(frag, bad)
+	if err == nil {
+		t.Fatal("Verify accepted a config lacking CONFIG_A")
+	}
+	for _, want := range []string{"CONFIG_A=y requested (fragment line 2) but .config has absent (n)", "CONFIG_B=n requested", "CONFIG_D=\"x\""} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not contain %q", err, want)
+		}
+	}
+}
+
+func TestStepCounter(t *testing.T) {
+	var log bytes.Buffer
+	c := newStepCounter(&log)
+	in := "make[1]: Entering directory\n  CC      kernel/fork.o\n  LD      vmlinux.o\nwarning: x\n  AR      lib/lib.a\n"
+	for i := 0; i < len(in); i += 7 { // split writes at arbitrary points
+		c.Write([]byte(in[i:min(i+7, len(in))]))
+	}
+	if n, last := c.snapshot(); n != 3 || last != "AR lib/lib.a" {
+		t.Fatalf("steps %d last %q", n, last)
+	}
+	if log.String() != in {
+		t.Fatal("log is not a copy of make's output")
+	}
+}
+
+func TestConfigHash(t *testing.T) {
+	a := ConfigHash([]byte("CONFIG_A=y\n"), "6.1.1-1")
+	if a == ConfigHash([]byte("CONFIG_A=y\n"), "6.1.1-2") || a == ConfigHash([]byte("CONFIG_A=n\n"), "6.1.1-1") {
+		t.Fatal("hash ignores an input")
+	}
+	if len(a) != 64 {
+		t.Fatalf("hash %q", a)
+	}
+}
+
+// TestBuild builds the real kernel (about 8 minutes the first time on 2
+// cores, instant from the cache) and checks what came out.
+func TestBuild(t *testing.T) {
+	ctx := context.Background()
+	t.Log("building the guest kernel; the first build takes about 8 minutes, later ones use the cache")
+	start := time.Now()
+	res, err := Build(ctx, Options{Progress: os.Stderr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel %s (cached=%v) in %s: %s", res.ConfigHash[:12], res.Cached, time.Since(start).Round(time.Millisecond), res.Dir)
+	f, err := elf.Open(res.Vmlinux)
+	if err != nil {
+		t.Fatalf("vmlinux is not ELF: %v", err)
+	}
+	defer f.Close()
+	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
+		t.Fatalf("vmlinux is %v %v", f.Class, f.Machine)
+	}
+	// PVH entry: the kernel advertises XEN_ELFNOTE_PHYS32_ENTRY (18) in a "Xen" note.
+	found := false
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_NOTE {
+			continue
+		}
+		data := make([]byte, p.Filesz)
+		if _, err := p.ReadAt(data, 0); err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(data, []byte("Xen\x00")) {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("vmlinux has no Xen ELF note: no PVH entry point")
+	}
+	bz, err := os.ReadFile(res.BzImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bz) < 0x206 || string(bz[0x202:0x206]) != "HdrS" {
+		t.Fatal("bzImage lacks the HdrS boot protocol signature")
+	}
+	cfg, err := os.ReadFile(res.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Verify(Fragment(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Build(ctx, Options{})
+	if err != nil || !again.Cached || again.Dir != res.Dir {
+		t.Fatalf("second build not served from the cache: %+v %v", again, err)
+	}
+}
