@@ -124,6 +124,14 @@ func (a *agent) run(ctx context.Context, m execMsg) {
 		exit.Code, exit.Err = -1, "empty command"
 		return
 	}
+	if m.Dir != "" {
+		// Callers pass the directory they have on their side (a test's
+		// package directory); only what was copied in exists here.
+		if err := os.MkdirAll(m.Dir, 0o755); err != nil {
+			exit.Code, exit.Err = -1, fmt.Sprintf("create working directory: %v", err)
+			return
+		}
+	}
 	cmd := exec.CommandContext(ctx, m.Argv[0], m.Argv[1:]...)
 	cmd.Env = append(append(os.Environ(), roleEnv+"="+roleInside), m.Env...)
 	cmd.Dir = m.Dir
