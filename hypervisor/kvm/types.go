@@ -56,6 +56,8 @@ type Sregs struct {
 }
 
 // FPU is struct kvm_fpu: the legacy x87/SSE state (the FXSAVE subset).
+// KVM_GET_FPU/KVM_SET_FPU leave MXCSR out (it reads back as 0 on the 6.1
+// kernels we test on), so a complete snapshot needs KVM_GET_XSAVE as well.
 type FPU struct {
 	FPR        [8][16]uint8
 	FCW        uint16
