@@ -161,6 +161,13 @@ func build(ctx context.Context, frag []byte, opts Options) (Result, error) {
 		return res, nil
 	}
 	res.Cached = false
+	// Staging directories of builds that were killed; only lock holders create them.
+	if stale, _ := filepath.Glob(filepath.Join(root, "*.tmp")); len(stale) > 0 {
+		for _, d := range stale {
+			opts.Logger.Debug("remove stale kernel staging directory", "dir", d)
+			os.RemoveAll(d)
+		}
+	}
 	src, err := unpackSource(ctx, root, version, opts)
 	if err != nil {
 		return Result{}, fmt.Errorf("build kernel %s: %w", hash[:12], err)

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -143,5 +146,19 @@ func TestBuild(t *testing.T) {
 	again, err := Build(ctx, Options{})
 	if err != nil || !again.Cached || again.Dir != res.Dir {
 		t.Fatalf("second build not served from the cache: %+v %v", again, err)
+	}
+}
+
+func TestWithLogTail(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "build.log")
+	var b strings.Builder
+	for i := 1; i <= 100; i++ {
+		fmt.Fprintf(&b, "line %d\n", i)
+	}
+	os.WriteFile(p, []byte(b.String()), 0o644)
+	err := withLogTail(errors.New("make vmlinux: exit status 2"), p)
+	s := err.Error()
+	if !strings.Contains(s, "line 61\nline 62") || strings.Contains(s, "line 60\n") || !strings.HasSuffix(s, "line 100") || !strings.Contains(s, p) {
+		t.Fatalf("log tail wrong:\n%s", s)
 	}
 }
