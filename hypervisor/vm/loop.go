@@ -1,0 +1,383 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ftvm/ftvm/hypervisor/devices"
+	"github.com/ftvm/ftvm/hypervisor/kvm"
+)
+
+// interruptController is the guest's interrupt controller as the exit loop
+// sees it (the 8259 pair): whether it asserts INTR, and the INTA cycle.
+type interruptController interface {
+	devices.IRQSink
+	Pending() bool
+	Acknowledge() (vector uint8, ok bool)
+}
+
+// portBus routes port I/O to devices.
+type portBus interface {
+	Read(port uint16, data []byte)
+	Write(port uint16, data []byte)
+}
+
+// consoleReceiver takes bytes typed at the console (the UART).
+type consoleReceiver interface {
+	Receive(b []byte) int
+}
+
+// StopReason says why a VM stopped running without an error.
+type StopReason int
+
+const (
+	// StoppedPowerOff: the guest powered the machine off.
+	StoppedPowerOff StopReason = iota + 1
+	// StoppedReset: the guest reset the machine (a reboot, or a panic with
+	// panic=N). ftvm does not reboot guests in place.
+	StoppedReset
+	// StoppedCancelled: the caller's context ended (Ctrl-C).
+	StoppedCancelled
+)
+
+func (r StopReason) String() string {
+	switch r {
+	case StoppedPowerOff:
+		return "powered off"
+	case StoppedReset:
+		return "reset"
+	case StoppedCancelled:
+		return "stopped"
+	}
+	return fmt.Sprintf("StopReason(%d)", int(r))
+}
+
+// maxExitKinds bounds the per-kind exit counters; KVM's exit reasons are
+// small numbers, and anything beyond lands in the last slot.
+const maxExitKinds = 64
+
+// Stats counts what the exit loop did. Read it only after Run returned.
+type Stats struct {
+	Exits      [maxExitKinds]uint64 // by kvm.ExitKind
+	Injected   uint64               // interrupts injected with KVM_INTERRUPT
+	Windows    uint64               // interrupt windows requested
+	Kicks      uint64               // liveness kicks of a guest that did not exit
+	HaltedTime time.Duration        // time spent waiting in HLT
+}
+
+// Total is the number of exits of all kinds.
+func (s *Stats) Total() uint64 {
+	var n uint64
+	for _, c := range s.Exits {
+		n += c
+	}
+	return n
+}
+
+// ByKind lists the non-zero exit counters.
+func (s *Stats) ByKind() map[string]uint64 {
+	m := map[string]uint64{}
+	for k, c := range s.Exits {
+		if c != 0 {
+			m[kvm.ExitKind(k).String()] = c
+		}
+	}
+	return m
+}
+
+// loop is the vCPU exit loop: it runs the vCPU, hands each exit to the
+// devices, and injects interrupts only at exits (DESIGN.md rule 2).
+type loop struct {
+	vcpu    *kvm.VCPU
+	bus     portBus
+	pic     interruptController
+	timers  []devices.Timer
+	clock   devices.Clock
+	console consoleReceiver
+	input   *inputQueue
+
+	// Set by devices during an exit, on the vCPU goroutine.
+	powerOff, reset bool
+
+	stats     Stats
+	haltTimer *time.Timer
+
+	// Shared with the liveness watchdog, which must never block KVM_RUN:
+	// plain atomics, no locks.
+	inRunSince   atomic.Int64 // guest ns when KVM_RUN was entered, 0 outside
+	nextDeadline atomic.Int64 // earliest timer deadline in guest ns, -1 none
+	kicks        atomic.Uint64
+
+	// mmioReported avoids logging every access to unbacked memory.
+	mmioReported bool
+	onMMIO       func(addr uint64, write bool)
+}
+
+// RequestPowerOff implements devices.PowerControl.
+func (l *loop) RequestPowerOff() { l.powerOff = true }
+
+// RequestReset implements devices.PowerControl.
+func (l *loop) RequestReset() { l.reset = true }
+
+// livenessBound is how long the guest may run without an exit while a timer
+// is overdue before the watchdog kicks it. Linux exits constantly (PIO, HLT),
+// so this only catches guests spinning with interrupts deliverable.
+const livenessBound = 5 * time.Millisecond
+
+// run drives the vCPU until the guest stops or ctx ends.
+func (l *loop) run(ctx context.Context) (StopReason, error) {
+	// KVM ties a vCPU to its thread, and the kicker signals that thread.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	kicker, err := l.vcpu.NewKicker()
+	if err != nil {
+		return 0, fmt.Errorf("vCPU kicker: %w", err)
+	}
+	stopKick := context.AfterFunc(ctx, func() { _ = kicker.Kick() })
+	defer stopKick()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l.watchdog(watchCtx, kicker)
+	}()
+	defer func() {
+		stopWatch()
+		wg.Wait()
+		l.stats.Kicks = l.kicks.Load()
+	}()
+	l.haltTimer = time.NewTimer(time.Hour)
+	l.haltTimer.Stop()
+	l.nextDeadline.Store(-1)
+
+	for {
+		switch {
+		case l.powerOff:
+			return StoppedPowerOff, nil
+		case l.reset:
+			return StoppedReset, nil
+		case ctx.Err() != nil:
+			return StoppedCancelled, nil
+		}
+		if err := l.deliverInterrupt(); err != nil {
+			return 0, err
+		}
+		l.inRunSince.Store(int64(max(l.clock.Now(), 1)))
+		exit, err := l.vcpu.Run()
+		l.inRunSince.Store(0)
+		if err != nil {
+			return 0, fmt.Errorf("KVM_RUN: %w", err)
+		}
+		l.stats.Exits[min(int(exit.Kind), maxExitKinds-1)]++
+
+		switch exit.Kind {
+		case kvm.ExitIO:
+			l.portIO(&exit.IO)
+		case kvm.ExitMMIO:
+			l.unbackedMMIO(&exit.MMIO)
+		case kvm.ExitHLT:
+			l.halt(ctx)
+		case kvm.ExitIRQWindowOpen:
+			// The injection happens at the top of the loop.
+		case kvm.ExitInterrupted:
+			// A kick (Ctrl-C or the watchdog). Clear immediate_exit before
+			// looking at why, so a kick arriving meanwhile is not lost.
+			l.vcpu.SetImmediateExit(false)
+		case kvm.ExitDebug:
+		case kvm.ExitShutdown:
+			return 0, errors.New("the guest triple-faulted (KVM_EXIT_SHUTDOWN)")
+		case kvm.ExitSystemEvent:
+			switch exit.SystemEvent.Type {
+			case kvm.SystemEventShutdown:
+				return StoppedPowerOff, nil
+			case kvm.SystemEventReset:
+				return StoppedReset, nil
+			default:
+				return 0, fmt.Errorf("guest system event %d", exit.SystemEvent.Type)
+			}
+		case kvm.ExitInternalError:
+			return 0, fmt.Errorf("KVM internal error, suberror %d (1 = instruction emulation failed), data %#x",
+				exit.Internal.Suberror, exit.Internal.Data)
+		case kvm.ExitFailEntry:
+			return 0, fmt.Errorf("KVM could not enter the guest: hardware entry failure reason %#x", exit.FailEntry.HardwareEntryFailureReason)
+		default:
+			return 0, fmt.Errorf("unhandled VM exit %v (hardware reason %#x)", exit.Kind, exit.HardwareExitReason)
+		}
+		l.expireTimers()
+		l.feedConsole()
+	}
+}
+
+func (l *loop) portIO(io *kvm.IOExit) {
+	size := int(io.Size)
+	for i := 0; i < int(io.Count); i++ {
+		data := io.Data[i*size : (i+1)*size]
+		if io.In {
+			l.bus.Read(io.Port, data)
+		} else {
+			l.bus.Write(io.Port, data)
+		}
+	}
+}
+
+// unbackedMMIO answers accesses to physical addresses without memory or a
+// device like an empty bus: reads return all ones, writes vanish.
+func (l *loop) unbackedMMIO(m *kvm.MMIOExit) {
+	if !m.IsWrite {
+		for i := range m.Data {
+			m.Data[i] = 0xff
+		}
+	}
+	if l.onMMIO != nil {
+		l.onMMIO(m.Addr, m.IsWrite)
+	}
+}
+
+// deliverInterrupt injects the interrupt the PIC asserts if the vCPU can
+// take it now, and otherwise asks KVM to exit as soon as it can.
+func (l *loop) deliverInterrupt() error {
+	if !l.pic.Pending() {
+		l.vcpu.SetRequestInterruptWindow(false)
+		return nil
+	}
+	if !l.vcpu.ReadyForInterruptInjection() {
+		l.vcpu.SetRequestInterruptWindow(true)
+		l.stats.Windows++
+		return nil
+	}
+	l.vcpu.SetRequestInterruptWindow(false)
+	vector, ok := l.pic.Acknowledge()
+	if !ok {
+		return nil
+	}
+	if err := l.vcpu.Interrupt(vector); err != nil {
+		return fmt.Errorf("inject interrupt vector %#x: %w", vector, err)
+	}
+	l.stats.Injected++
+	return nil
+}
+
+// halt waits, outside the guest, until the guest has something to do: an
+// interrupt the PIC asserts (from an expired timer or console input), a
+// power request, or the end of ctx.
+func (l *loop) halt(ctx context.Context) {
+	start := time.Now()
+	defer func() { l.stats.HaltedTime += time.Since(start) }()
+	for {
+		l.expireTimers()
+		l.feedConsole()
+		if l.pic.Pending() || l.powerOff || l.reset || ctx.Err() != nil {
+			return
+		}
+		var timeout <-chan time.Time
+		if d := l.nextDeadline.Load(); d >= 0 {
+			wait := time.Duration(d) - l.clock.Now()
+			if wait <= 0 {
+				continue
+			}
+			l.haltTimer.Reset(wait)
+			timeout = l.haltTimer.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-l.input.ready():
+		case <-timeout:
+		}
+		l.haltTimer.Stop()
+	}
+}
+
+// expireTimers runs the timed behaviour of every device whose deadline has
+// passed, and publishes the next deadline to the watchdog.
+func (l *loop) expireTimers() {
+	if len(l.timers) == 0 {
+		return
+	}
+	now := l.clock.Now()
+	next := time.Duration(-1)
+	for _, t := range l.timers {
+		d, ok := t.NextDeadline()
+		if ok && d <= now {
+			t.Expire(now)
+			d, ok = t.NextDeadline()
+		}
+		if ok && (next < 0 || d < next) {
+			next = d
+		}
+	}
+	l.nextDeadline.Store(int64(next))
+}
+
+func (l *loop) feedConsole() {
+	if l.input == nil || l.console == nil {
+		return
+	}
+	l.input.drainInto(l.console)
+}
+
+// watchdog kicks a guest that runs without exiting while a timer is
+// overdue (DESIGN.md rule 5). Such a kick is not a point the backup can
+// reproduce; it is counted so replication can resynchronise after it.
+func (l *loop) watchdog(ctx context.Context, kicker *kvm.Kicker) {
+	tick := time.NewTicker(livenessBound)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		since, deadline := l.inRunSince.Load(), l.nextDeadline.Load()
+		if since == 0 || deadline < 0 {
+			continue
+		}
+		now := int64(l.clock.Now())
+		if now-deadline > int64(livenessBound) && now-since > int64(livenessBound) {
+			l.kicks.Add(1)
+			_ = kicker.Kick()
+		}
+	}
+}
+
+// inputQueue carries console input from the reading goroutine to the exit
+// loop, which hands it to the UART at an exit.
+type inputQueue struct {
+	mu     sync.Mutex
+	buf    []byte
+	signal chan struct{}
+}
+
+func newInputQueue() *inputQueue { return &inputQueue{signal: make(chan struct{}, 1)} }
+
+func (q *inputQueue) push(b []byte) {
+	q.mu.Lock()
+	q.buf = append(q.buf, b...)
+	q.mu.Unlock()
+	select {
+	case q.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (q *inputQueue) ready() <-chan struct{} {
+	if q == nil {
+		return nil
+	}
+	return q.signal
+}
+
+func (q *inputQueue) drainInto(r consoleReceiver) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.buf) == 0 {
+		return
+	}
+	n := r.Receive(q.buf)
+	q.buf = q.buf[:copy(q.buf, q.buf[n:])]
+}
