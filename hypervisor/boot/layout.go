@@ -9,10 +9,10 @@ const (
 	// real-mode IVT and BIOS data area (0x0-0x4FF), which stay zero so
 	// that Linux's BDA reads (EBDA pointer at 0x40E) find nothing.
 	GDTAddr uint64 = 0x500
-	// IDTAddr holds an empty 8-byte IDT: the kernel runs with interrupts
+	// IDTAddr holds an empty 8-byte IDT, after the 40-byte GDT: the kernel runs with interrupts
 	// off until it loads its own, and any exception before that should
 	// triple-fault (a loud, visible failure) rather than vector somewhere.
-	IDTAddr uint64 = 0x520
+	IDTAddr uint64 = 0x540
 
 	// PVHStartInfoAddr holds struct hvm_start_info, then (at fixed offsets)
 	// the module list and the memory map it points to. EBX points here at
