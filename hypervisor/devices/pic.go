@@ -41,6 +41,12 @@ type pic struct {
 	isr     uint8
 	edgeIRR uint8 // requests latched by rising edges on edge-triggered inputs
 	lines   uint8 // current level of each IR input
+	// holdMask marks edge-triggered inputs whose request is withdrawn
+	// when the line drops before INTA, as the datasheet requires of every
+	// input. PICPair sets it only for the cascade input, so a slave
+	// that stops requesting takes its request off the master; device
+	// lines are pulsed (IRQSink), so their edges must stay latched.
+	holdMask uint8
 	elcr    uint8
 	elcrMax uint8
 
@@ -65,7 +71,8 @@ func (c *pic) levelMask() uint8 {
 // is high, edge-triggered ones from the rising edge until acknowledged.
 func (c *pic) irr() uint8 {
 	lvl := c.levelMask()
-	return c.edgeIRR&^lvl | c.lines&lvl
+	edge := c.edgeIRR &^ lvl &^ (c.holdMask &^ c.lines)
+	return edge | c.lines&lvl
 }
 
 func (c *pic) setLine(ir uint8, high bool) {
@@ -300,6 +307,7 @@ type PICPair struct {
 func NewPICPair() *PICPair {
 	p := &PICPair{}
 	p.master.elcrMax = elcrMasterMask
+	p.master.holdMask = 1 << picCascadeIR
 	p.slave.elcrMax = elcrSlaveMask
 	return p
 }
@@ -341,8 +349,11 @@ func (p *PICPair) Pending() bool {
 // The highest-priority request moves from IRR to ISR (or nowhere in auto
 // EOI mode); a slave request goes through the cascade and sets both ISRs.
 // If the request vanished since Pending (the guest masked it, or a level
-// line dropped), the chip answers with its IR7 vector and sets no ISR bit,
-// as real hardware does; guests recognise this as a spurious interrupt.
+// line dropped), the master answers with its IR7 vector and sets no ISR
+// bit, as real hardware does; guests recognise this as a spurious
+// interrupt. (The slave's IR7 answer to a master IR2 acknowledge with
+// nothing behind it is coded too, but with the master following the
+// slave's INT exactly it does not arise.)
 // ok is false only while the master has not been initialized, when there
 // is no vector to give.
 func (p *PICPair) Acknowledge() (vector uint8, ok bool) {
