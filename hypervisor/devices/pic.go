@@ -47,8 +47,8 @@ type pic struct {
 	// that stops requesting takes its request off the master; device
 	// lines are pulsed (IRQSink), so their edges must stay latched.
 	holdMask uint8
-	elcr    uint8
-	elcrMax uint8
+	elcr     uint8
+	elcrMax  uint8
 
 	// priorityAdd is the IR that currently has the highest priority;
 	// rotation moves it, fully nested mode keeps it at 0.
