@@ -484,7 +484,7 @@ func TestUARTPriority(t *testing.T) {
 	r.outb(uartMCR, mcrOUT2|mcrLoop)
 	r.outb(uartIER, 0x0f)
 	r.in(uartMSR)
-	r.wantIIR(0xc2)         // THRE (reading acknowledges it)
+	r.wantIIR(0xc2)          // THRE (reading acknowledges it)
 	r.outb(uartMCR, mcrOUT2) // leave loopback: modem lines change
 	r.wantIIR(0xc0)
 	r.u.Receive([]byte("a"))
