@@ -303,6 +303,11 @@ type PICPair struct {
 	master, slave pic
 }
 
+var (
+	_ PortDevice = (*PICPair)(nil)
+	_ IRQSink    = (*PICPair)(nil)
+)
+
 // NewPICPair returns a pair in power-on state.
 func NewPICPair() *PICPair {
 	p := &PICPair{}

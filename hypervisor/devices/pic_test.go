@@ -623,3 +623,62 @@ func TestPICUninitialized(t *testing.T) {
 		t.Fatalf("port 0x22 read %#x", got)
 	}
 }
+
+func TestPICSlaveNesting(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		masterICW uint8
+		nests     bool
+	}{
+		{"fully nested: slave locked out while IR2 in service", 0x01, false},
+		{"special fully nested: higher slave request nests", 0x11, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := NewPICPair()
+			for _, w := range [][2]uint8{
+				{0x20, 0x11}, {0x21, 0x20}, {0x21, 0x04}, {0x21, tc.masterICW},
+				{0xa0, 0x11}, {0xa1, 0x28}, {0xa1, 0x02}, {0xa1, 0x01},
+			} {
+				picOut(p, uint16(w[0]), w[1])
+			}
+			p.SetIRQ(12, true)
+			if v, _ := p.Acknowledge(); v != 0x2c {
+				t.Fatalf("vector %#x", v)
+			}
+			p.SetIRQ(8, true)
+			if p.Pending() != tc.nests {
+				t.Fatalf("Pending = %v with IRQ 12 in service and IRQ 8 requested", !tc.nests)
+			}
+			if !tc.nests {
+				picOut(p, 0xa0, 0x20)
+				picOut(p, 0x20, 0x20)
+			}
+			if v, _ := p.Acknowledge(); v != 0x28 {
+				t.Fatalf("vector %#x, want 0x28", v)
+			}
+		})
+	}
+
+	// Slave in auto-EOI with two requests: after the first INTA the
+	// slave still requests, and the master must see it once IR2's EOI
+	// arrives.
+	p := NewPICPair()
+	for _, w := range [][2]uint8{
+		{0x20, 0x11}, {0x21, 0x20}, {0x21, 0x04}, {0x21, 0x01},
+		{0xa0, 0x11}, {0xa1, 0x28}, {0xa1, 0x02}, {0xa1, 0x03},
+	} {
+		picOut(p, uint16(w[0]), w[1])
+	}
+	p.SetIRQ(12, true)
+	p.SetIRQ(8, true)
+	if v, _ := p.Acknowledge(); v != 0x28 {
+		t.Fatalf("vector %#x", v)
+	}
+	if p.Pending() {
+		t.Fatal("pending with IR2 in service on the master")
+	}
+	picOut(p, 0x20, 0x62)
+	if v, _ := p.Acknowledge(); v != 0x2c {
+		t.Fatalf("second slave request stranded: vector %#x", v)
+	}
+}

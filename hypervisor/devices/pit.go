@@ -269,7 +269,11 @@ type PIT struct {
 	edge  int64
 }
 
-var _ Timer = (*PIT)(nil)
+var (
+	_ Timer      = (*PIT)(nil)
+	_ PortDevice = (*PIT)(nil)
+	_ PortDevice = (*PortB)(nil)
+)
 
 // NewPIT returns a PIT in power-on state that reads time from clock and
 // pulses PITIRQ on irq.
@@ -556,8 +560,8 @@ func (p *PIT) out2() bool {
 }
 
 // PortB models the PC/AT's system control port B, the NMI status and
-// control register at 0x61 (devices.Port61), as far as
-// a guest without a speaker or NMI sources needs it:
+// control register at Port61 (0x61), as far as a guest without a speaker
+// or NMI sources needs it:
 //
 //   - bit 0 (read/write): channel 2 GATE, the start/stop switch Linux
 //     uses to run channel 2 for TSC calibration.

@@ -483,10 +483,13 @@ func TestPITChannel2AndPort61(t *testing.T) {
 	picOut(r.pb, 0x61, 0x00)
 	picOut(r.pb, 0x61, 0x01)
 	trig = pitTick(r.clk.now) + 1
-	for tick, high := range map[int64]bool{9: true, 10: false, 11: true} {
-		r.at(trig + tick)
-		if got := picIn(r.pb, 0x61)&0x20 != 0; got != high {
-			t.Fatalf("mode 5 OUT at %d = %v", tick, got)
+	for _, want := range []struct {
+		tick int64
+		high bool
+	}{{9, true}, {10, false}, {11, true}} {
+		r.at(trig + want.tick)
+		if got := picIn(r.pb, 0x61)&0x20 != 0; got != want.high {
+			t.Fatalf("mode 5 OUT at %d = %v", want.tick, got)
 		}
 	}
 
