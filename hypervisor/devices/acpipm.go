@@ -92,15 +92,15 @@ func (p *ACPIPM) PressPowerButton() {
 // ReadPort implements PortDevice.
 func (p *ACPIPM) ReadPort(port uint16, data []byte) {
 	var reg uint32
-	var off uint16
+	var off, size uint16
 	switch {
 	case port >= PMTimerPort && port < PMTimerPort+4:
-		reg, off = PMTimerValue(p.clock.Now()), port-PMTimerPort
+		reg, off, size = PMTimerValue(p.clock.Now()), port-PMTimerPort, 4
 	case port >= PM1aEventPort && port < PM1aEventPort+4:
-		reg, off = uint32(p.sts)|uint32(p.en)<<16, port-PM1aEventPort
+		reg, off, size = uint32(p.sts)|uint32(p.en)<<16, port-PM1aEventPort, 4
 	case port >= PM1aControlPort && port < PM1aControlPort+2:
 		// SLP_EN and GBL_RLS are write-only and read as 0.
-		reg, off = uint32(p.cnt|pm1CntSCIEn), port-PM1aControlPort
+		reg, off, size = uint32(p.cnt|pm1CntSCIEn), port-PM1aControlPort, 2
 	default:
 		for i := range data {
 			data[i] = 0xff
@@ -108,7 +108,7 @@ func (p *ACPIPM) ReadPort(port uint16, data []byte) {
 		return
 	}
 	for i := range data {
-		if s := uint(off) + uint(i); s < 4 {
+		if s := uint(off) + uint(i); s < uint(size) {
 			data[i] = uint8(reg >> (8 * s))
 		} else {
 			data[i] = 0xff

@@ -150,3 +150,24 @@ func TestPMPowerButtonSCI(t *testing.T) {
 		t.Fatalf("PM1_EN = % x after a 32-bit write", b[:2])
 	}
 }
+
+func TestPMReset(t *testing.T) {
+	irq := &lineRecorder{}
+	pm := NewACPIPM(&manualClock{}, nil, irq)
+	pm.WritePort(PM1aEventPort+3, []byte{0x01})
+	pm.PressPowerButton()
+	pmControl(pm, SleepTypeS5<<10|1<<13) // nil PowerControl: no panic
+	pm.Reset()
+	if irq.level[SCIIRQ] {
+		t.Fatal("SCI high after reset")
+	}
+	var b [4]byte
+	pm.ReadPort(PM1aEventPort, b[:])
+	if b != [4]byte{} {
+		t.Fatalf("PM1 event block after reset = % x", b)
+	}
+	pm.ReadPort(PM1aControlPort, b[:4])
+	if b != [4]byte{1, 0, 0xff, 0xff} {
+		t.Fatalf("PM1 control read = % x, want SCI_EN then open bus", b)
+	}
+}

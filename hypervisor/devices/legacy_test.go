@@ -103,3 +103,17 @@ func TestDebugPort(t *testing.T) {
 		t.Fatal("wide read of a byte port not padded with 0xff")
 	}
 }
+
+func TestLegacyReset(t *testing.T) {
+	l := NewLegacy(nil) // nil PowerControl: requests are dropped, no panic
+	l.WritePort(ResetPort, []byte{0x0e})
+	l.WritePort(Port92, []byte{0xc1})
+	l.WritePort(I8042StatusPort, []byte{0xd1})
+	l.Reset()
+	l.WritePort(I8042Port, []byte{0x00}) // the 0xD1 was forgotten
+	if legacyIn(l, ResetPort) != 0 || legacyIn(l, Port92) != port92A20 {
+		t.Fatal("Reset kept register state")
+	}
+	l.ReadPort(DebugPort, nil)
+	l.WritePort(DebugPort, nil)
+}

@@ -300,3 +300,39 @@ func FuzzRTC(f *testing.F) {
 		}
 	})
 }
+
+func TestRTCSet12Hour(t *testing.T) {
+	g := newRTCRig(t, rtcBase)
+	g.write(rtcRegB, regBSET) // 12h BCD, stopped
+	g.write(rtcHours, 0x12)   // 12 AM
+	g.write(rtcRegB, 0)
+	if got := g.read(rtcHours); got != 0x12 {
+		t.Fatalf("12 AM round trip: %#x", got)
+	}
+	g.write(rtcRegB, regBSET)
+	g.write(rtcHours, 0x80|0x07) // 7 PM
+	g.write(rtcRegB, 0)
+	// While the clock runs, the mode only changes how it is presented.
+	g.write(rtcRegB, regB24H)
+	if got := g.read(rtcHours); got != 0x19 {
+		t.Fatalf("7 PM read in 24h mode: %#x, want 0x19", got)
+	}
+}
+
+func TestRTCResetAndSetCMOS(t *testing.T) {
+	g := newRTCRig(t, rtcBase)
+	g.r.SetCMOS(0x10, 0x40)
+	g.r.SetCMOS(0x05, 0x40) // not RAM: ignored
+	g.write(rtcRegB, 0x7e)
+	g.clk.now = 5 * time.Second
+	g.r.Reset()
+	if g.read(0x10) != 0x40 || g.read(rtcHourAlarm) != 0 {
+		t.Fatal("SetCMOS wrote the wrong bytes")
+	}
+	if got := g.read(rtcRegB); got != 0x06 {
+		t.Fatalf("register B after reset = %#x, want interrupt enables cleared (0x06)", got)
+	}
+	if got := g.read(rtcSeconds); got != 35 {
+		t.Fatalf("seconds after reset = %d, want 35: the clock is battery backed", got)
+	}
+}

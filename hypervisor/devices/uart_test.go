@@ -540,3 +540,50 @@ func FuzzUART(f *testing.F) {
 		}
 	})
 }
+
+type failingWriter struct{ n int }
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	w.n++
+	return 0, errWriter
+}
+
+var errWriter = &writerError{}
+
+type writerError struct{}
+
+func (*writerError) Error() string { return "console gone" }
+
+func TestUARTWriterErrorsInvisibleToGuest(t *testing.T) {
+	w := &failingWriter{}
+	u := NewUART(COM1Port, nil, COM1IRQ, w)
+	u.WritePort(COM1Port, []byte{'a'})
+	u.WritePort(COM1Port, []byte{'b'})
+	var b [2]byte
+	u.ReadPort(COM1Port+5, b[:1])
+	if b[0] != 0x60 {
+		t.Fatalf("LSR = %#x after writer errors, want 0x60", b[0])
+	}
+	if n, err := u.OutputErrors(); n != 2 || err != errWriter || w.n != 2 {
+		t.Fatalf("OutputErrors = %d, %v", n, err)
+	}
+	u.ReadPort(COM1Port+7, b[:]) // runs off the end of the UART
+	if b[1] != 0xff {
+		t.Fatalf("read past the UART = %#x, want 0xff", b[1])
+	}
+}
+
+func TestUARTReset(t *testing.T) {
+	r := newUARTRig(t)
+	r.outb(uartIIR, fcrEnable)
+	r.outb(uartMCR, mcrOUT2)
+	r.outb(uartIER, 0x0f)
+	r.u.Receive([]byte("abc"))
+	r.wantLine(true)
+	r.outb(uartSCR, 0x11)
+	r.u.Reset()
+	r.wantLine(false)
+	if r.in(uartLSR) != 0x60 || r.in(uartIIR) != 0x01 || r.in(uartSCR) != 0x11 {
+		t.Fatal("Reset did not restore the master-reset state")
+	}
+}
