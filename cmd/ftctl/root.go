@@ -59,6 +59,7 @@ Large downloads and builds are cached in $FTVM_CACHE (default ~/.cache/ftvm).`,
 	root.AddCommand(
 		newVersionCommand(),
 		newImageCommand(),
+		newRunCommand(),
 		newTestbenchCommand(),
 	)
 	return root

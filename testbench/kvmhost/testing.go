@@ -112,7 +112,7 @@ func RanElsewhere(t *testing.T) bool {
 	argv := []string{exe, "-test.run", runPattern(t.Name()), "-test.v", "-test.count=1",
 		fmt.Sprintf("-test.timeout=%s", timeout)}
 	res, err := testHost.host.Run(context.Background(), Command{
-		Argv: argv, Dir: cwd, Timeout: timeout + 5*time.Second, Stdout: &out, Stderr: &out,
+		Argv: argv, Dir: cwd, Env: forwardedEnv(), Timeout: timeout + 5*time.Second, Stdout: &out, Stderr: &out,
 	})
 	t.Logf("ran inside the nested KVM host (kernel %s) in %v:\n%s", testHost.host.Kernel(), res.Duration.Round(time.Millisecond), indent(out.String()))
 	switch {
@@ -142,4 +142,17 @@ func runPattern(name string) string {
 
 func indent(s string) string {
 	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
+}
+
+// forwardedEnv is the part of this process's environment a test run inside
+// the nested host inherits: FTVM_* variables, which is how a TestMain tells
+// its tests where things are (an image directory passed with WithFiles).
+func forwardedEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "FTVM_") && !strings.HasPrefix(kv, roleEnv+"=") && !strings.HasPrefix(kv, whereEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }

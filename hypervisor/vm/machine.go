@@ -1,0 +1,100 @@
+package vm
+
+import (
+	"fmt"
+
+	"github.com/ftvm/ftvm/hypervisor/acpi"
+	"github.com/ftvm/ftvm/hypervisor/boot"
+	"github.com/ftvm/ftvm/hypervisor/cpuid"
+	"github.com/ftvm/ftvm/hypervisor/devices"
+	"github.com/ftvm/ftvm/hypervisor/kvm"
+)
+
+// portDevice is a device that knows its own port ranges.
+type portDevice interface {
+	devices.PortDevice
+	Ports() []devices.PortRange
+}
+
+// wireDevices builds ftvm's machine: the legacy PC devices Linux expects,
+// all in userspace, on one port bus, with the 8259 pair as the only
+// interrupt controller.
+func (v *VM) wireDevices(clock devices.Clock) error {
+	pic := devices.NewPICPair()
+	pit := devices.NewPIT(clock, pic)
+	uart := devices.NewUART(devices.COM1Port, pic, devices.COM1IRQ, v.console)
+	bus := devices.NewPortBus()
+
+	fixed := []struct {
+		base, size uint16
+		dev        devices.PortDevice
+	}{
+		{devices.PIC1Port, 2, pic},
+		{devices.PIC2Port, 2, pic},
+		{devices.ELCRPort, 2, pic},
+		{devices.PITPort, 4, pit},
+		{devices.Port61, 1, devices.NewPortB(pit)},
+	}
+	for _, f := range fixed {
+		if err := bus.Register(f.base, f.size, f.dev); err != nil {
+			return fmt.Errorf("wire devices: %w", err)
+		}
+	}
+	for _, d := range []portDevice{
+		uart,
+		devices.NewRTC(clock, v.cfg.WallTime),
+		devices.NewACPIPM(clock, v.loop, pic),
+		devices.NewLegacy(v.loop),
+	} {
+		for _, r := range d.Ports() {
+			if err := bus.Register(r.Base, r.Size, d); err != nil {
+				return fmt.Errorf("wire devices: %w", err)
+			}
+		}
+	}
+	v.loop.bus, v.loop.pic, v.loop.console = bus, pic, uart
+	v.loop.timers = []devices.Timer{pit}
+	return v.setCPUID()
+}
+
+// setCPUID gives the vCPU what KVM supports, minus everything the
+// determinism contract hides (clocks the VMM cannot see being read, the
+// APIC, random numbers, KVM's paravirtual interfaces).
+func (v *VM) setCPUID() error {
+	supported, err := v.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	if err := v.vcpu.SetCPUID2(cpuid.Policy(supported)); err != nil {
+		return fmt.Errorf("set guest CPUID: %w", err)
+	}
+	return nil
+}
+
+// loadLinux writes the ACPI tables and the kernel, initrd and command line
+// into guest memory and sets the vCPU's entry state.
+func (v *VM) loadLinux() error {
+	mem := v.mem.Bytes()
+	rsdp, err := acpi.Build(mem[boot.ACPIStart:boot.ACPIEnd], boot.ACPIStart)
+	if err != nil {
+		return fmt.Errorf("build ACPI tables: %w", err)
+	}
+	entry, err := boot.Load(mem, boot.Config{
+		KernelPath: v.cfg.Kernel,
+		InitrdPath: v.cfg.Initrd,
+		Cmdline:    v.cfg.Cmdline,
+		RSDP:       rsdp,
+	})
+	if err != nil {
+		return err
+	}
+	var sregs kvm.Sregs
+	if err := v.vcpu.GetSregs(&sregs); err != nil {
+		return err
+	}
+	entry.SetupSregs(&sregs)
+	if err := v.vcpu.SetSregs(&sregs); err != nil {
+		return err
+	}
+	return v.vcpu.SetRegs(&entry.Regs)
+}
