@@ -17,8 +17,8 @@ import (
 func newRunCommand() *cobra.Command {
 	var (
 		imageDir, kernel, initrd, cmdline, appendArgs, console string
-		memory                                             int
-		stats                                              bool
+		memory                                                 int
+		stats                                                  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run (--image DIR | --kernel FILE [--initrd FILE] [--cmdline ARGS])",
