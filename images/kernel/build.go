@@ -221,6 +221,9 @@ func unpackSource(ctx context.Context, root, version string, opts Options) (stri
 		return "", fmt.Errorf("unpack source: %w", err)
 	}
 	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp makes it private
+		return "", fmt.Errorf("unpack source: %w", err)
+	}
 	cmd := exec.CommandContext(ctx, "tar", "-C", tmp, "-xJf", sourceTarball)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("unpack %s: %w\n%s", sourceTarball, err, out)
@@ -313,6 +316,9 @@ func compile(ctx context.Context, src, root string, frag []byte, res Result, opt
 		return err
 	}
 	defer os.RemoveAll(stage)
+	if err := os.Chmod(stage, 0o755); err != nil { // MkdirTemp makes it private
+		return err
+	}
 	for from, to := range map[string]string{
 		filepath.Join(work, "vmlinux"):               "vmlinux",
 		filepath.Join(work, "arch/x86/boot/bzImage"): "bzImage",
