@@ -32,7 +32,7 @@ interrupt controller or clocks; a userspace 8259 PIC, 8254 PIT, ACPI PM timer
 VM exits.
 
 Exit status: 0 when the guest powers off; 2 when it resets (a reboot, or a
-panic with panic=N); 1 on a VM failure (triple fault, KVM internal error), with
+panic with panic=N); 3 when it halts for good instead of powering off; 1 on a VM failure (triple fault, KVM internal error), with
 the vCPU registers and the last console lines; 130 after Ctrl-C.`,
 		Example: `  ftctl run --image out/image
   ftctl run --image out/image --append 'ftvm.workload=sleep ftvm.seconds=5'
@@ -89,6 +89,8 @@ the vCPU registers and the last console lines; 130 after Ctrl-C.`,
 			switch reason {
 			case vm.StoppedReset:
 				return &exitError{code: 2, err: errors.New("the guest reset the machine (reboot, or a panic with panic=N)")}
+			case vm.StoppedHalted:
+				return &exitError{code: 3, err: errors.New("the guest halted the CPU with interrupts disabled instead of powering off (no ACPI power-off?)")}
 			case vm.StoppedCancelled:
 				return &exitError{code: 130, err: errors.New("stopped")}
 			}

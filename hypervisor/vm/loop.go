@@ -43,6 +43,10 @@ const (
 	StoppedReset
 	// StoppedCancelled: the caller's context ended (Ctrl-C).
 	StoppedCancelled
+	// StoppedHalted: the guest halted with interrupts disabled, which
+	// nothing on this machine can wake (no NMI sources). Linux does this
+	// ("System halted") when it cannot power off.
+	StoppedHalted
 )
 
 func (r StopReason) String() string {
@@ -53,6 +57,8 @@ func (r StopReason) String() string {
 		return "reset"
 	case StoppedCancelled:
 		return "stopped"
+	case StoppedHalted:
+		return "halted with interrupts disabled"
 	}
 	return fmt.Sprintf("StopReason(%d)", int(r))
 }
@@ -182,6 +188,9 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		case kvm.ExitMMIO:
 			l.unbackedMMIO(&exit.MMIO)
 		case kvm.ExitHLT:
+			if !l.vcpu.IFFlag() {
+				return StoppedHalted, nil
+			}
 			l.halt(ctx)
 		case kvm.ExitIRQWindowOpen:
 			// The injection happens at the top of the loop.

@@ -93,8 +93,15 @@ func (v *VM) loadLinux() error {
 		return err
 	}
 	entry.SetupSregs(&sregs)
+	disableLocalAPIC(&sregs)
 	if err := v.vcpu.SetSregs(&sregs); err != nil {
 		return err
 	}
 	return v.vcpu.SetRegs(&entry.Regs)
 }
+
+// disableLocalAPIC clears IA32_APIC_BASE's enable bit. There is no in-kernel
+// irqchip, so no local APIC exists; but KVM derives CPUID.1:EDX.APIC from
+// this MSR at run time, overriding the CPUID policy, and a fresh vCPU has it
+// enabled. With the bit left on, Linux probes an APIC that is not there.
+func disableLocalAPIC(s *kvm.Sregs) { s.APICBase = 0 }

@@ -14,8 +14,6 @@ import (
 	"github.com/ftvm/ftvm/testbench/kvmhost"
 )
 
-func TestMain(m *testing.M) { os.Exit(kvmhost.TestMain(m)) }
-
 // runRaw runs a tiny guest from testdata/guests to power-off and returns
 // its console output and the loop's statistics.
 func runRaw(t *testing.T, name string) (string, vm.Stats, time.Duration) {

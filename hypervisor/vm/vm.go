@@ -139,6 +139,7 @@ func (v *VM) loadRaw() error {
 	for _, s := range []*kvm.Segment{&sregs.CS, &sregs.DS, &sregs.ES, &sregs.FS, &sregs.GS, &sregs.SS} {
 		s.Base, s.Selector = 0, 0
 	}
+	disableLocalAPIC(&sregs)
 	if err := v.vcpu.SetSregs(&sregs); err != nil {
 		return err
 	}

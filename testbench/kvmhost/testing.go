@@ -3,10 +3,12 @@ package kvmhost
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +26,10 @@ var testHost struct { //nolint:gochecknoglobals // per-test-process singleton, s
 	where  sync.Once
 	direct bool
 	why    string
+	// benchOut keeps each benchmark's inner output: the framework calls a
+	// benchmark function again with a larger b.N, which must not rerun it.
+	benchMu  sync.Mutex
+	benchOut map[string]string
 }
 
 // Option adjusts the nested host that TestMain's tests share.
@@ -67,14 +73,14 @@ func TestMain(m *testing.M, opts ...Option) int {
 	return code
 }
 
-// RanElsewhere runs the calling test on a KVM host that executes guest
-// ring-0 code at speed, when this process is not on one. It returns false
-// when the test body should run here (this machine's KVM is fast, or this
-// process already runs inside a nested host), and true when the test was
-// run inside the shared nested host, whose outcome (output, failure, skip)
-// has then been reported through t.
-func RanElsewhere(t *testing.T) bool {
-	t.Helper()
+// RanElsewhere runs the calling test or benchmark on a KVM host that
+// executes guest ring-0 code at speed, when this process is not on one. It
+// returns false when the body should run here (this machine's KVM is fast,
+// or this process already runs inside a nested host), and true when it ran
+// inside the shared nested host, whose outcome (output, failure, skip, and a
+// benchmark's metrics) has then been reported through tb.
+func RanElsewhere(tb testing.TB) bool {
+	tb.Helper()
 	if Inside() {
 		return false
 	}
@@ -100,34 +106,82 @@ func RanElsewhere(t *testing.T) bool {
 		testHost.host, testHost.err = Start(context.Background(), cfg)
 	})
 	if testHost.err != nil {
-		t.Fatalf("%s needs a KVM host: %v", t.Name(), testHost.err)
+		tb.Fatalf("%s needs a KVM host: %v", tb.Name(), testHost.err)
 	}
 	timeout := 10 * time.Minute
-	if d, ok := t.Deadline(); ok {
-		timeout = time.Until(d) - time.Minute
+	if t, ok := tb.(interface{ Deadline() (time.Time, bool) }); ok {
+		if d, ok := t.Deadline(); ok {
+			timeout = time.Until(d) - time.Minute
+		}
+	}
+	b, isBench := tb.(*testing.B)
+	if isBench {
+		testHost.benchMu.Lock()
+		out, done := testHost.benchOut[tb.Name()]
+		testHost.benchMu.Unlock()
+		if done {
+			reportBenchmark(b, out)
+			return true
+		}
 	}
 	exe, _ := os.Executable()
 	cwd, _ := os.Getwd()
+	argv := []string{exe, "-test.v", "-test.count=1", fmt.Sprintf("-test.timeout=%s", timeout)}
+	if isBench {
+		argv = append(argv, "-test.run", "^$", "-test.bench", runPattern(tb.Name()), "-test.benchmem")
+		if f := flag.Lookup("test.benchtime"); f != nil {
+			argv = append(argv, "-test.benchtime", f.Value.String())
+		}
+	} else {
+		argv = append(argv, "-test.run", runPattern(tb.Name()))
+	}
 	var out bytes.Buffer
-	argv := []string{exe, "-test.run", runPattern(t.Name()), "-test.v", "-test.count=1",
-		fmt.Sprintf("-test.timeout=%s", timeout)}
 	res, err := testHost.host.Run(context.Background(), Command{
 		Argv: argv, Dir: cwd, Env: forwardedEnv(), Timeout: timeout + 5*time.Second, Stdout: &out, Stderr: &out,
 	})
-	t.Logf("ran inside the nested KVM host (kernel %s) in %v:\n%s", testHost.host.Kernel(), res.Duration.Round(time.Millisecond), indent(out.String()))
+	tb.Logf("ran inside the nested KVM host (kernel %s) in %v:\n%s", testHost.host.Kernel(), res.Duration.Round(time.Millisecond), indent(out.String()))
 	switch {
 	case err != nil:
-		t.Fatalf("%s in the nested KVM host: %v", t.Name(), err)
+		tb.Fatalf("%s in the nested KVM host: %v", tb.Name(), err)
 	case res.TimedOut:
-		t.Fatalf("%s timed out in the nested KVM host after %v", t.Name(), res.Duration)
+		tb.Fatalf("%s timed out in the nested KVM host after %v", tb.Name(), res.Duration)
 	case res.ExitCode != 0:
-		t.Fatalf("%s failed in the nested KVM host (exit status %d)", t.Name(), res.ExitCode)
+		tb.Fatalf("%s failed in the nested KVM host (exit status %d)", tb.Name(), res.ExitCode)
 	case strings.Contains(out.String(), "testing: warning: no tests to run"):
-		t.Fatalf("%s: pattern %q matched no test in the nested KVM host", t.Name(), runPattern(t.Name()))
-	case strings.Contains(out.String(), "--- SKIP: "+t.Name()+" "):
-		t.Skipf("%s was skipped in the nested KVM host", t.Name())
+		tb.Fatalf("%s: pattern %q matched no test in the nested KVM host", tb.Name(), runPattern(tb.Name()))
+	case strings.Contains(out.String(), "--- SKIP: "+tb.Name()+" "):
+		tb.Skipf("%s was skipped in the nested KVM host", tb.Name())
+	}
+	if isBench {
+		testHost.benchMu.Lock()
+		if testHost.benchOut == nil {
+			testHost.benchOut = map[string]string{}
+		}
+		testHost.benchOut[tb.Name()] = out.String()
+		testHost.benchMu.Unlock()
+		reportBenchmark(b, out.String())
 	}
 	return true
+}
+
+// reportBenchmark copies the metrics of the inner run's result line
+// ("BenchmarkX-1  5  123 ns/op  4.5 ready-ms ...") to the outer benchmark, so
+// `go test -bench` prints the nested host's numbers as its own.
+func reportBenchmark(b *testing.B, out string) {
+	name := b.Name()
+	for _, line := range strings.Split(out, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 4 || (fields[0] != name && !strings.HasPrefix(fields[0], name+"-")) {
+			continue
+		}
+		for i := 2; i+1 < len(fields); i += 2 {
+			v, err := strconv.ParseFloat(fields[i], 64)
+			if err != nil {
+				continue
+			}
+			b.ReportMetric(v, fields[i+1])
+		}
+	}
 }
 
 // runPattern matches exactly the named test (and subtest) with -test.run,
