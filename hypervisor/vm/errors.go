@@ -30,6 +30,11 @@ func (e *GuestError) Error() string {
 	s := &e.Sregs
 	fmt.Fprintf(&b, "  cs %04x (base %x)  cr0 %x  cr2 %x  cr3 %x  cr4 %x  efer %x\n",
 		s.CS.Selector, s.CS.Base, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER)
+	if r.RIP == 0xfff0 && s.CS.Base == 0xffff0000 {
+		// AMD's SVM leaves the VMCB undefined after a shutdown intercept and
+		// KVM reinitialises it, so the fault's own state is gone.
+		fmt.Fprintf(&b, "  (these are the CPU's reset values: KVM on AMD resets the vCPU on a triple fault)\n")
+	}
 	if e.Console != "" {
 		fmt.Fprintf(&b, "last console lines:\n%s", indentLines(e.Console))
 	} else {

@@ -77,7 +77,7 @@ type Stats struct {
 }
 
 // Total is the number of exits of all kinds.
-func (s *Stats) Total() uint64 {
+func (s Stats) Total() uint64 {
 	var n uint64
 	for _, c := range s.Exits {
 		n += c
@@ -86,7 +86,7 @@ func (s *Stats) Total() uint64 {
 }
 
 // ByKind lists the non-zero exit counters.
-func (s *Stats) ByKind() map[string]uint64 {
+func (s Stats) ByKind() map[string]uint64 {
 	m := map[string]uint64{}
 	for k, c := range s.Exits {
 		if c != 0 {

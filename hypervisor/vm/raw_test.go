@@ -3,6 +3,7 @@ package vm_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"strconv"
 	"strings"
@@ -113,5 +114,63 @@ func TestRawHLTWokenByTimer(t *testing.T) {
 	}
 	if st.HaltedTime < 40*time.Millisecond || st.Injected != 1 {
 		t.Fatalf("halted %v with %d injections: want a real wait ended by one timer interrupt", st.HaltedTime, st.Injected)
+	}
+}
+
+func TestRawCancelStopsSpinningGuest(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	code, err := os.ReadFile("testdata/guests/spin.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var console bytes.Buffer
+	v, err := vm.New(vm.Config{RawCode: code, MemoryMiB: 16, Console: &console})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	start := time.Now()
+	reason, err := v.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("stopped after %v: %v", time.Since(start).Round(time.Millisecond), v.Stats().ByKind())
+	if reason != vm.StoppedCancelled || console.String() != "S" {
+		t.Fatalf("reason %v, console %q: want a cancelled stop after the guest printed S", reason, console.String())
+	}
+	if v.Stats().Exits[kvm.ExitInterrupted] == 0 {
+		t.Fatal("the spinning guest stopped without being kicked out of KVM_RUN")
+	}
+}
+
+func TestRawTripleFaultReportsRegisters(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	code, err := os.ReadFile("testdata/guests/triplefault.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var console bytes.Buffer
+	v, err := vm.New(vm.Config{RawCode: code, MemoryMiB: 16, Console: &console})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	_, err = v.Run(context.Background())
+	var ge *vm.GuestError
+	if !errors.As(err, &ge) {
+		t.Fatalf("err = %v, want a *vm.GuestError", err)
+	}
+	t.Logf("reported as:\n%v", err)
+	msg := err.Error()
+	for _, want := range []string{"triple-faulted", "rip ", "rflags", "last console lines", "T"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("report lacks %q", want)
+		}
 	}
 }
