@@ -114,7 +114,7 @@ func Build(ctx context.Context, opts Options) (Manifest, error) {
 	m := Manifest{
 		Format: ManifestFormat, Kernel: VmlinuxName, BzImage: BzImageName, Initrd: InitrdName,
 		Cmdline: DefaultCmdline, SHA256: map[string]string{},
-		KernelConfigHash: k.ConfigHash, LinuxSourceVersion: k.SourceVersion, FTVMVersion: Version(),
+		KernelConfigHash: k.ConfigHash, LinuxSourceVersion: k.SourceVersion, FTVMVersion: sourceVersion(ctx, root),
 	}
 	out := func(name string) string { return filepath.Join(opts.OutDir, name) }
 	if err := installFile(out(VmlinuxName), func(w io.Writer) error { return copyFrom(w, k.Vmlinux) }); err != nil {
@@ -272,6 +272,22 @@ func Version() string {
 		v += " " + rev + mod
 	}
 	return v
+}
+
+// sourceVersion is Version, completed from git in the source tree when the
+// binary carries no VCS stamp (GOFLAGS=-buildvcs=false, go test, go run):
+// the /init in the image is compiled from that tree, so its commit is what
+// the manifest should name.
+func sourceVersion(ctx context.Context, root string) string {
+	v := Version()
+	if strings.Contains(v, " ") { // already has a revision
+		return v
+	}
+	out, err := exec.CommandContext(ctx, "git", "-C", root, "describe", "--always", "--dirty", "--abbrev=40").Output()
+	if err != nil {
+		return v
+	}
+	return v + " " + strings.TrimSpace(string(out))
 }
 
 // installFile writes a file through a temporary name in the same directory

@@ -105,7 +105,8 @@ func TestImage(t *testing.T) {
 		// (its FADT carries one): asking for clocksource=acpi_pm proves the
 		// PM timer driver works. Its DSDT needs PCI config space, so pci=off
 		// from the default cmdline is dropped there.
-		// microvm boots vmlinux through the PVH entry, as our VMM will.
+		// q35 with vmlinux (an ELF with the PVH note) makes QEMU enter the
+		// kernel through PVH, as our VMM will.
 		for _, tc := range []struct {
 			name, machine, kernel, cmdline string
 			status                         int
@@ -113,8 +114,8 @@ func TestImage(t *testing.T) {
 		}{
 			{"q35 bzImage sleep", "q35", m.BzImage,
 				strings.Replace(m.Cmdline, " pci=off", "", 1) + " clocksource=acpi_pm ftvm.workload=sleep ftvm.seconds=1", 0, "acpi_pm"},
-			{"microvm PVH vmlinux crash", "microvm,pit=on,pic=on,rtc=on", m.Kernel,
-				m.Cmdline + " ftvm.workload=crash", 3, ""},
+			{"q35 PVH vmlinux crash", "q35", m.Kernel,
+				strings.Replace(m.Cmdline, " pci=off", "", 1) + " ftvm.workload=crash", 3, ""},
 		} {
 			start := time.Now()
 			out, err := bootQEMU(t, "-machine", tc.machine, "-kernel", filepath.Join(dir, tc.kernel),
@@ -130,6 +131,9 @@ func TestImage(t *testing.T) {
 			}
 			if tc.clocksource != "" && ready[1] != tc.clocksource {
 				t.Errorf("%s: clocksource %s, want %s", tc.name, ready[1], tc.clocksource)
+			}
+			if !strings.Contains(out, "reboot: Power down") {
+				t.Errorf("%s: the guest did not power off through ACPI:\n%s", tc.name, out)
 			}
 			t.Logf("%s: booted, ran and powered off in %s: %q, %q", tc.name, elapsed, ready[0], exit)
 		}
