@@ -208,8 +208,9 @@ func checkVmlinux(p string) error {
 		return err
 	}
 	for _, prog := range f.Progs {
-		if prog.Type == elf.PT_LOAD && prog.Off+prog.Filesz > uint64(fi.Size()) {
-			return fmt.Errorf("truncated: a loadable segment ends at byte %d of a %d-byte file", prog.Off+prog.Filesz, fi.Size())
+		size := uint64(fi.Size())
+		if prog.Type == elf.PT_LOAD && (prog.Off > size || prog.Filesz > size-prog.Off) {
+			return fmt.Errorf("truncated or corrupt: a loadable segment (offset %d, %d bytes) lies outside the %d-byte file", prog.Off, prog.Filesz, size)
 		}
 	}
 	return nil
