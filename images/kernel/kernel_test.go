@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftvm/ftvm/internal/hostsetup"
 )
 
 func TestFragmentParses(t *testing.T) {
@@ -161,4 +163,35 @@ func TestWithLogTail(t *testing.T) {
 	if !strings.Contains(s, "line 61\nline 62") || strings.Contains(s, "line 60\n") || !strings.HasSuffix(s, "line 100") || !strings.Contains(s, p) {
 		t.Fatalf("log tail wrong:\n%s", s)
 	}
+}
+
+// TestBuildRejectsDroppedOption runs the real configure step with a fragment
+// asking for a symbol kconfig does not know, and for one whose dependency
+// is unmet: the build must stop before compiling and name both.
+func TestBuildRejectsDroppedOption(t *testing.T) {
+	ctx := context.Background()
+	frag := append(Fragment(), "\n# test: unknown symbol\nCONFIG_FTVM_NO_SUCH_OPTION=y\n# test: depends on MODULES, which is off\nCONFIG_MODULE_UNLOAD=y\n"...)
+	version, err := SourceVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := hostsetup.CacheDir("kernel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := ConfigHash(frag, version)
+	t.Cleanup(func() { os.RemoveAll(filepath.Join(root, hash+".build")) })
+	_, err = build(ctx, frag, Options{})
+	if err == nil {
+		t.Fatal("build accepted a fragment whose options cannot be set")
+	}
+	for _, want := range []string{"CONFIG_FTVM_NO_SUCH_OPTION=y requested", "CONFIG_MODULE_UNLOAD=y requested", "absent (n)"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not contain %q:\n%v", want, err)
+		}
+	}
+	if _, serr := os.Stat(filepath.Join(root, hash)); serr == nil {
+		t.Error("a failed build left a cache entry")
+	}
+	t.Logf("error: %v", err)
 }
