@@ -88,9 +88,9 @@ the vCPU registers and the last console lines; 130 after Ctrl-C.`,
 			}
 			switch reason {
 			case vm.StoppedReset:
-				return &exitError{code: 2, err: errors.New("the guest reset the machine (reboot, or a panic with panic=N)")}
+				return &exitError{code: 2, err: v.Report(errors.New("the guest reset the machine (a reboot, or a panic with panic=N)"))}
 			case vm.StoppedHalted:
-				return &exitError{code: 3, err: errors.New("the guest halted the CPU with interrupts disabled instead of powering off (no ACPI power-off?)")}
+				return &exitError{code: 3, err: v.Report(errors.New("the guest halted the CPU with interrupts disabled instead of powering off (no ACPI power-off?)"))}
 			case vm.StoppedCancelled:
 				return &exitError{code: 130, err: errors.New("stopped")}
 			}

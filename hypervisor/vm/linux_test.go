@@ -2,6 +2,7 @@ package vm_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -44,6 +45,16 @@ func (w *readyWatcher) String() string {
 // the VM's statistics.
 func bootImage(tb testing.TB, appendArgs string) (*readyWatcher, vm.Stats) {
 	tb.Helper()
+	console, st, reason, _ := bootImageUntil(tb, appendArgs)
+	if reason != vm.StoppedPowerOff {
+		tb.Fatalf("guest stopped with %q, want power-off; console:\n%s", reason, console.String())
+	}
+	return console, st
+}
+
+// bootImageUntil boots the test image until it stops and reports how.
+func bootImageUntil(tb testing.TB, appendArgs string) (*readyWatcher, vm.Stats, vm.StopReason, *vm.GuestError) {
+	tb.Helper()
 	dir := os.Getenv(imageEnv)
 	m, err := images.Inspect(dir)
 	if err != nil {
@@ -68,10 +79,24 @@ func bootImage(tb testing.TB, appendArgs string) (*readyWatcher, vm.Stats) {
 	if err != nil {
 		tb.Fatalf("boot: %v", err)
 	}
-	if reason != vm.StoppedPowerOff {
-		tb.Fatalf("guest stopped with %q, want power-off; console:\n%s", reason, console.String())
+	return console, v.Stats(), reason, v.Report(fmt.Errorf("guest %v", reason))
+}
+
+// A kernel panic (here: no init to run) with panic=-1 resets the machine;
+// the VMM reports that as a reset with the registers and console tail.
+func TestLinuxPanicIsReported(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
 	}
-	return console, v.Stats()
+	console, _, reason, report := bootImageUntil(t, "rdinit=/no/such/init init=/no/such/init")
+	if reason != vm.StoppedReset {
+		t.Fatalf("guest stopped with %q, want a reset after the panic; console:\n%s", reason, console.String())
+	}
+	msg := report.Error()
+	t.Logf("reported as:\n%s", msg)
+	if !strings.Contains(msg, "Kernel panic") || !strings.Contains(msg, "rip ") {
+		t.Fatalf("report lacks the panic line or the registers:\n%s", msg)
+	}
 }
 
 // Kernel messages that mean the guest's time or interrupts misbehaved.

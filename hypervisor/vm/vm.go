@@ -154,12 +154,19 @@ func (v *VM) Run(ctx context.Context) (StopReason, error) {
 	}
 	reason, err := v.loop.run(ctx)
 	if err != nil {
-		ge := &GuestError{Err: err, Console: v.console.Lines(20)}
-		_ = v.vcpu.GetRegs(&ge.Regs)
-		_ = v.vcpu.GetSregs(&ge.Sregs)
-		return 0, ge
+		return 0, v.Report(err)
 	}
 	return reason, nil
+}
+
+// Report describes the stopped VM's state for err: the vCPU registers and
+// the last console lines. Run uses it for failures; callers use it when a
+// stop without an error still means trouble (a reset after a panic).
+func (v *VM) Report(err error) *GuestError {
+	ge := &GuestError{Err: err, Console: v.console.Lines(20)}
+	_ = v.vcpu.GetRegs(&ge.Regs)
+	_ = v.vcpu.GetSregs(&ge.Sregs)
+	return ge
 }
 
 func (v *VM) readConsoleInput(ctx context.Context) {
