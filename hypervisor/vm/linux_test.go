@@ -45,7 +45,18 @@ func (w *readyWatcher) String() string {
 // the VM's statistics.
 func bootImage(tb testing.TB, appendArgs string) (*readyWatcher, vm.Stats) {
 	tb.Helper()
-	console, st, reason, _ := bootImageUntil(tb, appendArgs)
+	return bootKernel(tb, pvhKernel, appendArgs)
+}
+
+// Which of the image's two kernel files to boot.
+const (
+	pvhKernel = "vmlinux" // ELF, PVH entry
+	bzKernel  = "bzImage" // 64-bit boot protocol
+)
+
+func bootKernel(tb testing.TB, kernel, appendArgs string) (*readyWatcher, vm.Stats) {
+	tb.Helper()
+	console, st, reason, _ := bootImageUntil(tb, kernel, appendArgs)
 	if reason != vm.StoppedPowerOff {
 		tb.Fatalf("guest stopped with %q, want power-off; console:\n%s", reason, console.String())
 	}
@@ -53,7 +64,7 @@ func bootImage(tb testing.TB, appendArgs string) (*readyWatcher, vm.Stats) {
 }
 
 // bootImageUntil boots the test image until it stops and reports how.
-func bootImageUntil(tb testing.TB, appendArgs string) (*readyWatcher, vm.Stats, vm.StopReason, *vm.GuestError) {
+func bootImageUntil(tb testing.TB, kernel, appendArgs string) (*readyWatcher, vm.Stats, vm.StopReason, *vm.GuestError) {
 	tb.Helper()
 	dir := os.Getenv(imageEnv)
 	m, err := images.Inspect(dir)
@@ -62,7 +73,7 @@ func bootImageUntil(tb testing.TB, appendArgs string) (*readyWatcher, vm.Stats, 
 	}
 	console := &readyWatcher{}
 	v, err := vm.New(vm.Config{
-		Kernel:    filepath.Join(dir, m.Kernel),
+		Kernel:    filepath.Join(dir, map[string]string{pvhKernel: m.Kernel, bzKernel: m.BzImage}[kernel]),
 		Initrd:    filepath.Join(dir, m.Initrd),
 		Cmdline:   strings.TrimSpace(m.Cmdline + " " + appendArgs),
 		MemoryMiB: 256,
@@ -88,7 +99,7 @@ func TestLinuxPanicIsReported(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
 	}
-	console, _, reason, report := bootImageUntil(t, "rdinit=/no/such/init init=/no/such/init")
+	console, _, reason, report := bootImageUntil(t, pvhKernel, "rdinit=/no/such/init init=/no/such/init")
 	if reason != vm.StoppedReset {
 		t.Fatalf("guest stopped with %q, want a reset after the panic; console:\n%s", reason, console.String())
 	}
@@ -102,11 +113,21 @@ func TestLinuxPanicIsReported(t *testing.T) {
 // Kernel messages that mean the guest's time or interrupts misbehaved.
 var bootWarnings = regexp.MustCompile(`(?i)clocksource.*unstable|lost (\d+ )?(interrupt|tick)|spurious 8259A interrupt|timekeeping watchdog|irq \d+: nobody cared|WARNING:|BUG:|Call Trace|ACPI Error|Stale IRR|APIC calibration`)
 
+// TestLinuxBootsToReadyLine boots the image's kernel through both entry
+// paths (vmlinux through PVH, bzImage through the 64-bit boot protocol).
 func TestLinuxBootsToReadyLine(t *testing.T) {
-	if kvmhost.RanElsewhere(t) {
-		return
+	for _, kernel := range []string{pvhKernel, bzKernel} {
+		t.Run(kernel, func(t *testing.T) {
+			if kvmhost.RanElsewhere(t) {
+				return
+			}
+			checkLinuxBoot(t, kernel)
+		})
 	}
-	console, st := bootImage(t, "")
+}
+
+func checkLinuxBoot(t *testing.T, kernel string) {
+	console, st := bootKernel(t, kernel, "")
 	out := console.String()
 	t.Logf("ready line after %v; %d exits %v; %d interrupts injected, %d windows, %d kicks, halted %v",
 		console.ready.Round(time.Millisecond), st.Total(), st.ByKind(), st.Injected, st.Windows, st.Kicks, st.HaltedTime.Round(time.Millisecond))
