@@ -34,6 +34,14 @@ type PortDevice interface {
 	WritePort(port uint16, data []byte)
 }
 
+// MMIODevice handles memory-mapped I/O (virtio-mmio transports). addr is
+// the absolute guest-physical address; data is 1, 2, 4 or 8 bytes, little
+// endian; a read fills it.
+type MMIODevice interface {
+	ReadMMIO(addr uint64, data []byte)
+	WriteMMIO(addr uint64, data []byte)
+}
+
 // Timer is a device with timed behaviour (the PIT). The exit loop calls
 // Expire once the Clock passes NextDeadline; the device raises its
 // interrupts there and computes its next deadline.
@@ -72,8 +80,20 @@ const (
 	PMTimerPort     uint16 = 0x608 // 4 bytes, 24-bit counter
 	SCIIRQ          uint8  = 9
 
+	// virtio-mmio transports: slot n occupies VirtioMMIOSize bytes at
+	// VirtioMMIOBase + n*VirtioMMIOSize (inside the MMIO gap below 4 GiB
+	// that hypervisor/boot leaves free) and interrupts on VirtioIRQs[n].
+	// Linux finds them through virtio_mmio.device=<size>@<addr>:<irq> on the
+	// kernel command line.
+	VirtioMMIOBase uint64 = 0xd0000000
+	VirtioMMIOSize uint64 = 0x1000
+
 	// PMTimerHz is the ACPI PM timer's frequency, fixed by the ACPI spec.
 	PMTimerHz = 3579545
 	// PITHz is the 8254's input clock.
 	PITHz = 1193182
 )
+
+// VirtioIRQs are the 8259 lines free for virtio-mmio devices on ftvm's
+// machine (0 PIT, 1 keyboard, 2 cascade, 4 COM1, 8 RTC, 9 SCI are taken).
+var VirtioIRQs = [...]uint8{5, 6, 7, 10, 11, 12, 14, 15} //nolint:gochecknoglobals // constant table
