@@ -14,6 +14,10 @@ if [[ -n $unformatted ]]; then
   exit 1
 fi
 go vet ./...
+# Build the guest image first, in the open: the first kernel build takes
+# ~10 minutes and go test would hide its progress until the package ends.
+# The tests find the kernel in the cache afterwards.
+go run ./cmd/ftctl image build --out out/image
 # -p 1: the nested hosts use the software CPU; packages running side by side
 # on two cores only slow each other down and time out.
 go test -race -count=1 -p 1 -timeout 60m ./... 2>&1 | tee /tmp/ftvm-test.log
