@@ -101,6 +101,7 @@ func (s Stats) ByKind() map[string]uint64 {
 type loop struct {
 	vcpu    *kvm.VCPU
 	bus     portBus
+	mmioBus mmioBus
 	pic     interruptController
 	timers  []devices.Timer
 	clock   devices.Clock
@@ -186,7 +187,7 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		case kvm.ExitIO:
 			l.portIO(&exit.IO)
 		case kvm.ExitMMIO:
-			l.unbackedMMIO(&exit.MMIO)
+			l.mmio(&exit.MMIO)
 		case kvm.ExitHLT:
 			if !l.vcpu.IFFlag() {
 				return StoppedHalted, nil
@@ -235,9 +236,18 @@ func (l *loop) portIO(io *kvm.IOExit) {
 	}
 }
 
-// unbackedMMIO answers accesses to physical addresses without memory or a
-// device like an empty bus: reads return all ones, writes vanish.
-func (l *loop) unbackedMMIO(m *kvm.MMIOExit) {
+// mmio hands an access to the device owning the address. Addresses with
+// neither memory nor a device behave like an empty bus: reads return all
+// ones, writes vanish.
+func (l *loop) mmio(m *kvm.MMIOExit) {
+	if dev := l.mmioBus.find(m.Addr); dev != nil {
+		if m.IsWrite {
+			dev.WriteMMIO(m.Addr, m.Data)
+		} else {
+			dev.ReadMMIO(m.Addr, m.Data)
+		}
+		return
+	}
 	if !m.IsWrite {
 		for i := range m.Data {
 			m.Data[i] = 0xff
