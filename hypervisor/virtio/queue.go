@@ -46,6 +46,13 @@ func usedSize(n uint16) uint64  { return 6 + 8*uint64(n) }
 // sets QueueReady) plus the device's private indices; it never allocates
 // per descriptor.
 //
+// Work is bounded: one Pop visits at most Size() descriptors plus at most
+// MaxIndirect in an indirect table, and a device draining the queue
+// within one exit pops at most Size() chains, because the guest is
+// stopped and no device write can reach the rings (enable rejects
+// overlapping rings, Pop rejects writable buffers over them), so avail
+// idx cannot move under the device.
+//
 // Once a Queue hits malformed driver behaviour it is failed: every later
 // Pop returns the same *QueueError and Push does nothing, until the driver
 // resets the device.
@@ -136,8 +143,32 @@ func (q *Queue) enable(mem *Memory, indirect, eventIdx bool) error {
 	if q.used, err = mem.Slice(q.devAddr, usedSize(n)); err != nil {
 		return q.fail(-1, "used ring: %v", err)
 	}
+	// The device writes the used ring; if it overlapped the descriptor
+	// table or available ring, Push would rewrite the driver's side
+	// and a device draining the queue could chase an avail idx it keeps
+	// moving itself. No correct driver overlaps them.
+	if overlaps(q.devAddr, usedSize(n), q.descAddr, descSize*uint64(n)) ||
+		overlaps(q.devAddr, usedSize(n), q.driverAddr, availSize(n)) ||
+		overlaps(q.descAddr, descSize*uint64(n), q.driverAddr, availSize(n)) {
+		return q.fail(-1, "rings overlap: desc %#x, avail %#x, used %#x (size %d)", q.descAddr, q.driverAddr, q.devAddr, n)
+	}
 	q.mem, q.indirectOK, q.eventIdx, q.ready = mem, indirect, eventIdx, true
 	return nil
+}
+
+// overlaps reports whether [a, a+alen) and [b, b+blen) intersect. Both
+// ranges are known to lie inside guest RAM, so the sums do not wrap.
+func overlaps(a, alen, b, blen uint64) bool {
+	return alen != 0 && blen != 0 && a < b+blen && b < a+alen
+}
+
+// writableHitsRings reports whether a device-writable buffer overlaps
+// this queue's descriptor table, available ring or used ring.
+func (q *Queue) writableHitsRings(addr, length uint64) bool {
+	n := q.size
+	return overlaps(addr, length, q.descAddr, descSize*uint64(n)) ||
+		overlaps(addr, length, q.driverAddr, availSize(n)) ||
+		overlaps(addr, length, q.devAddr, usedSize(n))
 }
 
 // disable is QueueReady = 0: the queue forgets its rings and indices.
@@ -331,6 +362,14 @@ func (q *Queue) walk(head uint16, c *Chain) error {
 			return q.fail(di, "%sbuffer: %v", w, err)
 		}
 		if flags&descFlagWrite != 0 {
+			if q.writableHitsRings(addr, uint64(length)) {
+				// Rejected because the device's own writes would then
+				// change the rings under it: the one way a device
+				// draining a queue within one exit could be made to
+				// loop, since the guest itself is stopped.
+				di, w := where()
+				return q.fail(di, "%sdevice-writable buffer [%#x, %#x) overlaps the rings", w, addr, addr+uint64(length))
+			}
 			wlen += uint64(length)
 		} else {
 			if len(c.bufs) > nReadable {
