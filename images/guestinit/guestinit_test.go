@@ -45,7 +45,7 @@ func TestParseCmdline(t *testing.T) {
 		t.Fatalf("later parameter must win: %+v %v", cfg, err)
 	}
 	for in, want := range map[string]string{
-		"ftvm.workload=bogus": `ftvm.workload="bogus" is not a known workload (have: crash, none, sleep)`,
+		"ftvm.workload=bogus": `ftvm.workload="bogus" is not a known workload (have: crash, kv, none, sleep)`,
 		"ftvm.seconds=-1":     `ftvm.seconds="-1" is not a non-negative integer`,
 		"ftvm.seconds=x":      `ftvm.seconds="x"`,
 	} {
@@ -113,6 +113,7 @@ func TestBinary(t *testing.T) {
 		{"ftvm.workload=sleep ftvm.seconds=1", 0, "step=1/1"},
 		{"ftvm.workload=crash", 3, "panicked"},
 		{"ftvm.workload=nope", 2, "not a known workload"},
+		{"ftvm.workload=kv ftvm.port=99999", 2, "ftvm.port=\"99999\" is not a TCP port"},
 	} {
 		cmd := exec.Command(bin)
 		cmd.Env = append(os.Environ(), cmdlineEnv+"="+tc.cmdline)
@@ -124,7 +125,8 @@ func TestBinary(t *testing.T) {
 			t.Fatal(err)
 		}
 		s := string(out)
-		if code != tc.status || !ready.MatchString(s) || !strings.Contains(s, tc.want) ||
+		// A bad command line fails before the guest is ready.
+		if code != tc.status || ready.MatchString(s) != (tc.status != 2) || !strings.Contains(s, tc.want) ||
 			!strings.HasSuffix(s, "ftvm-guest exit status="+strconv.Itoa(tc.status)+"\n") {
 			t.Errorf("%q: exit %d, output:\n%s", tc.cmdline, code, s)
 		}

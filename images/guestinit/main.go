@@ -2,28 +2,63 @@
 // with CGO_ENABLED=0) that the kernel starts as PID 1 from the initramfs.
 //
 // As PID 1 it mounts /proc, /sys, /dev (devtmpfs), /tmp and /run (tmpfs),
-// prints one machine-readable line on the console,
+// brings up the network and mounts the disk as the kernel command line
+// says (below), printing
+//
+//	ftvm-guest net eth0=<addr>/<len> gw=<gw|none> [dns=<a,b>] via=static|dhcp
+//	ftvm-guest disk dev=<device> mount=/data fs=<type>
+//
+// then prints the one line a host waits for,
 //
 //	ftvm-guest ready clocksource=<current clocksource> kernel=<uname release>
 //
-// then runs the workload named by the kernel parameter ftvm.workload=NAME
+// and runs the workload named by the kernel parameter ftvm.workload=NAME
 // (default none; see registry) in a child process: itself, re-executed with
 // FTVM_GUEST_ROLE=workload. When the child ends, however it ends (return,
-// error, panic in any goroutine, signal), PID 1 prints
+// error, panic in any goroutine, signal), PID 1 syncs and unmounts the disk,
+// prints
 //
 //	ftvm-guest exit status=<n>
 //
 // and powers the machine off. PID 1 itself never exits, because that would
 // end in a kernel panic without a word about why.
 //
-// Exit statuses: 0 success, 1 workload error, 2 bad command line, 3 workload
-// panic (recovered), 128+N killed by signal N, anything else as the child
-// process exited (Go's runtime exits 2 on an unrecovered panic in another
-// goroutine).
+// Kernel command line parameters (a later one overrides an earlier one):
+//
+//	ftvm.workload=NAME  workload to run: none (default), sleep, crash, kv
+//	ftvm.seconds=N      run time of the sleep workload
+//	ftvm.ip=ADDR/LEN    static IPv4 address of eth0, e.g. 192.168.127.2/24
+//	ftvm.ip=dhcp        configure eth0 by DHCPv4 (gvisor-tap-vsock's switch
+//	                    runs a server on 192.168.127.1); no renewal
+//	ftvm.gw=ADDR        default route (static: must be in the subnet; dhcp:
+//	                    overrides the server's router option)
+//	ftvm.dns=A[,B...]   nameservers for /etc/resolv.conf (dhcp: overrides
+//	                    the server's)
+//	ftvm.disk=/dev/X    block device to mount on /data; failing to mount an
+//	                    explicitly named disk fails the boot. Default: mount
+//	                    /dev/vda if it exists, and carry on without /data if
+//	                    the mount fails. ftvm.disk=none skips the disk.
+//	ftvm.fs=TYPE        filesystem of the disk (default ext4)
+//	ftvm.port=N         TCP port of the kv workload (default 7000)
+//
+// Without ftvm.ip only lo is brought up. With it, /init waits up to 10s for
+// eth0 to appear (a virtio-net device, declared with virtio_mmio.device=)
+// and fails the boot with an error line if it does not.
+//
+// Exit statuses: 0 success, 1 workload error, 2 bad command line (no ready
+// line), 3 workload panic (recovered), 4 guest setup failed (network, or
+// the disk named by ftvm.disk; no ready line), 128+N killed by signal N,
+// anything else as the child process exited (Go's runtime exits 2 on an
+// unrecovered panic in another goroutine).
+//
+// The kv workload (package images/workloads/kv) serves a line protocol on
+// ftvm.port with its log in /data/kv.log, fsync'd before every OK, or in
+// memory when no disk is mounted.
 //
 // Run as an ordinary process (not PID 1, for tests) it mounts nothing,
-// reads the command line from $FTVM_GUEST_CMDLINE if set, and exits with
-// the workload's status instead of powering off.
+// configures no network, reads the command line from $FTVM_GUEST_CMDLINE if
+// set and the data directory from $FTVM_GUEST_DATADIR, and exits with the
+// workload's status instead of powering off.
 package main
 
 import (
@@ -45,6 +80,7 @@ import (
 const (
 	roleEnv    = "FTVM_GUEST_ROLE"
 	cmdlineEnv = "FTVM_GUEST_CMDLINE"
+	dataDirEnv = "FTVM_GUEST_DATADIR"
 	clockPath  = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
 )
 
@@ -75,18 +111,74 @@ func supervise(pid1 bool, out io.Writer) (status int) {
 			fmt.Fprintf(out, "ftvm-guest warning: %v\n", err)
 		}
 	}
-	fmt.Fprintln(out, readyLine(readClocksource(), kernelRelease()))
-
 	cmdline, err := readCmdline(pid1)
 	if err != nil {
 		fmt.Fprintf(out, "ftvm-guest error: %v\n", err)
 		return 2
 	}
-	if _, err := ParseCmdline(cmdline, registry()); err != nil {
+	cfg, err := ParseCmdline(cmdline, registry())
+	if err != nil {
 		fmt.Fprintf(out, "ftvm-guest error: %v\n", err)
 		return 2
 	}
-	return runChild(out, cmdline)
+	// Outside PID 1 (tests) the host's network and disks are not ours to
+	// configure; the data directory comes from the inherited environment.
+	dataDir := os.Getenv(dataDirEnv)
+	if pid1 {
+		g, err := setUpGuest(context.Background(), cfg, out)
+		// Registered before the error check: a disk mounted before a
+		// later step failed is unmounted too.
+		defer g.tearDown(out)
+		if err != nil {
+			fmt.Fprintf(out, "ftvm-guest error: %v\n", err)
+			return 4
+		}
+		dataDir = g.mountPoint
+	}
+	fmt.Fprintln(out, readyLine(readClocksource(), kernelRelease()))
+	return runChild(out, cmdline, dataDir)
+}
+
+// guestSetup is what PID 1 set up before the workload and undoes after.
+type guestSetup struct {
+	mountPoint string // "" if no disk is mounted
+}
+
+// setUpGuest brings up the network and mounts the disk, printing one
+// machine-readable line for each. A failure of something the command line
+// asked for explicitly (ftvm.ip, ftvm.disk) is an error; the default disk
+// is optional.
+func setUpGuest(ctx context.Context, cfg Config, out io.Writer) (guestSetup, error) {
+	var g guestSetup
+	res, err := bringUpNet(ctx, cfg.Net, "/etc/resolv.conf")
+	if err != nil {
+		return g, fmt.Errorf("network: %w", err)
+	}
+	if cfg.Net.Mode != NetNone {
+		fmt.Fprintln(out, res.line())
+	}
+	dc := cfg.Disk
+	mounted, err := mountDisk(ctx, dc)
+	switch {
+	case err != nil && dc.Explicit:
+		return g, fmt.Errorf("%w (ftvm.disk=%s was given explicitly)", err, dc.Device)
+	case err != nil:
+		fmt.Fprintf(out, "ftvm-guest warning: %v; continuing without %s (ftvm.disk=none skips the disk)\n", err, dc.MountPoint)
+	case mounted:
+		g.mountPoint = dc.MountPoint
+		fmt.Fprintf(out, "ftvm-guest disk dev=%s mount=%s fs=%s\n", dc.Device, dc.MountPoint, dc.FSType)
+	}
+	return g, nil
+}
+
+// tearDown unmounts the disk so that the power-off finds it clean.
+func (g guestSetup) tearDown(out io.Writer) {
+	if g.mountPoint == "" {
+		return
+	}
+	if err := unmountDisk(g.mountPoint); err != nil {
+		fmt.Fprintf(out, "ftvm-guest warning: %v\n", err)
+	}
 }
 
 // readyLine formats the one line a host waits for.
@@ -159,13 +251,13 @@ func mountAll() []error {
 // runChild re-executes this binary as the workload process and returns
 // its exit status. Running the workload in a child is what makes any crash
 // of it reportable: a panic in one of its goroutines kills only the child.
-func runChild(out io.Writer, cmdline string) int {
+func runChild(out io.Writer, cmdline, dataDir string) int {
 	self, err := os.Executable()
 	if err != nil {
 		self = "/proc/self/exe"
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), roleEnv+"=workload", cmdlineEnv+"="+cmdline)
+	cmd.Env = append(os.Environ(), roleEnv+"=workload", cmdlineEnv+"="+cmdline, dataDirEnv+"="+dataDir)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, out, out
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintf(out, "ftvm-guest error: start workload: %v\n", err)
@@ -197,6 +289,7 @@ func workloadMain(out io.Writer) int {
 		fmt.Fprintf(out, "ftvm-guest error: %v\n", err)
 		return 2
 	}
+	cfg.DataDir = os.Getenv(dataDirEnv)
 	return runWorkload(ctx, cfg, known[cfg.Workload], out)
 }
 

@@ -5,9 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"path/filepath"
 	"runtime/debug"
 	"sort"
+	"strconv"
 	"time"
+
+	"github.com/ftvm/ftvm/images/workloads/kv"
 )
 
 // Workload is one program the guest can run, selected by ftvm.workload.
@@ -20,6 +25,7 @@ func registry() map[string]Workload {
 	return map[string]Workload{
 		"none":  func(context.Context, Config, io.Writer) error { return nil },
 		"sleep": sleepWorkload,
+		"kv":    kvWorkload,
 		// crash panics on purpose: it proves that a failing workload still
 		// ends with an exit line and a power-off, not a kernel panic.
 		"crash": func(context.Context, Config, io.Writer) error { panic("ftvm.workload=crash asked for a panic") },
@@ -68,4 +74,35 @@ func runWorkload(ctx context.Context, cfg Config, w Workload, out io.Writer) (st
 		return 1
 	}
 	return 0
+}
+
+// kvLogName is the key-value log's file in the data directory.
+const kvLogName = "kv.log"
+
+// kvWorkload serves the key-value store of package kv on cfg.Port, with
+// its log in the data directory (the mounted disk), or in memory when the
+// guest has no disk. It runs until the workload is signalled.
+func kvWorkload(ctx context.Context, cfg Config, out io.Writer) error {
+	store := kv.OpenMemory()
+	where := "memory"
+	if cfg.DataDir != "" {
+		var rec kv.Recovery
+		var err error
+		path := filepath.Join(cfg.DataDir, kvLogName)
+		if store, rec, err = kv.Open(path); err != nil {
+			return err
+		}
+		where = path
+		if rec.TornBytes > 0 {
+			fmt.Fprintf(out, "ftvm-guest kv truncated a torn last record: %d bytes (%s)\n", rec.TornBytes, rec.TornReason)
+		}
+	}
+	defer store.Close()
+	ln, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.Port))
+	if err != nil {
+		return fmt.Errorf("kv: %w", err)
+	}
+	st := store.Stats()
+	fmt.Fprintf(out, "ftvm-guest kv listening addr=%s store=%s records=%d keys=%d\n", ln.Addr(), where, st.Seq, st.Keys)
+	return kv.NewServer(store).Serve(ctx, ln)
 }
