@@ -245,7 +245,7 @@ func (s *Store) CreateDisk(ctx context.Context, name string, size int64, opts Cr
 		return nil, fmt.Errorf("storage: create disk %q: %w", name, err)
 	}
 	committed = true
-	s.log.Info("disk created", "disk", name, "size", size, "filesystem", string(opts.Filesystem), "id", id)
+	s.log.Debug("disk created", "disk", name, "size", size, "filesystem", string(opts.Filesystem), "id", id)
 	return m, nil
 }
 
