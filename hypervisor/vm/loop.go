@@ -107,6 +107,7 @@ type loop struct {
 	clock   devices.Clock
 	console consoleReceiver
 	input   *inputQueue
+	frames  *frameInbox // nil without a network device
 
 	// Set by devices during an exit, on the vCPU goroutine.
 	powerOff, reset bool
@@ -221,6 +222,13 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		}
 		l.expireTimers()
 		l.feedConsole()
+		l.feedFrames()
+	}
+}
+
+func (l *loop) feedFrames() {
+	if l.frames != nil {
+		l.frames.deliver()
 	}
 }
 
@@ -291,6 +299,7 @@ func (l *loop) halt(ctx context.Context) {
 	for {
 		l.expireTimers()
 		l.feedConsole()
+		l.feedFrames()
 		if l.pic.Pending() || l.powerOff || l.reset || ctx.Err() != nil {
 			return
 		}
@@ -303,9 +312,19 @@ func (l *loop) halt(ctx context.Context) {
 			l.haltTimer.Reset(wait)
 			timeout = l.haltTimer.C
 		}
+		var frames <-chan []byte
+		if l.frames != nil {
+			frames = l.frames.source
+		}
 		select {
 		case <-ctx.Done():
 		case <-l.input.ready():
+		case fr, ok := <-frames:
+			if ok {
+				l.frames.queue(fr)
+			} else {
+				l.frames.source = nil
+			}
 		case <-timeout:
 		}
 		l.haltTimer.Stop()

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/ftvm/ftvm/hypervisor/acpi"
 	"github.com/ftvm/ftvm/hypervisor/boot"
@@ -54,6 +55,11 @@ func (v *VM) wireDevices(clock devices.Clock) error {
 	}
 	v.loop.bus, v.loop.pic, v.loop.console = bus, pic, uart
 	v.loop.timers = []devices.Timer{pit}
+	params, err := v.wireVirtio(pic)
+	if err != nil {
+		return err
+	}
+	v.virtioParams = params
 	return v.setCPUID()
 }
 
@@ -82,7 +88,7 @@ func (v *VM) loadLinux() error {
 	entry, err := boot.Load(mem, boot.Config{
 		KernelPath: v.cfg.Kernel,
 		InitrdPath: v.cfg.Initrd,
-		Cmdline:    v.cfg.Cmdline,
+		Cmdline:    strings.TrimSpace(v.cfg.Cmdline + " " + v.virtioParams),
 		RSDP:       rsdp,
 	})
 	if err != nil {

@@ -32,6 +32,11 @@ type Config struct {
 	Console      io.Writer
 	ConsoleInput io.Reader
 
+	// Net, if set, gives the guest a virtio-net device (eth0).
+	Net *NetConfig
+	// Disks become virtio-blk devices vda, vdb, ... in order.
+	Disks []DiskConfig
+
 	// Clock is the guest's time (default: a LiveClock started at Run).
 	Clock devices.Clock
 	// WallTime is what the guest's RTC reads at power-on. Default: now.
@@ -61,6 +66,8 @@ type VM struct {
 	console *consoleTail
 	loop    *loop
 	closed  bool
+	// virtioParams tell Linux where the virtio-mmio devices are.
+	virtioParams string
 }
 
 // New creates the VM, loads the guest and wires its devices. It does not
