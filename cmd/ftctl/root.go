@@ -60,6 +60,7 @@ Large downloads and builds are cached in $FTVM_CACHE (default ~/.cache/ftvm).`,
 		newVersionCommand(),
 		newImageCommand(),
 		newRunCommand(),
+		newDiskCommand(),
 		newTestbenchCommand(),
 	)
 	return root
