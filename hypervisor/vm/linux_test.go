@@ -3,7 +3,6 @@ package vm_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/ftvm/ftvm/hypervisor/vm"
 	"github.com/ftvm/ftvm/images"
 	"github.com/ftvm/ftvm/testbench/kvmhost"
+	"github.com/ftvm/ftvm/testbench/testimage"
 )
 
 // readyWatcher records when the guest's ready line appeared.
@@ -66,7 +66,7 @@ func bootKernel(tb testing.TB, kernel, appendArgs string) (*readyWatcher, vm.Sta
 // bootImageUntil boots the test image until it stops and reports how.
 func bootImageUntil(tb testing.TB, kernel, appendArgs string) (*readyWatcher, vm.Stats, vm.StopReason, *vm.GuestError) {
 	tb.Helper()
-	dir := os.Getenv(imageEnv)
+	dir := testimage.Dir(tb)
 	m, err := images.Inspect(dir)
 	if err != nil {
 		tb.Fatal(err)
