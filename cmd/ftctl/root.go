@@ -61,6 +61,7 @@ Large downloads and builds are cached in $FTVM_CACHE (default ~/.cache/ftvm).`,
 		newImageCommand(),
 		newRunCommand(),
 		newDiskCommand(),
+		newNetCommand(),
 		newTestbenchCommand(),
 	)
 	return root

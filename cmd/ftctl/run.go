@@ -1,24 +1,27 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ftvm/ftvm/hypervisor/vm"
-	"github.com/ftvm/ftvm/images"
+	"github.com/ftvm/ftvm/instance"
+	"github.com/ftvm/ftvm/network"
 )
 
 func newRunCommand() *cobra.Command {
 	var (
-		imageDir, kernel, initrd, cmdline, appendArgs, console string
-		memory                                                 int
-		stats                                                  bool
+		cfg      instance.Config
+		console  string
+		forwards []string
+		stats    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run (--image DIR | --kernel FILE [--initrd FILE] [--cmdline ARGS])",
@@ -26,39 +29,32 @@ func newRunCommand() *cobra.Command {
 		Long: `Boot a Linux guest in one VM. The guest's serial console is this terminal:
 what it prints appears here, and lines typed here reach it. Ctrl-C stops the VM.
 
+Network: --net SOCKET attaches a virtio-net NIC to the switch of a running
+'ftctl net serve --socket SOCKET' (which outlives this VM); --net auto starts a
+switch inside this process instead, with the --forward rules. --ip configures
+the guest's eth0 (the image's /init reads it from the kernel command line).
+
+Disks: --disk NAME attaches a disk from the storage directory (see 'ftctl disk
+create') as vda, vdb, ... in order; the image's /init mounts vda on /data.
+
 The VM follows ftvm's determinism contract even without a backup: no in-kernel
 interrupt controller or clocks; a userspace 8259 PIC, 8254 PIT, ACPI PM timer
 (the guest's clocksource), CMOS RTC and 16550 UART; interrupts injected only at
 VM exits.
 
 Exit status: 0 when the guest powers off; 2 when it resets (a reboot, or a
-panic with panic=N); 3 when it halts for good instead of powering off; 1 on a VM failure (triple fault, KVM internal error), with
-the vCPU registers and the last console lines; 130 after Ctrl-C.`,
+panic with panic=N); 3 when it halts for good instead of powering off; 1 on a
+VM failure (triple fault, KVM internal error), with the vCPU registers and the
+last console lines; 130 after Ctrl-C.`,
 		Example: `  ftctl run --image out/image
   ftctl run --image out/image --append 'ftvm.workload=sleep ftvm.seconds=5'
+  ftctl disk create data --size 1G --mkfs ext4
+  ftctl run --image out/image --net auto --forward 127.0.0.1:7000=192.168.127.2:7000 \
+      --ip 192.168.127.2/24 --disk data --append ftvm.workload=kv
   ftctl run --kernel vmlinux --initrd initrd.img --cmdline 'console=ttyS0 panic=-1'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg := vm.Config{MemoryMiB: memory, Kernel: kernel, Initrd: initrd, Cmdline: cmdline}
-			switch {
-			case imageDir != "" && kernel != "":
-				return errors.New("give --image or --kernel, not both")
-			case imageDir != "":
-				m, err := images.Inspect(imageDir)
-				if err != nil {
-					return err
-				}
-				cfg.Kernel = filepath.Join(imageDir, m.Kernel)
-				cfg.Initrd = filepath.Join(imageDir, m.Initrd)
-				if cfg.Cmdline == "" {
-					cfg.Cmdline = m.Cmdline
-				}
-			case kernel == "":
-				return errors.New("nothing to boot: give --image DIR (from 'ftctl image build') or --kernel FILE")
-			}
-			if appendArgs != "" {
-				cfg.Cmdline = strings.TrimSpace(cfg.Cmdline + " " + appendArgs)
-			}
+			ctx := cmd.Context()
 			switch console {
 			case "stdio":
 				cfg.Console, cfg.ConsoleInput = cmd.OutOrStdout(), os.Stdin
@@ -72,14 +68,25 @@ the vCPU registers and the last console lines; 130 after Ctrl-C.`,
 				defer f.Close()
 				cfg.Console = f
 			}
-			v, err := vm.New(cfg)
-			if err != nil {
-				return fmt.Errorf("create VM: %w", err)
+			if len(forwards) > 0 && cfg.NetSocket != "auto" {
+				return errors.New("--forward needs --net auto; with a separate switch, give the forwards to 'ftctl net serve'")
 			}
-			defer v.Close()
-			reason, err := v.Run(cmd.Context())
+			if cfg.NetSocket == "auto" {
+				sock, stop, err := startSwitch(ctx, forwards)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				cfg.NetSocket = sock
+			}
+			inst, err := instance.New(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer inst.Close()
+			reason, err := inst.Run(ctx)
 			if stats {
-				st := v.Stats()
+				st := inst.VM.Stats()
 				fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits %v; %d interrupts injected, %d windows, %d kicks; halted %v\n",
 					st.Total(), st.ByKind(), st.Injected, st.Windows, st.Kicks, st.HaltedTime)
 			}
@@ -88,9 +95,9 @@ the vCPU registers and the last console lines; 130 after Ctrl-C.`,
 			}
 			switch reason {
 			case vm.StoppedReset:
-				return &exitError{code: 2, err: v.Report(errors.New("the guest reset the machine (a reboot, or a panic with panic=N)"))}
+				return &exitError{code: 2, err: inst.VM.Report(errors.New("the guest reset the machine (a reboot, or a panic with panic=N)"))}
 			case vm.StoppedHalted:
-				return &exitError{code: 3, err: v.Report(errors.New("the guest halted the CPU with interrupts disabled instead of powering off (no ACPI power-off?)"))}
+				return &exitError{code: 3, err: inst.VM.Report(errors.New("the guest halted the CPU with interrupts disabled instead of powering off (no ACPI power-off?)"))}
 			case vm.StoppedCancelled:
 				return &exitError{code: 130, err: errors.New("stopped")}
 			}
@@ -98,13 +105,63 @@ the vCPU registers and the last console lines; 130 after Ctrl-C.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&imageDir, "image", "", "image directory from 'ftctl image build' (kernel, initrd, default command line)")
-	f.StringVar(&kernel, "kernel", "", "guest kernel: vmlinux (PVH entry) or bzImage")
-	f.StringVar(&initrd, "initrd", "", "initial ramdisk")
-	f.StringVar(&cmdline, "cmdline", "", "kernel command line (default: the image's)")
-	f.StringVar(&appendArgs, "append", "", "arguments appended to the kernel command line")
+	f.StringVar(&cfg.Image, "image", "", "image directory from 'ftctl image build' (kernel, initrd, default command line)")
+	f.StringVar(&cfg.Kernel, "kernel", "", "guest kernel: vmlinux (PVH entry) or bzImage")
+	f.StringVar(&cfg.Initrd, "initrd", "", "initial ramdisk")
+	f.StringVar(&cfg.Cmdline, "cmdline", "", "kernel command line (default: the image's)")
+	f.StringVar(&cfg.Append, "append", "", "arguments appended to the kernel command line")
 	f.StringVar(&console, "console", "stdio", "where the serial console goes: stdio, none, or a file path")
-	f.IntVar(&memory, "mem", 256, "guest memory in MiB")
+	f.IntVar(&cfg.MemoryMiB, "mem", 256, "guest memory in MiB")
+	f.StringVar(&cfg.NetSocket, "net", "", "attach a NIC to the switch at this unix socket, or 'auto' for a switch inside this process")
+	f.StringArrayVar(&forwards, "forward", nil, "with --net auto: expose a guest TCP port, HOST:PORT=GUEST:PORT (repeatable)")
+	f.StringVar(&cfg.MAC, "mac", instance.DefaultMAC, "the NIC's MAC address")
+	f.StringVar(&cfg.IP, "ip", "", "guest eth0 address, e.g. 192.168.127.2/24, or dhcp")
+	f.StringVar(&cfg.Gateway, "gateway", "", "guest default gateway (default: .1 of the --ip subnet)")
+	f.StringArrayVar(&cfg.Disks, "disk", nil, "attach this disk from the storage directory (repeatable; vda, vdb, ...)")
+	f.StringVar(&cfg.StorageDir, "storage", "", "storage directory (default $FTVM_STORAGE or ~/.local/share/ftvm/storage)")
 	f.BoolVar(&stats, "stats", false, "print exit statistics when the VM stops")
 	return cmd
+}
+
+// startSwitch runs an embedded switch for this VM alone on a private socket.
+func startSwitch(ctx context.Context, forwardSpecs []string) (string, func(), error) {
+	var fwds []network.Forward
+	for _, spec := range forwardSpecs {
+		f, err := network.ParseForward(spec)
+		if err != nil {
+			return "", nil, fmt.Errorf("--forward %q: %w", spec, err)
+		}
+		fwds = append(fwds, f)
+	}
+	sw, err := network.NewSwitch(network.SwitchConfig{Forwards: fwds})
+	if err != nil {
+		return "", nil, err
+	}
+	dir, err := os.MkdirTemp("", "ftctl-net-")
+	if err != nil {
+		return "", nil, err
+	}
+	sock := filepath.Join(dir, "switch.sock")
+	swCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- sw.Serve(swCtx, sock) }()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			cancel()
+			os.RemoveAll(dir)
+			return "", nil, fmt.Errorf("start the network switch: %w", err)
+		default:
+		}
+		if i > 200 {
+			cancel()
+			os.RemoveAll(dir)
+			return "", nil, errors.New("the network switch did not come up within 10s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return sock, func() { cancel(); <-done; os.RemoveAll(dir) }, nil
 }
