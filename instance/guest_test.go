@@ -59,7 +59,7 @@ func (c *console) String() string {
 	return c.buf.String()
 }
 
-func (c *console) waitFor(t *testing.T, what string, stopped <-chan error, timeout time.Duration) {
+func (c *console) waitFor(t testing.TB, what string, stopped <-chan error, timeout time.Duration) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for !strings.Contains(c.String(), what) {
@@ -81,7 +81,7 @@ type guest struct {
 	stopped chan error
 }
 
-func startGuest(t *testing.T, cfg instance.Config) *guest {
+func startGuest(t testing.TB, cfg instance.Config) *guest {
 	t.Helper()
 	g := &guest{console: newConsole(), stopped: make(chan error, 1)}
 	cfg.Image, cfg.Console = testimage.Dir(t), g.console
@@ -104,7 +104,7 @@ func startGuest(t *testing.T, cfg instance.Config) *guest {
 }
 
 // stop pulls the plug: the VM stops wherever it is, as on a host crash.
-func (g *guest) stop(t *testing.T) {
+func (g *guest) stop(t testing.TB) {
 	t.Helper()
 	g.cancel()
 	if err := <-g.stopped; err != nil {
@@ -115,7 +115,7 @@ func (g *guest) stop(t *testing.T) {
 	}
 }
 
-func dialForward(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+func dialForward(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -141,7 +141,7 @@ func dialForward(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
