@@ -139,6 +139,8 @@ func TestImage(t *testing.T) {
 		}
 	})
 
+	t.Run("microvm network and disk", func(t *testing.T) { testMicrovmNetDisk(t, dir, m) })
+
 	t.Run("corrupt", func(t *testing.T) {
 		p := filepath.Join(dir, InitrdName)
 		data, err := os.ReadFile(p)
