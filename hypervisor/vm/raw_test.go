@@ -15,20 +15,28 @@ import (
 	"github.com/ftvm/ftvm/testbench/kvmhost"
 )
 
-// runRaw runs a tiny guest from testdata/guests to power-off and returns
-// its console output and the loop's statistics.
-func runRaw(t *testing.T, name string) (string, vm.Stats, time.Duration) {
+// newRawVM creates a VM running the tiny guest testdata/guests/NAME.bin,
+// with its console collected in the returned buffer.
+func newRawVM(t *testing.T, name string) (*vm.VM, *bytes.Buffer) {
 	t.Helper()
 	code, err := os.ReadFile("testdata/guests/" + name + ".bin")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var console bytes.Buffer
-	v, err := vm.New(vm.Config{RawCode: code, MemoryMiB: 16, Console: &console})
+	console := &bytes.Buffer{}
+	v, err := vm.New(vm.Config{RawCode: code, MemoryMiB: 16, Console: console})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v.Close()
+	t.Cleanup(func() { v.Close() })
+	return v, console
+}
+
+// runRaw runs a tiny guest to power-off and returns its console output,
+// the loop's statistics and the wall time it took.
+func runRaw(t *testing.T, name string) (string, vm.Stats, time.Duration) {
+	t.Helper()
+	v, console := newRawVM(t, name)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	start := time.Now()
@@ -124,16 +132,7 @@ func TestRawCancelStopsSpinningGuest(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
 	}
-	code, err := os.ReadFile("testdata/guests/spin.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var console bytes.Buffer
-	v, err := vm.New(vm.Config{RawCode: code, MemoryMiB: 16, Console: &console})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v, console := newRawVM(t, "spin")
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(200*time.Millisecond, cancel)
 	start := time.Now()
@@ -154,17 +153,8 @@ func TestRawTripleFaultReportsRegisters(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
 	}
-	code, err := os.ReadFile("testdata/guests/triplefault.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var console bytes.Buffer
-	v, err := vm.New(vm.Config{RawCode: code, MemoryMiB: 16, Console: &console})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
-	_, err = v.Run(context.Background())
+	v, _ := newRawVM(t, "triplefault")
+	_, err := v.Run(context.Background())
 	var ge *vm.GuestError
 	if !errors.As(err, &ge) {
 		t.Fatalf("err = %v, want a *vm.GuestError", err)

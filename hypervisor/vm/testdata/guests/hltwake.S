@@ -5,11 +5,7 @@
 .include "common.inc"
 .globl _start
 _start:
-	cli
-	xor %ax, %ax
-	mov %ax, %ds
-	mov %ax, %ss
-	mov $0x8000, %sp
+	prologue
 	set_vector 0x20, tick
 	pic_init
 	mov $PM_TMR, %dx

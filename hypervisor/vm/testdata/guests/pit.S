@@ -4,19 +4,10 @@
 .include "common.inc"
 .globl _start
 _start:
-	cli
-	xor %ax, %ax
-	mov %ax, %ds
-	mov %ax, %ss
-	mov $0x8000, %sp
+	prologue
 	set_vector 0x20, tick
 	pic_init
-	mov $0x34, %al          # channel 0, lobyte/hibyte, mode 2
-	out %al, $0x43
-	mov $0xa9, %al          # 1193 = 0x04a9: 1 ms
-	out %al, $0x40
-	mov $0x04, %al
-	out %al, $0x40
+	pit_1khz
 	sti
 1:	hlt
 	cmpw $100, count

@@ -6,19 +6,10 @@
 .include "common.inc"
 .globl _start
 _start:
-	cli
-	xor %ax, %ax
-	mov %ax, %ds
-	mov %ax, %ss
-	mov $0x8000, %sp
+	prologue
 	set_vector 0x20, tick
 	pic_init
-	mov $0x34, %al
-	out %al, $0x43
-	mov $0xa9, %al
-	out %al, $0x40
-	mov $0x04, %al
-	out %al, $0x40
+	pit_1khz
 	mov $PM_TMR, %dx
 	in %dx, %eax
 	mov %eax, %ebx          # start
