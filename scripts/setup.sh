@@ -13,6 +13,7 @@ packages=(
   qemu-system-x86   # the nested KVM host (testbench/kvmhost)
   busybox-static    # the nested host's userland
   e2fsprogs         # mkfs.ext4 for disk images
+  iproute2          # network-namespace tests (ip)
   ca-certificates git
 )
 
