@@ -240,3 +240,41 @@ func TestGuestServesThroughForwardAndKeepsAcknowledgedWrites(t *testing.T) {
 	}
 	t.Logf("all %d acknowledged records survived a hard stop and a restart", len(want))
 }
+
+// TestGuestGetsAddressByDHCP boots the guest with ftvm.ip=dhcp: the
+// switch's DHCP server hands its fixed MAC the leased address, and the kv
+// server answers through a forward to that address.
+func TestGuestGetsAddressByDHCP(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	tmp := t.TempDir()
+	sock := filepath.Join(tmp, "net.sock")
+	fwd := freeAddr(t)
+	sw, err := network.NewSwitch(network.SwitchConfig{
+		StaticLeases: map[string]string{instance.DefaultMAC: "192.168.127.9"},
+		Forwards:     []network.Forward{{Host: fwd, Guest: "192.168.127.9:7000"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = sw.Serve(ctx, sock) }()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if i > 100 {
+			t.Fatal("switch socket never appeared")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	g := startGuest(t, instance.Config{NetSocket: sock, IP: "dhcp", Append: "ftvm.workload=kv ftvm.disk=none"})
+	defer g.stop(t)
+	if !strings.Contains(g.console.String(), "ftvm-guest net eth0=192.168.127.9/24") || !strings.Contains(g.console.String(), "via=dhcp") {
+		t.Fatalf("guest did not take the leased address by DHCP; console:\n%s", g.console.String())
+	}
+	conn, _ := dialForward(t, fwd)
+	conn.Close()
+}

@@ -146,8 +146,18 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 	if err != nil {
 		return 0, fmt.Errorf("vCPU kicker: %w", err)
 	}
-	stopKick := context.AfterFunc(ctx, func() { _ = kicker.Kick() })
-	defer stopKick()
+	// The kick on cancellation must be over before run returns: the caller
+	// may close the vCPU next, unmapping the run page the kick writes to.
+	kickDone := make(chan struct{})
+	stopKick := context.AfterFunc(ctx, func() {
+		defer close(kickDone)
+		_ = kicker.Kick()
+	})
+	defer func() {
+		if !stopKick() {
+			<-kickDone
+		}
+	}()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -167,3 +167,29 @@ func TestRawTripleFaultReportsRegisters(t *testing.T) {
 		}
 	}
 }
+
+// TestRawCancelThenCloseRepeatedly cancels and closes VMs back to back: the
+// kick that cancellation sends must be finished before Close unmaps the run
+// page it writes to (this crashed the process once).
+func TestRawCancelThenCloseRepeatedly(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	for i := 0; i < 30; i++ {
+		v, _ := newRawVM(t, "spin")
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := v.Run(ctx)
+			done <- err
+		}()
+		time.Sleep(time.Duration(i%5) * time.Millisecond)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
