@@ -50,7 +50,9 @@ const (
 
 	// ConsoleInput carries the bytes the UART accepted (Receive's return)
 	// after exit #Exit. Only accepted bytes are logged; the rest stay in
-	// the primary's queue and appear in a later entry.
+	// the primary's queue and appear in a later entry. The backup's UART,
+	// in the same state, must accept all of them; accepting fewer is a
+	// divergence.
 	ConsoleInput Type = 5
 
 	// FrameReceived carries a frame handed to network device #Device after
@@ -106,8 +108,9 @@ const (
 // Bounds on payloads. They bound what a decoder of untrusted bytes accepts
 // and what a recorder may log in one entry.
 const (
-	// MaxConsoleInput is the most console bytes in one entry; the UART
-	// FIFO takes 16 at a time, so anything larger is a bug.
+	// MaxConsoleInput is the most console bytes in one entry. The 16550
+	// takes at most 16 (its FIFO) per exit; the bound leaves room for a
+	// deeper console device without a format change.
 	MaxConsoleInput = 4096
 	// MaxFrame is the largest frame; virtio-net without GSO/mergeable
 	// buffers receives at most 65550 bytes, so 64 KiB covers every frame
