@@ -40,12 +40,15 @@ const GuestInitPackage = ModulePath + "/images/guestinit"
 //     rule). The value only scales udelay(); our devices are virtual and
 //     need no real delays, so a modest value (a 250 MHz loop at HZ=250)
 //     keeps every udelay short while not being absurdly small.
+//   - io_delay=none: Linux otherwise writes port 0x80 after legacy port
+//     accesses to slow the bus down; under a VMM each such write is a VM exit
+//     (about 6% of a boot's exits) and our device models need no delay.
 //   - pci=off: the kernel has PCI support only because ACPI needs it (see
 //     images/kernel/ftvm.config); our VMM has no PCI host bridge, so the
 //     kernel must not probe config space ports 0xcf8/0xcfc.
 //   - ftvm.workload=none: /init reports ready and powers off; callers append
 //     their own ftvm.workload=, which wins as the later parameter.
-const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 lpj=1000000 pci=off ftvm.workload=none"
+const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 lpj=1000000 pci=off io_delay=none ftvm.workload=none"
 
 // File names inside an image directory.
 const (

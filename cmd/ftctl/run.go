@@ -87,8 +87,8 @@ last console lines; 130 after Ctrl-C.`,
 			reason, err := inst.Run(ctx)
 			if stats {
 				st := inst.VM.Stats()
-				fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits %v; %d interrupts injected, %d windows, %d kicks; halted %v\n",
-					st.Total(), st.ByKind(), st.Injected, st.Windows, st.Kicks, st.HaltedTime)
+				fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits %v; %d interrupts injected, %d windows, %d kicks; halted %v; busiest ports %v\n",
+					st.Total(), st.ByKind(), st.Injected, st.Windows, st.Kicks, st.HaltedTime, st.TopPorts(6))
 			}
 			if err != nil {
 				return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,6 +75,29 @@ type Stats struct {
 	Windows    uint64               // interrupt windows requested
 	Kicks      uint64               // liveness kicks of a guest that did not exit
 	HaltedTime time.Duration        // time spent waiting in HLT
+	// PortExits counts port I/O exits by port: where the exit budget goes.
+	PortExits map[uint16]uint64
+}
+
+// TopPorts lists the n ports with the most exits, most first, as
+// "0x608:1234" strings.
+func (s Stats) TopPorts(n int) []string {
+	type pc struct {
+		port  uint16
+		count uint64
+	}
+	var all []pc
+	for p, c := range s.PortExits {
+		all = append(all, pc{p, c})
+	}
+	sort.Slice(all, func(i, j int) bool {
+		return all[i].count > all[j].count || all[i].count == all[j].count && all[i].port < all[j].port
+	})
+	var out []string
+	for i := 0; i < len(all) && i < n; i++ {
+		out = append(out, fmt.Sprintf("%#x:%d", all[i].port, all[i].count))
+	}
+	return out
 }
 
 // Total is the number of exits of all kinds.
@@ -170,6 +194,9 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		wg.Wait()
 		l.stats.Kicks = l.kicks.Load()
 	}()
+	if l.stats.PortExits == nil {
+		l.stats.PortExits = map[uint16]uint64{}
+	}
 	l.haltTimer = time.NewTimer(time.Hour)
 	l.haltTimer.Stop()
 	l.nextDeadline.Store(-1)
@@ -243,6 +270,8 @@ func (l *loop) feedFrames() {
 }
 
 func (l *loop) portIO(io *kvm.IOExit) {
+	// Existing keys update in place: no allocation after a port's first exit.
+	l.stats.PortExits[io.Port]++
 	size := int(io.Size)
 	for i := 0; i < int(io.Count); i++ {
 		data := io.Data[i*size : (i+1)*size]
