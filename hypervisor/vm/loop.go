@@ -48,6 +48,8 @@ const (
 	// nothing on this machine can wake (no NMI sources). Linux does this
 	// ("System halted") when it cannot power off.
 	StoppedHalted
+	// StoppedLogEnd: a backup replayed everything in its log.
+	StoppedLogEnd
 )
 
 func (r StopReason) String() string {
@@ -60,6 +62,8 @@ func (r StopReason) String() string {
 		return "stopped"
 	case StoppedHalted:
 		return "halted with interrupts disabled"
+	case StoppedLogEnd:
+		return "replayed to the end of the log"
 	}
 	return fmt.Sprintf("StopReason(%d)", int(r))
 }
@@ -74,6 +78,7 @@ type Stats struct {
 	Injected   uint64               // interrupts injected with KVM_INTERRUPT
 	Windows    uint64               // interrupt windows requested
 	Kicks      uint64               // liveness kicks of a guest that did not exit
+	SyncExits  uint64               // synchronous exits: the replay clock
 	HaltedTime time.Duration        // time spent waiting in HLT
 	// PortExits counts port I/O exits by port: where the exit budget goes.
 	PortExits map[uint16]uint64
@@ -145,6 +150,14 @@ type loop struct {
 	nextDeadline atomic.Int64 // earliest timer deadline in guest ns, -1 none
 	kicks        atomic.Uint64
 
+	// Determinism: the number of synchronous exits so far, and at most one
+	// of a recorder (primary) or replayer (backup). replayErr parks a
+	// disagreement found where no error can be returned (a clock read).
+	syncExits uint64
+	rec       Recorder
+	rep       Replayer
+	replayErr error
+
 	// mmioReported avoids logging every access to unbacked memory.
 	mmioReported bool
 	onMMIO       func(addr uint64, write bool)
@@ -184,15 +197,20 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 	}()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		l.watchdog(watchCtx, kicker)
-	}()
+	if l.rep == nil {
+		// A backup's timers fire when the log says, never by wall time:
+		// it has nothing for a watchdog to rescue.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.watchdog(watchCtx, kicker)
+		}()
+	}
 	defer func() {
 		stopWatch()
 		wg.Wait()
 		l.stats.Kicks = l.kicks.Load()
+		l.stats.SyncExits = l.syncExits
 	}()
 	if l.stats.PortExits == nil {
 		l.stats.PortExits = map[uint16]uint64{}
@@ -220,6 +238,10 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 			return 0, fmt.Errorf("KVM_RUN: %w", err)
 		}
 		l.stats.Exits[min(int(exit.Kind), maxExitKinds-1)]++
+		counted := synchronousExit(exit.Kind)
+		if counted {
+			l.syncExits++
+		}
 
 		switch exit.Kind {
 		case kvm.ExitIO:
@@ -230,6 +252,20 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 			if !l.vcpu.IFFlag() {
 				return StoppedHalted, nil
 			}
+			if l.rep != nil {
+				// Everything the primary did while halted at this exit is
+				// in the log at this exit number; apply it, never wait.
+				if err := l.afterExit(&exit); err != nil {
+					return l.replayStop(err)
+				}
+				if !l.pic.Pending() && !l.powerOff && !l.reset {
+					return StoppedLogEnd, nil
+				}
+				continue
+			}
+			if l.rec != nil {
+				l.rec.Exit(l.syncExits, exit.Kind, 0)
+			}
 			l.halt(ctx)
 		case kvm.ExitIRQWindowOpen:
 			// The injection happens at the top of the loop.
@@ -237,6 +273,9 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 			// A kick (Ctrl-C or the watchdog). Clear immediate_exit before
 			// looking at why, so a kick arriving meanwhile is not lost.
 			l.vcpu.SetImmediateExit(false)
+			if l.rec != nil && ctx.Err() == nil {
+				l.rec.Kicked(l.syncExits)
+			}
 		case kvm.ExitDebug:
 		case kvm.ExitShutdown:
 			return 0, errors.New("the guest triple-faulted (KVM_EXIT_SHUTDOWN)")
@@ -257,10 +296,45 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		default:
 			return 0, fmt.Errorf("unhandled VM exit %v (hardware reason %#x)", exit.Kind, exit.HardwareExitReason)
 		}
-		l.expireTimers()
+		if counted && exit.Kind != kvm.ExitHLT {
+			if err := l.afterExit(&exit); err != nil {
+				return l.replayStop(err)
+			}
+		} else if !counted {
+			l.expireTimers()
+		}
 		l.feedConsole()
 		l.feedFrames()
 	}
+}
+
+// afterExit ends synchronous exit n: it reports or checks the exit and
+// applies the timer expiries due at it (from the clock on a primary, from
+// the log on a backup).
+func (l *loop) afterExit(exit *kvm.Exit) error {
+	n := l.syncExits
+	switch {
+	case l.rec != nil:
+		l.rec.Exit(n, exit.Kind, exitWhere(exit))
+	case l.rep != nil:
+		if err := l.replayErr; err != nil {
+			return err
+		}
+		if err := l.rep.Exit(n, exit.Kind, exitWhere(exit)); err != nil {
+			return err
+		}
+		return l.replayTimers()
+	}
+	l.expireTimers()
+	return nil
+}
+
+// replayStop turns a replay error into the loop's result.
+func (l *loop) replayStop(err error) (StopReason, error) {
+	if errors.Is(err, ErrLogEnd) {
+		return StoppedLogEnd, nil
+	}
+	return 0, &DivergenceError{Exit: l.syncExits, Err: err}
 }
 
 func (l *loop) feedFrames() {
@@ -326,6 +400,14 @@ func (l *loop) deliverInterrupt() error {
 		return fmt.Errorf("inject interrupt vector %#x: %w", vector, err)
 	}
 	l.stats.Injected++
+	switch {
+	case l.rec != nil:
+		l.rec.Injected(l.syncExits, vector)
+	case l.rep != nil:
+		if err := l.rep.Injected(l.syncExits, vector); err != nil {
+			return &DivergenceError{Exit: l.syncExits, Err: err}
+		}
+	}
 	return nil
 }
 
@@ -378,10 +460,13 @@ func (l *loop) expireTimers() {
 	}
 	now := l.clock.Now()
 	next := time.Duration(-1)
-	for _, t := range l.timers {
+	for i, t := range l.timers {
 		d, ok := t.NextDeadline()
 		if ok && d <= now {
 			t.Expire(now)
+			if l.rec != nil {
+				l.rec.TimerFired(l.syncExits, i, now)
+			}
 			d, ok = t.NextDeadline()
 		}
 		if ok && (next < 0 || d < next) {

@@ -37,6 +37,13 @@ type Config struct {
 	// Disks become virtio-blk devices vda, vdb, ... in order.
 	Disks []DiskConfig
 
+	// Record, on a primary, receives every non-deterministic input at the
+	// exit where the guest observed it. Replay, on a backup, serves a
+	// recording instead of the world. At most one may be set, and for now
+	// only for guests without console input, NIC or disks.
+	Record Recorder
+	Replay Replayer
+
 	// Clock is the guest's time (default: a LiveClock started at Run).
 	Clock devices.Clock
 	// WallTime is what the guest's RTC reads at power-on. Default: now.
@@ -82,6 +89,12 @@ func New(cfg Config) (_ *VM, err error) {
 	if (cfg.Kernel == "") == (cfg.RawCode == nil) {
 		return nil, errors.New("VM config: give exactly one of a kernel or raw code")
 	}
+	if cfg.Record != nil && cfg.Replay != nil {
+		return nil, errors.New("VM config: a VM records or replays, not both")
+	}
+	if (cfg.Record != nil || cfg.Replay != nil) && (cfg.Net != nil || len(cfg.Disks) > 0 || cfg.ConsoleInput != nil) {
+		return nil, errors.New("VM config: recording and replay do not cover console input, NICs or disks yet")
+	}
 	if cfg.WallTime.IsZero() {
 		cfg.WallTime = time.Now()
 	}
@@ -115,8 +128,15 @@ func New(cfg Config) (_ *VM, err error) {
 	if clock == nil {
 		clock = NewLiveClock()
 	}
-	v.loop = &loop{vcpu: v.vcpu, clock: clock}
-	if err = v.wireDevices(clock); err != nil {
+	v.loop = &loop{vcpu: v.vcpu, clock: clock, rec: cfg.Record, rep: cfg.Replay}
+	devClock := clock
+	switch {
+	case cfg.Record != nil:
+		devClock = &recordingClock{live: clock, l: v.loop}
+	case cfg.Replay != nil:
+		devClock = &replayClock{l: v.loop}
+	}
+	if err = v.wireDevices(devClock); err != nil {
 		return nil, err
 	}
 	if cfg.ConsoleInput != nil {
