@@ -42,7 +42,10 @@ type Recorder interface {
 	// timer expiry or injection at n. where is the port of a port I/O exit
 	// or the address of an MMIO exit (0 otherwise): with the kind, enough
 	// to see the backup take another path at the first exit where it does.
-	Exit(n uint64, kind kvm.ExitKind, where uint64)
+	// rip reads the guest's RIP (a KVM_GET_REGS): call it only for exits
+	// that are logged with it. At an I/O exit RIP still points at the I/O
+	// instruction, the same on both sides.
+	Exit(n uint64, kind kvm.ExitKind, where uint64, rip func() uint64)
 	// ClockRead is a device's read of the guest clock during exit n.
 	ClockRead(n uint64, value time.Duration)
 	// TimerFired: timer (an index in the machine's timer list) expired
@@ -60,7 +63,7 @@ type Recorder interface {
 type Replayer interface {
 	// Exit checks synchronous exit n against the log. A replayer whose log
 	// ends before n returns ErrLogEnd.
-	Exit(n uint64, kind kvm.ExitKind, where uint64) error
+	Exit(n uint64, kind kvm.ExitKind, where uint64, rip func() uint64) error
 	// ClockRead returns the value the primary's device read during exit n.
 	ClockRead(n uint64) (time.Duration, error)
 	// NextTimer returns the next timer expiry logged at exit n, if any.
@@ -128,4 +131,12 @@ func (l *loop) replayTimers() error {
 		}
 		l.timers[i].Expire(now)
 	}
+}
+
+// currentRIP reads the vCPU's RIP for Recorder.Exit and Replayer.Exit.
+func (l *loop) currentRIP() uint64 {
+	if err := l.vcpu.GetRegs(&l.regs); err != nil {
+		return ^uint64(0) // never equal to a real RIP on the other side
+	}
+	return l.regs.RIP
 }

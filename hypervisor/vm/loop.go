@@ -154,6 +154,8 @@ type loop struct {
 	// of a recorder (primary) or replayer (backup). replayErr parks a
 	// disagreement found where no error can be returned (a clock read).
 	syncExits uint64
+	ripFn     func() uint64 // l.currentRIP, bound once: no allocation per exit
+	regs      kvm.Regs
 	rec       Recorder
 	rep       Replayer
 	replayErr error
@@ -212,6 +214,7 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		l.stats.Kicks = l.kicks.Load()
 		l.stats.SyncExits = l.syncExits
 	}()
+	l.ripFn = l.currentRIP
 	if l.stats.PortExits == nil {
 		l.stats.PortExits = map[uint16]uint64{}
 	}
@@ -264,7 +267,7 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 				continue
 			}
 			if l.rec != nil {
-				l.rec.Exit(l.syncExits, exit.Kind, 0)
+				l.rec.Exit(l.syncExits, exit.Kind, 0, l.ripFn)
 			}
 			l.halt(ctx)
 		case kvm.ExitIRQWindowOpen:
@@ -315,12 +318,12 @@ func (l *loop) afterExit(exit *kvm.Exit) error {
 	n := l.syncExits
 	switch {
 	case l.rec != nil:
-		l.rec.Exit(n, exit.Kind, exitWhere(exit))
+		l.rec.Exit(n, exit.Kind, exitWhere(exit), l.ripFn)
 	case l.rep != nil:
 		if err := l.replayErr; err != nil {
 			return err
 		}
-		if err := l.rep.Exit(n, exit.Kind, exitWhere(exit)); err != nil {
+		if err := l.rep.Exit(n, exit.Kind, exitWhere(exit), l.ripFn); err != nil {
 			return err
 		}
 		return l.replayTimers()

@@ -42,7 +42,7 @@ type injectEntry struct {
 	vector uint8
 }
 
-func (m *memLog) Exit(n uint64, kind kvm.ExitKind, where uint64) {
+func (m *memLog) Exit(n uint64, kind kvm.ExitKind, where uint64, _ func() uint64) {
 	if n != uint64(len(m.exits))+1 {
 		panic(fmt.Sprintf("exit %d reported after %d", n, len(m.exits)))
 	}
@@ -62,7 +62,7 @@ type memReplayer struct {
 	lastClockCheck uint64
 }
 
-func (r *memReplayer) Exit(n uint64, kind kvm.ExitKind, where uint64) error {
+func (r *memReplayer) Exit(n uint64, kind kvm.ExitKind, where uint64, _ func() uint64) error {
 	if n > uint64(len(r.log.exits)) {
 		return vm.ErrLogEnd
 	}
