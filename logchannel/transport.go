@@ -1,0 +1,100 @@
+package logchannel
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Dial connects to a backup listening on network ("tcp", "unix", ...) and
+// addr and returns the primary's Sender. ctx bounds dialing and the
+// handshake.
+func Dial(ctx context.Context, network, addr string, cfg Config) (*Sender, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("logchannel: dial %s %s: %w", network, addr, err)
+	}
+	return NewSender(ctx, conn, cfg)
+}
+
+// Listener accepts primaries on the backup's side. It owns the listening
+// socket; each Accept yields an independent Receiver.
+type Listener struct {
+	ln  net.Listener
+	cfg Config
+}
+
+// Listen opens a listening socket for Accept.
+func Listen(ctx context.Context, network, addr string, cfg Config) (*Listener, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("logchannel: listen %s %s: %w", network, addr, err)
+	}
+	return &Listener{ln: ln, cfg: cfg}, nil
+}
+
+// Addr is the address the listener is bound to.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Close stops listening; Receivers already accepted are unaffected.
+func (l *Listener) Close() error { return l.ln.Close() }
+
+// Accept waits for a primary, performs the handshake and returns the
+// Receiver. ctx bounds the wait and the handshake.
+func (l *Listener) Accept(ctx context.Context) (*Receiver, error) {
+	if d, ok := l.ln.(interface{ SetDeadline(time.Time) error }); ok {
+		stop := context.AfterFunc(ctx, func() { d.SetDeadline(time.Unix(1, 0)) })
+		defer func() {
+			if !stop() {
+				d.SetDeadline(time.Time{})
+			}
+		}()
+	}
+	conn, err := l.ln.Accept()
+	if err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return nil, fmt.Errorf("logchannel: accept on %v: %w", l.ln.Addr(), err)
+	}
+	return NewReceiver(ctx, conn, l.cfg)
+}
+
+// Pipe connects a Sender and a Receiver in memory (net.Pipe), for tests
+// and single-process setups.
+func Pipe(ctx context.Context, senderCfg, receiverCfg Config) (*Sender, *Receiver, error) {
+	a, b := net.Pipe()
+	return Connect(ctx, a, b, senderCfg, receiverCfg)
+}
+
+// Connect runs both handshakes concurrently over an existing pair of
+// connected conns (a: primary's end, b: backup's end).
+func Connect(ctx context.Context, a, b net.Conn, senderCfg, receiverCfg Config) (*Sender, *Receiver, error) {
+	type res struct {
+		r   *Receiver
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		r, err := NewReceiver(ctx, b, receiverCfg)
+		ch <- res{r, err}
+	}()
+	s, serr := NewSender(ctx, a, senderCfg)
+	rr := <-ch
+	if serr != nil || rr.err != nil {
+		if s != nil {
+			s.Close()
+		}
+		if rr.r != nil {
+			rr.r.Close()
+		}
+		if serr == nil {
+			serr = rr.err
+		}
+		return nil, nil, serr
+	}
+	return s, rr.r, nil
+}
