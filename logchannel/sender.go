@@ -25,6 +25,7 @@ type Sender struct {
 	curFirst uint64   // seq of its first entry
 	curCount int      // entries in it
 	sealed   [][]byte // complete frames waiting for the writer
+	free     [][]byte // written frame buffers kept for reuse
 	// recs holds one record per entry in (replayed, nextSeq); recs[i] is
 	// seq replayed+1+i. It serves unacked-byte accounting and the age of
 	// the oldest unreplayed entry.
@@ -112,7 +113,8 @@ func (s *Sender) Append(ctx context.Context, entry []byte) (uint64, error) {
 	s.nextSeq++
 	wasEmpty := s.curCount == 0
 	if wasEmpty {
-		s.cur = append(s.cur[:0], byte(FrameBatch), 0, 0, 0, 0)
+		s.cur = s.newBatchBuf(len(entry))
+		s.cur = append(s.cur, byte(FrameBatch), 0, 0, 0, 0)
 		s.cur = append(s.cur, make([]byte, batchHeaderSize)...)
 		s.curFirst = seq
 	}
@@ -136,6 +138,17 @@ func (s *Sender) Append(ctx context.Context, entry []byte) (uint64, error) {
 		signal(s.kick)
 	}
 	return seq, nil
+}
+
+// newBatchBuf returns an empty buffer big enough for a full batch, so
+// filling it never reallocates and copies (that dominated CPU profiles).
+func (s *Sender) newBatchBuf(first int) []byte {
+	if n := len(s.free); n > 0 {
+		b := s.free[n-1]
+		s.free = s.free[:n-1]
+		return b[:0]
+	}
+	return make([]byte, 0, frameHeaderSize+batchHeaderSize+s.l.cfg.MaxBatchBytes+4+max(first, 4<<10)+frameTrailer)
 }
 
 func (s *Sender) unblock(counted bool) {
@@ -189,6 +202,9 @@ func (s *Sender) writePendingLocked() error {
 	frames := s.sealed
 	s.sealed = nil
 	s.mu.Unlock()
+	if len(frames) == 0 {
+		return nil
+	}
 	for _, f := range frames {
 		if _, err := s.l.bw.Write(f); err != nil {
 			return err
@@ -196,10 +212,16 @@ func (s *Sender) writePendingLocked() error {
 	}
 	s.l.framesSent.Add(uint64(len(frames)))
 	s.l.batches.Add(uint64(len(frames)))
-	if len(frames) == 0 {
-		return nil
+	err := s.l.bw.Flush()
+	// bufio keeps no reference to written slices, so they can be reused.
+	s.mu.Lock()
+	for _, f := range frames {
+		if len(s.free) < 4 && cap(f) <= 2*(frameHeaderSize+batchHeaderSize+s.l.cfg.MaxBatchBytes+(4<<10)+8) {
+			s.free = append(s.free, f[:0])
+		}
 	}
-	return s.l.bw.Flush()
+	s.mu.Unlock()
+	return err
 }
 
 func (s *Sender) flushAll() {
