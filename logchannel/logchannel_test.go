@@ -411,6 +411,9 @@ func TestReplayLagBound(t *testing.T) {
 	if st.LagEntries != 10 || st.LagTime <= 0 {
 		t.Errorf("lag: %d entries, %v", st.LagEntries, st.LagTime)
 	}
+	if st := r.Stats(); st.LagEntries < 10 || st.LagTime <= 0 {
+		t.Errorf("receiver lag: %d entries, %v", st.LagEntries, st.LagTime)
+	}
 	for i := uint64(1); i <= 5; i++ {
 		if _, _, err := r.Next(ctx); err != nil {
 			t.Fatal(err)
@@ -613,6 +616,33 @@ func TestOversizedFrameHeader(t *testing.T) {
 	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "length 2147483647 exceeds MaxFramePayload") {
 		t.Fatalf("Next = %v", err)
 	}
+}
+
+func TestAcceptCancel(t *testing.T) {
+	noLeaks(t)
+	ln, err := Listen(context.Background(), "tcp", "127.0.0.1:0", testCfg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := ln.Accept(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Accept = %v, want deadline exceeded", err)
+	}
+	// The listener still works after a cancelled Accept.
+	ctx2 := ctxT(t)
+	go func() {
+		if s, err := Dial(ctx2, "tcp", ln.Addr().String(), testCfg()); err == nil {
+			<-s.Done()
+			s.Close()
+		}
+	}()
+	r, err := ln.Accept(ctx2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
 }
 
 func TestHandshakeMismatch(t *testing.T) {

@@ -28,6 +28,14 @@ type Receiver struct {
 	acksSent  uint64
 	totBytes  uint64
 	meter     rateMeter
+	// arrivals has one record per received batch not yet fully replayed,
+	// for the age of the oldest unreplayed entry.
+	arrivals []arrival
+}
+
+type arrival struct {
+	last uint64 // last seq of the batch
+	at   int64  // receipt time, ns since link epoch
 }
 
 // NewReceiver performs the handshake on conn as the backup and starts the
@@ -98,6 +106,7 @@ func (r *Receiver) onBatch(f *Frame) error {
 		r.qHead = 0
 	}
 	r.queue = append(r.queue, f.Entries...)
+	r.arrivals = append(r.arrivals, arrival{last: f.FirstSeq + uint64(len(f.Entries)) - 1, at: now})
 	r.l.batches.Add(1)
 	r.received += uint64(len(f.Entries))
 	r.totBytes += n
@@ -155,6 +164,11 @@ func (r *Receiver) ReportReplayed(seq uint64) {
 	changed := seq > r.replayed
 	if changed {
 		r.replayed = seq
+		i := 0
+		for i < len(r.arrivals) && r.arrivals[i].last <= seq {
+			i++
+		}
+		r.arrivals = append(r.arrivals[:0], r.arrivals[i:]...)
 	}
 	r.mu.Unlock()
 	if changed {
@@ -241,6 +255,9 @@ func (r *Receiver) Stats() Stats {
 		Delivered:       r.delivered,
 		LagEntries:      r.received - r.replayed,
 		AcksSent:        r.acksSent,
+	}
+	if st.LagEntries > 0 && len(r.arrivals) > 0 {
+		st.LagTime = time.Duration(now - r.arrivals[0].at)
 	}
 	st.EntriesPerSec, st.BytesPerSec = r.meter.rate(now)
 	r.l.fillStats(&st, now)

@@ -25,7 +25,8 @@ type Stats struct {
 	UnackedEntries uint64
 	UnackedBytes   uint64
 	// LagEntries is appended (sender) or received (receiver) minus
-	// replayed; LagTime (sender) is the age of the oldest unreplayed entry.
+	// replayed; LagTime is the age of the oldest unreplayed entry (since
+	// Append on the sender, since receipt of its batch on the receiver).
 	LagEntries uint64
 	LagTime    time.Duration
 
