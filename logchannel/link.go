@@ -112,11 +112,12 @@ type link struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	done    chan struct{}
-	hbKick  chan struct{}
-	closing atomic.Bool
-	errOnce sync.Once
-	err     error // set once, before done is closed
+	done      chan struct{}
+	hbKick    chan struct{}
+	closing   atomic.Bool
+	closeOnce sync.Once
+	errOnce   sync.Once
+	err       error // set once, before done is closed
 
 	// wmu serializes writes; the heartbeat path only TryLocks it, because a
 	// write already in progress proves liveness and a blocked one must not
@@ -402,6 +403,12 @@ func (l *link) watchdog() {
 // timeout (at most a second) so that a frozen peer (or a writer stuck holding wmu) cannot
 // hang Close; failing the link closes the conn, which unblocks it.
 func (l *link) shutdown(final func() error) error {
+	l.closeOnce.Do(func() { l.closeFrame(final) })
+	l.wg.Wait()
+	return nil
+}
+
+func (l *link) closeFrame(final func() error) {
 	if l.failed() == nil {
 		l.closing.Store(true)
 		sent := make(chan struct{})
@@ -430,6 +437,4 @@ func (l *link) shutdown(final func() error) error {
 		l.fail(ErrClosed)
 		<-sent
 	}
-	l.wg.Wait()
-	return nil
 }

@@ -476,6 +476,10 @@ func TestEOFAndCleanClose(t *testing.T) {
 			s.Append(ctx, entryFor(i))
 		}
 		s.Close() // flushes the three entries first
+		s.Close() // idempotent
+		if _, err := s.Append(ctx, []byte("late")); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Append after Close: %v", err)
+		}
 		for i := uint64(1); i <= 3; i++ {
 			seq, e, err := r.Next(ctx)
 			if err != nil || seq != i || checkEntry(seq, e) != nil {
