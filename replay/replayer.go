@@ -12,49 +12,97 @@ import (
 
 // Replayer implements vm.Replayer over a recorded log: it serves a backup
 // the primary's inputs at the same exits and reports the first place the
-// backup does something else. All methods run on the vCPU goroutine.
+// backup does something else. The log is either whole (NewReplayer) or
+// streamed in as the primary produces it (NewStreamReplayer). All methods
+// run on the vCPU goroutine.
 type Replayer struct {
 	events []Event
 	i      int
-	last   uint64 // the last exit the log reaches
+	last   uint64 // the last exit the log reaches so far
 	mark   *Event // an ExitMark met before its exit was checked
+	dec    Decoder
+
+	next  func() ([]byte, error) // the stream; nil for a whole log
+	ended bool                   // no more batches will come
+	err   error                  // a broken or garbled stream
 }
 
 var _ vm.Replayer = (*Replayer)(nil)
 
 // NewReplayer decodes a whole recording (batches in order).
 func NewReplayer(batches [][]byte) (*Replayer, error) {
-	r := &Replayer{}
-	var d Decoder
+	r := &Replayer{ended: true}
 	for bi, b := range batches {
-		if err := d.Reset(b); err != nil {
+		if err := r.decode(b); err != nil {
 			return nil, fmt.Errorf("replay log batch %d: %w", bi, err)
-		}
-		for {
-			var ev Event
-			err := d.Next(&ev)
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				return nil, fmt.Errorf("replay log batch %d: %w", bi, err)
-			}
-			ev.Data = append([]byte(nil), ev.Data...) // Data aliases the batch
-			r.events = append(r.events, ev)
-			r.last = max(r.last, ev.Exit)
 		}
 	}
 	return r, nil
+}
+
+// NewStreamReplayer replays batches as next hands them over (from the log
+// channel). next blocks while the log is empty and returns io.EOF once the
+// primary's log has ended.
+func NewStreamReplayer(next func() ([]byte, error)) *Replayer {
+	return &Replayer{next: next}
+}
+
+func (r *Replayer) decode(b []byte) error {
+	if err := r.dec.Reset(b); err != nil {
+		return err
+	}
+	for {
+		var ev Event
+		err := r.dec.Next(&ev)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ev.Data = append([]byte(nil), ev.Data...) // Data aliases the batch
+		r.events = append(r.events, ev)
+		r.last = max(r.last, ev.Exit)
+	}
+}
+
+// fill waits for the next batch of a stream. It reports false when no
+// more will come.
+func (r *Replayer) fill() bool {
+	if r.ended || r.err != nil {
+		return false
+	}
+	b, err := r.next()
+	if errors.Is(err, io.EOF) {
+		r.ended = true
+		return false
+	}
+	if err != nil {
+		r.err = fmt.Errorf("replay log stream: %w", err)
+		return false
+	}
+	// Consumed events are gone for good; keep memory bounded.
+	if r.i > 0 && r.mark == nil {
+		r.events = append(r.events[:0], r.events[r.i:]...)
+		r.i = 0
+	}
+	if err := r.decode(b); err != nil {
+		r.err = fmt.Errorf("replay log: %w", err)
+		return false
+	}
+	return true
 }
 
 // Len is the number of events in the log.
 func (r *Replayer) Len() int { return len(r.events) }
 
 func (r *Replayer) peek() *Event {
-	if r.i < len(r.events) {
-		return &r.events[r.i]
+	for r.i >= len(r.events) {
+		if !r.fill() {
+			return nil
+		}
 	}
-	return nil
+	return &r.events[r.i]
 }
 
 // skipMark sets aside an ExitMark at exit n that comes before input
@@ -69,6 +117,13 @@ func (r *Replayer) skipMark(n uint64) {
 
 // Exit implements vm.Replayer.
 func (r *Replayer) Exit(n uint64, kind kvm.ExitKind, _ uint64, rip func() uint64) error {
+	// The backup may run ahead of the log: wait until the log reaches
+	// this exit (the primary marks every K exits) or ends.
+	for n > r.last && r.fill() {
+	}
+	if r.err != nil {
+		return r.err
+	}
 	if n > r.last {
 		return vm.ErrLogEnd
 	}

@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ftvm/ftvm/hypervisor/devices"
 	"github.com/ftvm/ftvm/hypervisor/kvm"
+	"golang.org/x/sys/unix"
 )
 
 // interruptController is the guest's interrupt controller as the exit loop
@@ -202,10 +206,11 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 	if l.rep == nil {
 		// A backup's timers fire when the log says, never by wall time:
 		// it has nothing for a watchdog to rescue.
+		tid := unix.Gettid() // this goroutine's thread is locked: the vCPU thread
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l.watchdog(watchCtx, kicker)
+			l.watchdog(watchCtx, kicker, tid)
 		}()
 	}
 	defer func() {
@@ -489,9 +494,16 @@ func (l *loop) feedConsole() {
 // watchdog kicks a guest that runs without exiting while a timer is
 // overdue (DESIGN.md rule 5). Such a kick is not a point the backup can
 // reproduce; it is counted so replication can resynchronise after it.
-func (l *loop) watchdog(ctx context.Context, kicker *kvm.Kicker) {
+//
+// It counts the CPU time the vCPU thread spent in the current KVM_RUN since
+// the timer became overdue, not wall time: a thread that the host did not
+// schedule (a busy machine, two VMs on one CPU) has not been spinning, and
+// kicking it would cost a resync for nothing.
+func (l *loop) watchdog(ctx context.Context, kicker *kvm.Kicker, tid int) {
 	tick := time.NewTicker(livenessBound)
 	defer tick.Stop()
+	stat := fmt.Sprintf("/proc/self/task/%d/schedstat", tid)
+	var watchedRun, cpuAtWatch int64
 	for {
 		select {
 		case <-ctx.Done():
@@ -499,15 +511,42 @@ func (l *loop) watchdog(ctx context.Context, kicker *kvm.Kicker) {
 		case <-tick.C:
 		}
 		since, deadline := l.inRunSince.Load(), l.nextDeadline.Load()
-		if since == 0 || deadline < 0 {
+		now := int64(l.clock.Now())
+		if since == 0 || deadline < 0 || now-deadline <= int64(livenessBound) || now-since <= int64(livenessBound) {
+			watchedRun = 0
 			continue
 		}
-		now := int64(l.clock.Now())
-		if now-deadline > int64(livenessBound) && now-since > int64(livenessBound) {
+		cpu, err := threadCPUTime(stat)
+		if err != nil {
+			// No per-thread accounting: fall back to wall time.
+			l.kicks.Add(1)
+			_ = kicker.Kick()
+			continue
+		}
+		if since != watchedRun {
+			watchedRun, cpuAtWatch = since, cpu
+			continue
+		}
+		if cpu-cpuAtWatch > int64(livenessBound) {
+			watchedRun = 0
 			l.kicks.Add(1)
 			_ = kicker.Kick()
 		}
 	}
+}
+
+// threadCPUTime reads a thread's time on a CPU, guest time included, in ns
+// (the first field of /proc/<pid>/task/<tid>/schedstat).
+func threadCPUTime(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, fmt.Errorf("%s: empty", path)
+	}
+	return strconv.ParseInt(f[0], 10, 64)
 }
 
 // inputQueue carries console input from the reading goroutine to the exit
