@@ -43,12 +43,18 @@ const GuestInitPackage = ModulePath + "/images/guestinit"
 //   - io_delay=none: Linux otherwise writes port 0x80 after legacy port
 //     accesses to slow the bus down; under a VMM each such write is a VM exit
 //     (about 6% of a boot's exits) and our device models need no delay.
+//   - acpi_pm_good: Linux checks the PM timer by reading it in a loop and
+//     rejects it ("PM-Timer had inconsistent results") when two consecutive
+//     reads straddle the 24-bit wrap by more than 0xfff ticks. Ours is exact
+//     and monotonic by construction, but a VMM stalled on a loaded host (a
+//     1.5 s gap was seen under the race detector in the nested test host)
+//     can put a wrap between two reads; the guest then falls back to jiffies.
 //   - pci=off: the kernel has PCI support only because ACPI needs it (see
 //     images/kernel/ftvm.config); our VMM has no PCI host bridge, so the
 //     kernel must not probe config space ports 0xcf8/0xcfc.
 //   - ftvm.workload=none: /init reports ready and powers off; callers append
 //     their own ftvm.workload=, which wins as the later parameter.
-const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 lpj=1000000 pci=off io_delay=none ftvm.workload=none"
+const DefaultCmdline = "console=ttyS0 reboot=k panic=-1 lpj=1000000 pci=off io_delay=none acpi_pm_good ftvm.workload=none"
 
 // File names inside an image directory.
 const (
