@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -97,19 +96,8 @@ func BenchmarkKVThroughForward(b *testing.B) {
 	hc.Close()
 
 	// The guest.
-	sock := filepath.Join(tmp, "net.sock")
 	fwd := freeAddr(b)
-	sw, err := network.NewSwitch(network.SwitchConfig{Forwards: []network.Forward{{Host: fwd, Guest: "192.168.127.2:7000"}}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = sw.Serve(ctx, sock) }()
-	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	sock := startSwitch(b, network.SwitchConfig{Forwards: []network.Forward{{Host: fwd, Guest: "192.168.127.2:7000"}}})
 	st, err := storage.Open(filepath.Join(tmp, "storage"))
 	if err != nil {
 		b.Fatal(err)

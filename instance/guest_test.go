@@ -141,6 +141,29 @@ func dialForward(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
 	}
 }
 
+// startSwitch serves an embedded switch on a socket in a temporary
+// directory until the test ends, and returns the socket once it is up.
+func startSwitch(t testing.TB, cfg network.SwitchConfig) string {
+	t.Helper()
+	sw, err := network.NewSwitch(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "net.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = sw.Serve(ctx, sock) }()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			return sock
+		}
+		if i > 200 {
+			t.Fatal("switch socket never appeared")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -161,24 +184,8 @@ func TestGuestServesThroughForwardAndKeepsAcknowledgedWrites(t *testing.T) {
 		return
 	}
 	tmp := t.TempDir()
-	sock := filepath.Join(tmp, "net.sock")
 	fwd := freeAddr(t)
-	sw, err := network.NewSwitch(network.SwitchConfig{Forwards: []network.Forward{{Host: fwd, Guest: "192.168.127.2:7000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	swCtx, swStop := context.WithCancel(context.Background())
-	defer swStop()
-	go func() { _ = sw.Serve(swCtx, sock) }()
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if i > 100 {
-			t.Fatal("switch socket never appeared")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	sock := startSwitch(t, network.SwitchConfig{Forwards: []network.Forward{{Host: fwd, Guest: "192.168.127.2:7000"}}})
 
 	storeDir := filepath.Join(tmp, "storage")
 	store, err := storage.Open(storeDir)
@@ -248,28 +255,11 @@ func TestGuestGetsAddressByDHCP(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
 	}
-	tmp := t.TempDir()
-	sock := filepath.Join(tmp, "net.sock")
 	fwd := freeAddr(t)
-	sw, err := network.NewSwitch(network.SwitchConfig{
+	sock := startSwitch(t, network.SwitchConfig{
 		StaticLeases: map[string]string{instance.DefaultMAC: "192.168.127.9"},
 		Forwards:     []network.Forward{{Host: fwd, Guest: "192.168.127.9:7000"}},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = sw.Serve(ctx, sock) }()
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if i > 100 {
-			t.Fatal("switch socket never appeared")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	g := startGuest(t, instance.Config{NetSocket: sock, IP: "dhcp", Append: "ftvm.workload=kv ftvm.disk=none"})
 	defer g.stop(t)
 	if !strings.Contains(g.console.String(), "ftvm-guest net eth0=192.168.127.9/24") || !strings.Contains(g.console.String(), "via=dhcp") {
