@@ -1,7 +1,8 @@
 // Package kvm owns the typed Go bindings to the Linux KVM API on x86-64: the
 // /dev/kvm system handle, VMs, guest memory regions and dirty logging, vCPUs
-// with their mmap'd kvm_run page, register state, CPUID and MSRs, and the
-// decoding of VM exits into typed values.
+// with their mmap'd kvm_run page, register state, CPUID and MSRs, the rest
+// of the state a checkpoint carries (XSAVE, XCRs, debug registers, vCPU
+// events), and the decoding of VM exits into typed values.
 //
 // It is a thin layer over ioctl(2) through golang.org/x/sys/unix; it uses no
 // cgo, and it defines the KVM ioctl numbers and structure layouts itself

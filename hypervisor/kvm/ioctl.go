@@ -33,6 +33,7 @@ const (
 const (
 	kvmGetAPIVersion       = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x00
 	kvmCreateVM            = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x01
+	kvmGetMSRIndexList     = (iocRead|iocWrite)<<iocDirShift | uintptr(unsafe.Sizeof(msrListHeader{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x02
 	kvmCheckExtension      = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x03
 	kvmGetVCPUMmapSize     = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x04
 	kvmGetSupportedCPUID   = (iocRead|iocWrite)<<iocDirShift | uintptr(unsafe.Sizeof(cpuid2Header{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x05
@@ -52,9 +53,16 @@ const (
 	kvmGetFPU              = iocRead<<iocDirShift | uintptr(unsafe.Sizeof(FPU{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x8c
 	kvmSetFPU              = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(FPU{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x8d
 	kvmSetCPUID2           = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(cpuid2Header{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x90
+	kvmGetCPUID2           = (iocRead|iocWrite)<<iocDirShift | uintptr(unsafe.Sizeof(cpuid2Header{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x91
 	kvmSetGuestDebug       = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(guestDebug{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x9b
 	kvmGetVCPUEvents       = iocRead<<iocDirShift | uintptr(unsafe.Sizeof(VCPUEvents{}))<<iocSizeShift | kvmio<<iocTypeShift | 0x9f
 	kvmSetVCPUEvents       = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(VCPUEvents{}))<<iocSizeShift | kvmio<<iocTypeShift | 0xa0
+	kvmGetDebugRegs        = iocRead<<iocDirShift | uintptr(unsafe.Sizeof(DebugRegs{}))<<iocSizeShift | kvmio<<iocTypeShift | 0xa1
+	kvmSetDebugRegs        = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(DebugRegs{}))<<iocSizeShift | kvmio<<iocTypeShift | 0xa2
+	kvmGetXSave            = iocRead<<iocDirShift | uintptr(unsafe.Sizeof(XSave{}))<<iocSizeShift | kvmio<<iocTypeShift | 0xa4
+	kvmSetXSave            = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(XSave{}))<<iocSizeShift | kvmio<<iocTypeShift | 0xa5
+	kvmGetXCRs             = iocRead<<iocDirShift | uintptr(unsafe.Sizeof(XCRs{}))<<iocSizeShift | kvmio<<iocTypeShift | 0xa6
+	kvmSetXCRs             = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(XCRs{}))<<iocSizeShift | kvmio<<iocTypeShift | 0xa7
 )
 
 // ioctl issues a request whose argument is a plain integer.

@@ -33,6 +33,11 @@ func TestStructSizes(t *testing.T) {
 		{"kvm_interrupt", unsafe.Sizeof(interrupt{}), 4},
 		{"kvm_guest_debug", unsafe.Sizeof(guestDebug{}), 72},
 		{"kvm_vcpu_events", unsafe.Sizeof(VCPUEvents{}), 64},
+		{"kvm_xsave", unsafe.Sizeof(XSave{}), 4096},
+		{"kvm_xcr", unsafe.Sizeof(XCR{}), 16},
+		{"kvm_xcrs", unsafe.Sizeof(XCRs{}), 392},
+		{"kvm_debugregs", unsafe.Sizeof(DebugRegs{}), 128},
+		{"kvm_msr_list (header)", unsafe.Sizeof(msrListHeader{}), 4},
 		{"kvm_run header", unsafe.Sizeof(runHeader{}), 32},
 		{"kvm_run.io", unsafe.Sizeof(runIO{}), 16},
 		{"kvm_run.mmio", unsafe.Sizeof(runMMIO{}), 24},
@@ -61,6 +66,9 @@ func TestFieldOffsets(t *testing.T) {
 		m   runMMIO
 		d   runDebug
 		ie  runInternal
+		xr  XCR
+		xcr XCRs
+		dr  DebugRegs
 	)
 	for _, c := range []struct {
 		name string
@@ -94,6 +102,12 @@ func TestFieldOffsets(t *testing.T) {
 		{"kvm_vcpu_events.triple_fault", unsafe.Offsetof(ev.TripleFault), 28},
 		{"kvm_vcpu_events.exception_has_payload", unsafe.Offsetof(ev.ExceptionHasPayload), 55},
 		{"kvm_vcpu_events.exception_payload", unsafe.Offsetof(ev.ExceptionPayload), 56},
+		{"kvm_xcr.value", unsafe.Offsetof(xr.Value), 8},
+		{"kvm_xcrs.xcrs", unsafe.Offsetof(xcr.XCRs), 8},
+		{"kvm_xcrs.padding", unsafe.Offsetof(xcr.XCRs) + unsafe.Sizeof(xcr.XCRs), 264},
+		{"kvm_debugregs.dr6", unsafe.Offsetof(dr.DR6), 32},
+		{"kvm_debugregs.dr7", unsafe.Offsetof(dr.DR7), 40},
+		{"kvm_debugregs.flags", unsafe.Offsetof(dr.Flags), 48},
 		{"kvm_run.immediate_exit", unsafe.Offsetof(h.ImmediateExit), 1},
 		{"kvm_run.exit_reason", unsafe.Offsetof(h.ExitReason), 8},
 		{"kvm_run.ready_for_interrupt_injection", unsafe.Offsetof(h.ReadyForInterruptInjection), 12},
@@ -129,6 +143,7 @@ func TestIoctlNumbers(t *testing.T) {
 	}{
 		{"KVM_GET_API_VERSION", kvmGetAPIVersion, 0xAE00},
 		{"KVM_CREATE_VM", kvmCreateVM, 0xAE01},
+		{"KVM_GET_MSR_INDEX_LIST", kvmGetMSRIndexList, 0xC004AE02},
 		{"KVM_CHECK_EXTENSION", kvmCheckExtension, 0xAE03},
 		{"KVM_GET_VCPU_MMAP_SIZE", kvmGetVCPUMmapSize, 0xAE04},
 		{"KVM_GET_SUPPORTED_CPUID", kvmGetSupportedCPUID, 0xC008AE05},
@@ -148,9 +163,16 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_GET_FPU", kvmGetFPU, 0x81A0AE8C},
 		{"KVM_SET_FPU", kvmSetFPU, 0x41A0AE8D},
 		{"KVM_SET_CPUID2", kvmSetCPUID2, 0x4008AE90},
+		{"KVM_GET_CPUID2", kvmGetCPUID2, 0xC008AE91},
 		{"KVM_SET_GUEST_DEBUG", kvmSetGuestDebug, 0x4048AE9B},
 		{"KVM_GET_VCPU_EVENTS", kvmGetVCPUEvents, 0x8040AE9F},
 		{"KVM_SET_VCPU_EVENTS", kvmSetVCPUEvents, 0x4040AEA0},
+		{"KVM_GET_DEBUGREGS", kvmGetDebugRegs, 0x8080AEA1},
+		{"KVM_SET_DEBUGREGS", kvmSetDebugRegs, 0x4080AEA2},
+		{"KVM_GET_XSAVE", kvmGetXSave, 0x9000AEA4},
+		{"KVM_SET_XSAVE", kvmSetXSave, 0x5000AEA5},
+		{"KVM_GET_XCRS", kvmGetXCRs, 0x8188AEA6},
+		{"KVM_SET_XCRS", kvmSetXCRs, 0x4188AEA7},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %#x, want %#x", c.name, c.got, c.want)
@@ -167,5 +189,27 @@ func TestRunBits(t *testing.T) {
 	}
 	if got := uintptr(1) << (8 * unsafe.Offsetof(h.ImmediateExit)); got != immediateExitBit {
 		t.Errorf("immediateExitBit = %#x, want %#x", immediateExitBit, got)
+	}
+}
+
+// TestRunPageStateFields checks the kvm_run accessors a checkpoint restore
+// uses land on the right bytes.
+func TestRunPageStateFields(t *testing.T) {
+	run := make([]byte, runMinSize)
+	v := newVCPU(-1, 0, run)
+	v.SetRunCR8(0x0f)
+	if run[16] != 0x0f {
+		t.Errorf("SetRunCR8 wrote kvm_run bytes 16..23 = % x, want 0f 00 ...", run[16:24])
+	}
+	run[8] = byte(ExitIO)
+	if k := v.LastExitKind(); k != ExitIO {
+		t.Errorf("LastExitKind = %v, want IO", k)
+	}
+	if v.ImmediateExit() {
+		t.Error("ImmediateExit on a zero page")
+	}
+	v.SetImmediateExit(true)
+	if !v.ImmediateExit() || run[1] != 1 {
+		t.Errorf("after SetImmediateExit(true): ImmediateExit=%v, byte 1 = %d", v.ImmediateExit(), run[1])
 	}
 }

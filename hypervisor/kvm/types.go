@@ -192,6 +192,58 @@ type VCPUEvents struct {
 	ExceptionPayload    uint64
 }
 
+// XSaveSize is the size of struct kvm_xsave, the buffer KVM_GET_XSAVE fills.
+const XSaveSize = 4096
+
+// XSave is struct kvm_xsave: the guest's x87, SSE and any enabled XSAVE
+// components, in the standard (non-compacted) XSAVE layout: the legacy
+// FXSAVE area at 0 (MXCSR at 24), the XSAVE header at 512 (XSTATE_BV is its
+// first quadword), the components at the offsets of the host's CPUID leaf
+// 0xD. Unlike KVM_GET_FPU it includes MXCSR.
+//
+// KVM fills only the components enabled for the guest (x87 and SSE
+// always). A guest whose XSAVE state outgrows 4096 bytes (AMX, which needs
+// arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM) that ftvm never asks for) would need
+// KVM_GET_XSAVE2; KVM_GET_XSAVE then fails with EINVAL.
+type XSave struct {
+	Region [XSaveSize / 4]uint32
+}
+
+// MaxXCRs is KVM_MAX_XCRS, the capacity of XCRs.
+const MaxXCRs = 16
+
+// XCR is struct kvm_xcr: one extended control register.
+type XCR struct {
+	XCR   uint32
+	_     uint32
+	Value uint64
+}
+
+// XCRs is struct kvm_xcrs. KVM knows only XCR0 (XFEATURE_ENABLED_MASK) and
+// reports NrXCRs 0 on a host without XSAVE.
+type XCRs struct {
+	NrXCRs uint32
+	Flags  uint32
+	XCRs   [MaxXCRs]XCR
+	_      [16]uint64
+}
+
+// DebugRegs is struct kvm_debugregs: DR0-DR3, DR6 and DR7. Flags must be 0
+// when set.
+type DebugRegs struct {
+	DB    [4]uint64
+	DR6   uint64
+	DR7   uint64
+	Flags uint64
+	_     [9]uint64
+}
+
+// msrListHeader is the fixed part of struct kvm_msr_list; the indices
+// follow it.
+type msrListHeader struct {
+	NMSRs uint32
+}
+
 // runHeader is the fixed head of struct kvm_run, up to the exit union at
 // offset 32. Decoding reads these fields through a pointer into the mmap'd
 // page, which is page-aligned, so the loads are aligned.
