@@ -50,9 +50,11 @@ type Result struct {
 	BzImage       string // bzImage for the Linux boot protocol
 	Config        string // the final .config
 	BuildLog      string // make's full output
-	ConfigHash    string // sha256 of fragment and source version: the cache key
+	ConfigHash    string // sha256 of fragment, source version and patches: the cache key
 	SourceVersion string // Debian version of linux-source-6.1
-	Cached        bool   // true when nothing had to be built
+	// Patches names the committed patches applied to the source, in order.
+	Patches []string
+	Cached  bool // true when nothing had to be built
 }
 
 // Requirements lists the host tools the build needs and their Debian packages.
@@ -67,6 +69,7 @@ func Requirements() []hostsetup.Requirement {
 		{Path: "/usr/include/libelf.h", Package: "libelf-dev"},
 		{Path: "cpio", Package: "cpio"},
 		{Path: "xz", Package: "xz-utils"},
+		{Path: "patch", Package: "patch"},
 	}
 }
 
@@ -84,19 +87,30 @@ func SourceVersion(ctx context.Context) (string, error) {
 }
 
 // ConfigHash is the cache key: sha256 of the fragment bytes followed by the
-// source package version.
-func ConfigHash(fragment []byte, sourceVersion string) string {
+// source package version and then, if there are any, the patches in the
+// order they are applied, each as its name and its length-prefixed bytes
+// (descriptions included: a patch file that changes at all rebuilds).
+// Without patches the key is what it was before patches existed, so such
+// builds keep their cache entries.
+func ConfigHash(fragment []byte, sourceVersion string, patches ...Patch) string {
 	h := sha256.New()
 	h.Write(fragment)
 	h.Write([]byte(sourceVersion))
+	if len(patches) > 0 {
+		fmt.Fprintf(h, "\x00ftvm kernel patches v1\x00%d\x00", len(patches))
+		for _, p := range patches {
+			fmt.Fprintf(h, "%s\x00%d\x00", p.Name, len(p.Data))
+			h.Write(p.Data)
+		}
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-func resultIn(dir, hash, version string, cached bool) Result {
+func resultIn(dir, hash, version string, patches []Patch, cached bool) Result {
 	return Result{
 		Dir: dir, Vmlinux: filepath.Join(dir, "vmlinux"), BzImage: filepath.Join(dir, "bzImage"),
 		Config: filepath.Join(dir, "config"), BuildLog: filepath.Join(dir, "build.log"),
-		ConfigHash: hash, SourceVersion: version, Cached: cached,
+		ConfigHash: hash, SourceVersion: version, Patches: patchNames(patches), Cached: cached,
 	}
 }
 
@@ -109,17 +123,18 @@ func complete(r Result) bool {
 	return true
 }
 
-// Build returns the kernel for the committed fragment, building it first
-// if the cache (hostsetup.CacheDir("kernel/<hash>")) does not have it yet.
+// Build returns the kernel for the committed fragment and patches
+// (patches/*.patch, applied in name order), building it first if the
+// cache (hostsetup.CacheDir("kernel/<hash>")) does not have it yet.
 // The first build takes about 8 minutes on 2 cores; later calls return at
 // once. Concurrent callers (two test binaries, a CLI) wait for each other on
 // a lock file, and a build is staged in a temporary directory and renamed
 // into place, so an interrupted build never leaves a half-filled cache entry.
 func Build(ctx context.Context, opts Options) (Result, error) {
-	return build(ctx, fragment, opts)
+	return build(ctx, fragment, Patches(), opts)
 }
 
-func build(ctx context.Context, frag []byte, opts Options) (Result, error) {
+func build(ctx context.Context, frag []byte, patches []Patch, opts Options) (Result, error) {
 	if opts.Progress == nil {
 		opts.Progress = io.Discard
 	}
@@ -135,6 +150,9 @@ func build(ctx context.Context, frag []byte, opts Options) (Result, error) {
 	if _, err := ParseConfig(frag); err != nil {
 		return Result{}, fmt.Errorf("build kernel: config fragment: %w", err)
 	}
+	if err := checkPatches(patches); err != nil {
+		return Result{}, fmt.Errorf("build kernel: %w", err)
+	}
 	if err := hostsetup.Ensure(ctx, opts.Progress, Requirements()...); err != nil {
 		return Result{}, fmt.Errorf("build kernel: install build dependencies: %w", err)
 	}
@@ -142,12 +160,12 @@ func build(ctx context.Context, frag []byte, opts Options) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("build kernel: %w", err)
 	}
-	hash := ConfigHash(frag, version)
+	hash := ConfigHash(frag, version, patches...)
 	root, err := hostsetup.CacheDir("kernel")
 	if err != nil {
 		return Result{}, fmt.Errorf("build kernel: %w", err)
 	}
-	res := resultIn(filepath.Join(root, hash), hash, version, true)
+	res := resultIn(filepath.Join(root, hash), hash, version, patches, true)
 	if complete(res) {
 		return res, nil
 	}
@@ -161,8 +179,11 @@ func build(ctx context.Context, frag []byte, opts Options) (Result, error) {
 		return res, nil
 	}
 	res.Cached = false
-	// Staging directories of builds that were killed; only lock holders create them.
-	if stale, _ := filepath.Glob(filepath.Join(root, "*.tmp")); len(stale) > 0 {
+	// Staging directories and patched source trees of builds that were
+	// killed; only lock holders create them.
+	tmps, _ := filepath.Glob(filepath.Join(root, "*.tmp"))
+	farms, _ := filepath.Glob(filepath.Join(root, "*.src"))
+	if stale := append(tmps, farms...); len(stale) > 0 {
 		for _, d := range stale {
 			opts.Logger.Debug("remove stale kernel staging directory", "dir", d)
 			os.RemoveAll(d)
@@ -171,6 +192,22 @@ func build(ctx context.Context, frag []byte, opts Options) (Result, error) {
 	src, err := unpackSource(ctx, root, version, opts)
 	if err != nil {
 		return Result{}, fmt.Errorf("build kernel %s: %w", hash[:12], err)
+	}
+	if len(patches) > 0 {
+		// The shared tree stays pristine; see patchedSource. The farm is
+		// named by the key, not randomly, so that every build of one key
+		// compiles from the same source path.
+		farm := filepath.Join(root, hash+".src")
+		defer func() {
+			if err := os.RemoveAll(farm); err != nil {
+				opts.Logger.Warn("remove patched kernel source", "dir", farm, "err", err)
+			}
+		}()
+		fmt.Fprintf(opts.Progress, "kernel: applying %d patch(es) to a linked copy of the source in %s\n", len(patches), farm)
+		if err := patchedSource(ctx, src, farm, patches, opts.Progress); err != nil {
+			return Result{}, fmt.Errorf("build kernel %s (linux-source %s): %w", hash[:12], version, err)
+		}
+		src = farm
 	}
 	if err := compile(ctx, src, root, frag, res, opts); err != nil {
 		return Result{}, fmt.Errorf("build kernel %s (linux-source %s): %w", hash[:12], version, err)
@@ -208,7 +245,8 @@ func lockFile(ctx context.Context, path string, progress io.Writer) (func(), err
 }
 
 // unpackSource unpacks the source tarball once per source version; the
-// tree is only read by builds (they use make O=dir), so configs share it.
+// tree is only read by builds (they use make O=dir, and patches go to a
+// linked copy, see patchedSource), so configs and patch sets share it.
 func unpackSource(ctx context.Context, root, version string, opts Options) (string, error) {
 	dir := filepath.Join(root, "src-"+version)
 	src := filepath.Join(dir, "linux-source-6.1")

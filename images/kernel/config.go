@@ -1,7 +1,10 @@
 // Package kernel owns the ftvm guest kernel: the committed config fragment
-// (ftvm.config, merged on top of `make tinyconfig`) and the builder that
-// compiles Debian's linux-source-6.1 with it and caches vmlinux and bzImage
-// outside the repository, keyed by the fragment and the source version.
+// (ftvm.config, merged on top of `make tinyconfig`), the committed source
+// patches (patches/NNNN-*.patch, applied in order; today: no RDTSC in the
+// kernel and emulated user RDTSC when the CPU has no TSC) and the builder
+// that compiles Debian's linux-source-6.1 with them and caches vmlinux and
+// bzImage outside the repository, keyed by the fragment, the patches and
+// the source version.
 package kernel
 
 import (

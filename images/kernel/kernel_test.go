@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,25 @@ func TestBuild(t *testing.T) {
 	if err := Verify(Fragment(), cfg); err != nil {
 		t.Fatal(err)
 	}
+	// The committed patches are in, and only in the build's own copy.
+	if want := patchNames(Patches()); !reflect.DeepEqual(res.Patches, want) {
+		t.Errorf("result lists patches %q, want %q", res.Patches, want)
+	}
+	vmlinux, err := os.ReadFile(res.Vmlinux)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(vmlinux, []byte(NoTSCBootLine)) {
+		t.Errorf("vmlinux lacks the message of the RDTSC patch, %q", NoTSCBootLine)
+	}
+	root := filepath.Dir(res.Dir)
+	shared, err := os.ReadFile(filepath.Join(root, "src-"+res.SourceVersion, "linux-source-6.1", "arch/x86/kernel/traps.c"))
+	if err != nil || bytes.Contains(shared, []byte("fixup_rdtsc_exception")) {
+		t.Errorf("the shared source tree was patched in place (or is unreadable: %v)", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, res.ConfigHash+".src")); !os.IsNotExist(err) {
+		t.Errorf("the patched source copy was not removed: %v", err)
+	}
 	again, err := Build(ctx, Options{})
 	if err != nil || !again.Cached || again.Dir != res.Dir {
 		t.Fatalf("second build not served from the cache: %+v %v", again, err)
@@ -165,23 +185,30 @@ func TestWithLogTail(t *testing.T) {
 	}
 }
 
+// sourceAndCache returns the installed linux-source version and the
+// kernel cache directory.
+func sourceAndCache(t *testing.T) (version, root string) {
+	t.Helper()
+	version, err := SourceVersion(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if root, err = hostsetup.CacheDir("kernel"); err != nil {
+		t.Fatal(err)
+	}
+	return version, root
+}
+
 // TestBuildRejectsDroppedOption runs the real configure step with a fragment
 // asking for a symbol kconfig does not know, and for one whose dependency
 // is unmet: the build must stop before compiling and name both.
 func TestBuildRejectsDroppedOption(t *testing.T) {
 	ctx := context.Background()
 	frag := append(Fragment(), "\n# test: unknown symbol\nCONFIG_FTVM_NO_SUCH_OPTION=y\n# test: depends on MODULES, which is off\nCONFIG_MODULE_UNLOAD=y\n"...)
-	version, err := SourceVersion(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := hostsetup.CacheDir("kernel")
-	if err != nil {
-		t.Fatal(err)
-	}
+	version, root := sourceAndCache(t)
 	hash := ConfigHash(frag, version)
 	t.Cleanup(func() { os.RemoveAll(filepath.Join(root, hash+".build")) })
-	_, err = build(ctx, frag, Options{})
+	_, err := build(ctx, frag, nil, Options{})
 	if err == nil {
 		t.Fatal("build accepted a fragment whose options cannot be set")
 	}
