@@ -45,7 +45,7 @@ func TestParseCmdline(t *testing.T) {
 		t.Fatalf("later parameter must win: %+v %v", cfg, err)
 	}
 	for in, want := range map[string]string{
-		"ftvm.workload=bogus": `ftvm.workload="bogus" is not a known workload (have: crash, kv, none, sleep)`,
+		"ftvm.workload=bogus": `ftvm.workload="bogus" is not a known workload (have: crash, kv, none, rdtscp, sleep, tsc)`,
 		"ftvm.seconds=-1":     `ftvm.seconds="-1" is not a non-negative integer`,
 		"ftvm.seconds=x":      `ftvm.seconds="x"`,
 	} {
@@ -103,7 +103,7 @@ func TestBinary(t *testing.T) {
 		}
 	}
 	f.Close()
-	ready := regexp.MustCompile(`(?m)^ftvm-guest ready clocksource=\S+ kernel=\S+$`)
+	ready := regexp.MustCompile(`(?m)^ftvm-guest tsc rdtsc=(emulated|hardware|unavailable)( .*)?\nftvm-guest ready clocksource=\S+ kernel=\S+$`)
 	for _, tc := range []struct {
 		cmdline string
 		status  int

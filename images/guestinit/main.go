@@ -8,7 +8,13 @@
 //	ftvm-guest net eth0=<addr>/<len> gw=<gw|none> [dns=<a,b>] via=static|dhcp
 //	ftvm-guest disk dev=<device> mount=/data fs=<type>
 //
-// then prints the one line a host waits for,
+// then prints what a user-mode RDTSC returns (tsc.go: "emulated" in the
+// ftvm guest, whose kernel answers RDTSC from the clocksource because the
+// CPU has no TSC; "hardware" elsewhere),
+//
+//	ftvm-guest tsc rdtsc=emulated value=<n> monotonic_ns=<a>..<b> samples=<k>
+//
+// and the one line a host waits for,
 //
 //	ftvm-guest ready clocksource=<current clocksource> kernel=<uname release>
 //
@@ -25,7 +31,8 @@
 //
 // Kernel command line parameters (a later one overrides an earlier one):
 //
-//	ftvm.workload=NAME  workload to run: none (default), sleep, crash, kv
+//	ftvm.workload=NAME  workload to run: none (default), sleep, crash, kv,
+//	                    tsc, rdtscp (checks of the RDTSC emulation, tsc.go)
 //	ftvm.seconds=N      run time of the sleep workload
 //	ftvm.ip=ADDR/LEN    static IPv4 address of eth0, e.g. 192.168.127.2/24
 //	ftvm.ip=dhcp        configure eth0 by DHCPv4 (gvisor-tap-vsock's switch
@@ -135,6 +142,7 @@ func supervise(pid1 bool, out io.Writer) (status int) {
 		}
 		dataDir = g.mountPoint
 	}
+	fmt.Fprintln(out, tscLine(sampleTSCs(3)))
 	fmt.Fprintln(out, readyLine(readClocksource(), kernelRelease()))
 	return runChild(out, cmdline, dataDir)
 }

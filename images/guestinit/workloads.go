@@ -26,6 +26,9 @@ func registry() map[string]Workload {
 		"none":  func(context.Context, Config, io.Writer) error { return nil },
 		"sleep": sleepWorkload,
 		"kv":    kvWorkload,
+		// tsc and rdtscp check the kernel's RDTSC/RDTSCP emulation (tsc.go).
+		"tsc":    tscWorkload,
+		"rdtscp": rdtscpWorkload,
 		// crash panics on purpose: it proves that a failing workload still
 		// ends with an exit line and a power-off, not a kernel panic.
 		"crash": func(context.Context, Config, io.Writer) error { panic("ftvm.workload=crash asked for a panic") },

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"regexp"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestClassifyTSC(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		s    []tscSample
+		want string
+	}{
+		{"inside windows", []tscSample{{10, 11, 12}, {20, 20, 25}, {30, 31, 31}}, tscEmulated},
+		{"hardware counter far above", []tscSample{{10, 9_000_000_000_000, 12}}, tscHardware},
+		{"below its window", []tscSample{{10, 9, 12}}, tscHardware},
+		{"went backwards", []tscSample{{10, 20, 30}, {10, 15, 30}}, tscHardware},
+		{"none", nil, tscUnavailable},
+	} {
+		if got := classifyTSC(tc.s); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	if got := tscLine([]tscSample{{100, 150, 200}, {300, 301, 302}}); got != "ftvm-guest tsc rdtsc=emulated value=150 monotonic_ns=100..200 samples=2" {
+		t.Errorf("tscLine: %q", got)
+	}
+}
+
+// sigsegvModeFaults runs RDTSC on a thread with PR_TSC_SIGSEGV, and again
+// after PR_TSC_ENABLE, and says whether each faulted.
+func sigsegvModeFaults(t *testing.T) (faulted, afterEnable bool) {
+	t.Helper()
+	var setErr error
+	onLockedThread(func() {
+		if setErr = unix.Prctl(unix.PR_SET_TSC, unix.PR_TSC_SIGSEGV, 0, 0, 0); setErr != nil {
+			return
+		}
+		faulted = rdtscFaults()
+		setErr = unix.Prctl(unix.PR_SET_TSC, unix.PR_TSC_ENABLE, 0, 0, 0)
+		afterEnable = rdtscFaults()
+	})
+	if errors.Is(setErr, unix.EINVAL) {
+		t.Skip("PR_SET_TSC not supported here")
+	}
+	if setErr != nil {
+		t.Fatal(setErr)
+	}
+	return faulted, afterEnable
+}
+
+// honoursTSD skips the test where the kernel accepts PR_TSC_SIGSEGV but
+// the CPU still lets RDTSC through, as in a PVM guest (this development
+// VM), where the guest kernel's CR4.TSD never reaches the hardware.
+func honoursTSD(t *testing.T) {
+	t.Helper()
+	if faulted, _ := sigsegvModeFaults(t); !faulted {
+		t.Skip("RDTSC does not fault under PR_TSC_SIGSEGV on this machine: its CPU ignores the kernel's CR4.TSD (a PVM-style guest?)")
+	}
+}
+
+// TestRDTSCFaultDetection checks, on this machine's real TSC, what the
+// guest's tsc workload relies on: RDTSC from Go on a thread with
+// PR_TSC_SIGSEGV is reported as a fault, and not otherwise.
+func TestRDTSCFaultDetection(t *testing.T) {
+	if !haveRDTSC {
+		t.Skip("no RDTSC on this architecture")
+	}
+	if rdtscFaults() {
+		t.Fatal("RDTSC faulted without PR_TSC_SIGSEGV")
+	}
+	honoursTSD(t)
+	if faulted, afterEnable := sigsegvModeFaults(t); !faulted || afterEnable {
+		t.Fatalf("faulted with PR_TSC_SIGSEGV: %v, after PR_TSC_ENABLE: %v", faulted, afterEnable)
+	}
+}
+
+// TestTSCWorkloadOnHardware runs the tsc workload here, where RDTSC is the
+// CPU's own counter: it must say so and fail, which is what makes its
+// success in the guest mean something.
+func TestTSCWorkloadOnHardware(t *testing.T) {
+	if !haveRDTSC {
+		t.Skip("no RDTSC on this architecture")
+	}
+	if v := classifyTSC(sampleTSCs(3)); v != tscHardware {
+		t.Skipf("RDTSC here is %s, not the hardware counter", v)
+	}
+	var out bytes.Buffer
+	err := tscWorkload(context.Background(), Config{}, &out)
+	t.Logf("output:\n%s", out.String())
+	if err == nil || !strings.Contains(err.Error(), "thread=1: RDTSC is hardware") {
+		t.Fatalf("tsc workload on hardware: %v", err)
+	}
+	if faulted, _ := sigsegvModeFaults(t); !faulted {
+		t.Log("not checking the PR_TSC_SIGSEGV step: this machine's CPU ignores the kernel's CR4.TSD")
+		return
+	}
+	if !regexp.MustCompile(`(?m)^ftvm-guest tsc prctl=PR_TSC_SIGSEGV get_tsc=2 rdtsc_faulted=true$`).MatchString(out.String()) {
+		t.Fatal("PR_TSC_SIGSEGV did not make RDTSC fault")
+	}
+}
