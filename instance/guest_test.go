@@ -1,17 +1,14 @@
 package instance_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +16,7 @@ import (
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/network"
 	"github.com/ftvm/ftvm/storage"
+	"github.com/ftvm/ftvm/testbench/guesttest"
 	"github.com/ftvm/ftvm/testbench/kvmhost"
 	"github.com/ftvm/ftvm/testbench/testimage"
 )
@@ -33,57 +31,17 @@ func TestMain(m *testing.M) {
 	os.Exit(testimage.Main(m, opts...))
 }
 
-// console collects guest output and lets a test wait for a line.
-type console struct {
-	mu      sync.Mutex
-	buf     strings.Builder
-	changed chan struct{}
-}
-
-func newConsole() *console { return &console{changed: make(chan struct{}, 1)} }
-
-func (c *console) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	c.buf.Write(p)
-	c.mu.Unlock()
-	select {
-	case c.changed <- struct{}{}:
-	default:
-	}
-	return len(p), nil
-}
-
-func (c *console) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.String()
-}
-
-func (c *console) waitFor(t testing.TB, what string, stopped <-chan error, timeout time.Duration) {
-	t.Helper()
-	deadline := time.After(timeout)
-	for !strings.Contains(c.String(), what) {
-		select {
-		case <-c.changed:
-		case err := <-stopped:
-			t.Fatalf("VM stopped (%v) before %q; console:\n%s", err, what, c.String())
-		case <-deadline:
-			t.Fatalf("no %q within %v; console:\n%s", what, timeout, c.String())
-		}
-	}
-}
-
 // guest is one running instance.
 type guest struct {
 	inst    *instance.Instance
-	console *console
+	console *guesttest.Console
 	cancel  context.CancelFunc
 	stopped chan error
 }
 
 func startGuest(t testing.TB, cfg instance.Config) *guest {
 	t.Helper()
-	g := &guest{console: newConsole(), stopped: make(chan error, 1)}
+	g := &guest{console: guesttest.NewConsole(), stopped: make(chan error, 1)}
 	cfg.Image, cfg.Console = testimage.Dir(t), g.console
 	inst, err := instance.New(context.Background(), cfg)
 	if err != nil {
@@ -99,7 +57,7 @@ func startGuest(t testing.TB, cfg instance.Config) *guest {
 		}
 		g.stopped <- err
 	}()
-	g.console.waitFor(t, "ftvm-guest ready", g.stopped, 3*time.Minute)
+	g.console.WaitFor(t, "ftvm-guest ready", g.stopped, 3*time.Minute)
 	return g
 }
 
@@ -115,65 +73,6 @@ func (g *guest) stop(t testing.TB) {
 	}
 }
 
-func dialForward(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err == nil {
-			// The forward accepts before it reaches the guest: prove the
-			// path with one round trip.
-			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			r := bufio.NewReader(conn)
-			if _, err = fmt.Fprintf(conn, "ECHO hello\n"); err == nil {
-				var line string
-				if line, err = r.ReadString('\n'); err == nil && line == "hello\n" {
-					conn.SetDeadline(time.Time{})
-					return conn, r
-				}
-			}
-			conn.Close()
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("forward %s does not reach the guest's server: %v", addr, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-}
-
-// startSwitch serves an embedded switch on a socket in a temporary
-// directory until the test ends, and returns the socket once it is up.
-func startSwitch(t testing.TB, cfg network.SwitchConfig) string {
-	t.Helper()
-	sw, err := network.NewSwitch(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(t.TempDir(), "net.sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go func() { _ = sw.Serve(ctx, sock) }()
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			return sock
-		}
-		if i > 200 {
-			t.Fatal("switch socket never appeared")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestGuestServesThroughForwardAndKeepsAcknowledgedWrites runs the kv
 // workload with a NIC on the embedded switch and a disk from storage: a
 // client on the host reaches it through a port forward for 1000 byte-exact
@@ -184,8 +83,8 @@ func TestGuestServesThroughForwardAndKeepsAcknowledgedWrites(t *testing.T) {
 		return
 	}
 	tmp := t.TempDir()
-	fwd := freeAddr(t)
-	sock := startSwitch(t, network.SwitchConfig{Forwards: []network.Forward{{Host: fwd, Guest: "192.168.127.2:7000"}}})
+	fwd := guesttest.FreeAddr(t)
+	sock := guesttest.StartSwitch(t, network.SwitchConfig{Forwards: []network.Forward{{Host: fwd, Guest: "192.168.127.2:7000"}}})
 
 	storeDir := filepath.Join(tmp, "storage")
 	store, err := storage.Open(storeDir)
@@ -202,7 +101,7 @@ func TestGuestServesThroughForwardAndKeepsAcknowledgedWrites(t *testing.T) {
 	}
 
 	g := startGuest(t, cfg)
-	conn, r := dialForward(t, fwd)
+	conn, r := guesttest.DialKV(t, fwd)
 	start := time.Now()
 	const trips = 1000
 	for i := 0; i < trips; i++ {
@@ -236,7 +135,7 @@ func TestGuestServesThroughForwardAndKeepsAcknowledgedWrites(t *testing.T) {
 
 	g = startGuest(t, cfg)
 	defer g.stop(t)
-	conn, r = dialForward(t, fwd)
+	conn, r = guesttest.DialKV(t, fwd)
 	defer conn.Close()
 	for k, v := range want {
 		fmt.Fprintf(conn, "GET %s\n", k)
@@ -255,8 +154,8 @@ func TestGuestGetsAddressByDHCP(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
 	}
-	fwd := freeAddr(t)
-	sock := startSwitch(t, network.SwitchConfig{
+	fwd := guesttest.FreeAddr(t)
+	sock := guesttest.StartSwitch(t, network.SwitchConfig{
 		StaticLeases: map[string]string{instance.DefaultMAC: "192.168.127.9"},
 		Forwards:     []network.Forward{{Host: fwd, Guest: "192.168.127.9:7000"}},
 	})
@@ -265,6 +164,6 @@ func TestGuestGetsAddressByDHCP(t *testing.T) {
 	if !strings.Contains(g.console.String(), "ftvm-guest net eth0=192.168.127.9/24") || !strings.Contains(g.console.String(), "via=dhcp") {
 		t.Fatalf("guest did not take the leased address by DHCP; console:\n%s", g.console.String())
 	}
-	conn, _ := dialForward(t, fwd)
+	conn, _ := guesttest.DialKV(t, fwd)
 	conn.Close()
 }

@@ -13,7 +13,9 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/ftvm/ftvm/hypervisor/virtio"
 	"github.com/ftvm/ftvm/hypervisor/vm"
 	"github.com/ftvm/ftvm/images"
 	"github.com/ftvm/ftvm/network"
@@ -51,7 +53,38 @@ type Config struct {
 	// storage.DefaultDir()), attached as vda, vdb, ... in order.
 	Disks      []string
 	StorageDir string
+
+	// Replication (package replication sets these; a plain VM leaves
+	// them zero). Record or Replay makes the VM a primary or a backup.
+	Record vm.Recorder
+	Replay vm.Replayer
+	// Backup: the NIC is not attached to the network (received frames
+	// come from the log, sent ones are dropped) and disks are not opened
+	// for I/O (reads come from the log, writes are the primary's).
+	Backup bool
+	// WrapTransmit, if set, wraps the NIC's send function (a primary holds
+	// frames under the output rule).
+	WrapTransmit func(send func(frame []byte)) func(frame []byte)
+	// WrapDisk, if set, wraps each opened disk (a primary holds writes).
+	WrapDisk func(index int, d *storage.Disk) virtio.BlockBackend
+	// WallTime is what the guest's RTC reads at power-on (default now);
+	// both sides of a pair must agree on it.
+	WallTime time.Time
 }
+
+// metadataDisk is a backup's disk: its size and ID, and no I/O (the
+// replayer serves reads from the log and drops writes).
+type metadataDisk struct{ m *storage.Metadata }
+
+func (d metadataDisk) ReadAt([]byte, int64) (int, error) {
+	return 0, errors.New("a backup does not read its disk")
+}
+func (d metadataDisk) WriteAt([]byte, int64) (int, error) {
+	return 0, errors.New("a backup does not write its disk")
+}
+func (d metadataDisk) Flush() error { return nil }
+func (d metadataDisk) Size() int64  { return d.m.Size }
+func (d metadataDisk) ID() string   { return d.m.ID }
 
 // Instance is a VM with its network port and disks.
 type Instance struct {
@@ -72,29 +105,16 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 	vcfg := vm.Config{
 		MemoryMiB: cfg.MemoryMiB, Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline,
 		Console: cfg.Console, ConsoleInput: cfg.ConsoleInput,
+		Record: cfg.Record, Replay: cfg.Replay, WallTime: cfg.WallTime,
 	}
-	if cfg.Image != "" {
-		if cfg.Kernel != "" {
-			return nil, errors.New("give an image or a kernel, not both")
-		}
-		m, err := images.Inspect(cfg.Image)
-		if err != nil {
-			return nil, err
-		}
-		vcfg.Kernel = filepath.Join(cfg.Image, m.Kernel)
-		vcfg.Initrd = filepath.Join(cfg.Image, m.Initrd)
-		if vcfg.Cmdline == "" {
-			vcfg.Cmdline = m.Cmdline
-		}
+	if cfg.Backup {
+		vcfg.ConsoleInput = nil // from the log
 	}
-	if vcfg.Kernel == "" {
-		return nil, errors.New("nothing to boot: give an image directory (ftctl image build) or a kernel")
-	}
-	extra, err := guestNetworkArgs(cfg.IP, cfg.Gateway)
+	boot, err := ResolveBoot(cfg)
 	if err != nil {
 		return nil, err
 	}
-	vcfg.Cmdline = strings.Join(strings.Fields(vcfg.Cmdline+" "+extra+" "+cfg.Append), " ")
+	vcfg.Kernel, vcfg.Initrd, vcfg.Cmdline = boot.Kernel, boot.Initrd, boot.Cmdline
 
 	if len(cfg.Disks) > 0 {
 		dir := cfg.StorageDir
@@ -107,24 +127,38 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, name := range cfg.Disks {
+		for i, name := range cfg.Disks {
+			if cfg.Backup {
+				m, err := store.Metadata(name)
+				if err != nil {
+					return nil, err
+				}
+				vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: metadataDisk{m}})
+				continue
+			}
 			d, err := store.OpenDisk(name)
 			if err != nil {
 				return nil, err
 			}
 			inst.disks = append(inst.disks, d)
-			vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: d})
+			var backend virtio.BlockBackend = d
+			if cfg.WrapDisk != nil {
+				backend = cfg.WrapDisk(i, d)
+			}
+			vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: backend})
 		}
 	}
 
-	if cfg.NetSocket != "" {
-		mac := cfg.MAC
-		if mac == "" {
-			mac = DefaultMAC
-		}
-		hw, err := net.ParseMAC(mac)
+	if cfg.NetSocket != "" && cfg.Backup {
+		hw, err := parseMAC(cfg.MAC)
 		if err != nil {
-			return nil, fmt.Errorf("MAC %q: %w", mac, err)
+			return nil, err
+		}
+		vcfg.Net = &vm.NetConfig{MAC: hw, Transmit: func([]byte) {}}
+	} else if cfg.NetSocket != "" {
+		hw, err := parseMAC(cfg.MAC)
+		if err != nil {
+			return nil, err
 		}
 		port, err := network.DialSwitch(ctx, cfg.NetSocket)
 		if err != nil {
@@ -142,19 +176,67 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 		}); err != nil {
 			return nil, err
 		}
-		vcfg.Net = &vm.NetConfig{
-			MAC: hw,
-			// Send copies and queues; a full queue drops the frame, which
-			// TCP recovers from, rather than stall the vCPU.
-			Transmit: func(frame []byte) { _ = port.Send(frame) },
-			Received: received,
+		// Send copies and queues; a full queue drops the frame, which
+		// TCP recovers from, rather than stall the vCPU.
+		send := func(frame []byte) { _ = port.Send(frame) }
+		if cfg.WrapTransmit != nil {
+			send = cfg.WrapTransmit(send)
 		}
+		vcfg.Net = &vm.NetConfig{MAC: hw, Transmit: send, Received: received}
 	}
 
 	if inst.VM, err = vm.New(vcfg); err != nil {
 		return nil, fmt.Errorf("create VM: %w", err)
 	}
 	return inst, nil
+}
+
+func parseMAC(mac string) (net.HardwareAddr, error) {
+	if mac == "" {
+		mac = DefaultMAC
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return nil, fmt.Errorf("MAC %q: %w", mac, err)
+	}
+	return hw, nil
+}
+
+// Boot is what an instance boots: files and the final command line.
+type Boot struct {
+	Kernel, Initrd, Cmdline string
+	// SHA256 of Kernel and Initrd ("" for no initrd), from the image
+	// manifest (which Inspect verified) or hashed here.
+	KernelSHA256, InitrdSHA256 string
+}
+
+// ResolveBoot works out the kernel, initrd and command line cfg boots.
+func ResolveBoot(cfg Config) (Boot, error) {
+	b := Boot{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline}
+	if cfg.Image != "" {
+		if cfg.Kernel != "" {
+			return Boot{}, errors.New("give an image or a kernel, not both")
+		}
+		m, err := images.Inspect(cfg.Image)
+		if err != nil {
+			return Boot{}, err
+		}
+		b.Kernel = filepath.Join(cfg.Image, m.Kernel)
+		b.Initrd = filepath.Join(cfg.Image, m.Initrd)
+		b.KernelSHA256, b.InitrdSHA256 = m.SHA256[m.Kernel], m.SHA256[m.Initrd]
+		if b.Cmdline == "" {
+			b.Cmdline = m.Cmdline
+		}
+	}
+	if b.Kernel == "" {
+		return Boot{}, errors.New("nothing to boot: give an image directory (ftctl image build) or a kernel")
+	}
+	extra, err := guestNetworkArgs(cfg.IP, cfg.Gateway)
+	if err != nil {
+		return Boot{}, err
+	}
+	b.Cmdline = strings.Join(strings.Fields(b.Cmdline+" "+extra+" "+cfg.Append), " ")
+	return b, nil
 }
 
 // guestNetworkArgs turns the instance's IP settings into the guest /init's

@@ -326,6 +326,14 @@ func (s *Sender) AckedThrough() uint64 {
 	return s.acked
 }
 
+// LastAppended is the sequence number of the last entry appended (0 before
+// the first).
+func (s *Sender) LastAppended() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nextSeq - 1
+}
+
 // AckNotify returns a channel that is closed once seq is acknowledged. It
 // is never closed if the channel fails first; select on Done as well. This
 // lets the output path hold many outputs without a goroutine each.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 )
 
 // Version is the first byte of every batch. Bump it when the encoding of an
@@ -33,6 +34,9 @@ const Version = 1
 //	Kick               (nothing)
 //	StateDigest        regs:32 memory:32
 //	Output             kind:byte device:byte hash:32
+//	CheckpointCPU      len:uvarint data
+//	CheckpointPage     page:uvarint len:uvarint data   (page = Value/PageSize)
+//	CheckpointZero     page:uvarint
 //
 // prevRIP is the RIP of the batch's previous ExitMark and prevTime the
 // Value of its previous ClockRead or TimerFired, both 0 at the batch start.
@@ -114,6 +118,15 @@ func (e *Encoder) Append(ev *Event) error {
 	case DiskDone:
 		b = append(b, ev.Device, ev.Kind)
 	case Kick:
+	case CheckpointCPU:
+		b = binary.AppendUvarint(b, uint64(len(ev.Data)))
+		b = append(b, ev.Data...)
+	case CheckpointPage:
+		b = binary.AppendUvarint(b, uint64(ev.Value/PageSize))
+		b = binary.AppendUvarint(b, uint64(len(ev.Data)))
+		b = append(b, ev.Data...)
+	case CheckpointZero:
+		b = binary.AppendUvarint(b, uint64(ev.Value/PageSize))
 	case StateDigest:
 		b = append(b, ev.Regs[:]...)
 		b = append(b, ev.Memory[:]...)
@@ -266,6 +279,24 @@ func (d *Decoder) next(ev *Event, start int) error {
 			return err
 		}
 	case Kick:
+	case CheckpointCPU:
+		if ev.Data, err = d.payload(ev.Type); err != nil {
+			return err
+		}
+	case CheckpointPage, CheckpointZero:
+		page, err := d.uvarint(ev.Type, "page number")
+		if err != nil {
+			return err
+		}
+		if page > math.MaxInt64/PageSize {
+			return &FormatError{start, fmt.Sprintf("%v page number %d out of range", ev.Type, page)}
+		}
+		ev.Value = int64(page) * PageSize
+		if ev.Type == CheckpointPage {
+			if ev.Data, err = d.payload(ev.Type); err != nil {
+				return err
+			}
+		}
 	case StateDigest:
 		if err := d.fixed(ev.Type, ev.Regs[:], "register digest"); err != nil {
 			return err

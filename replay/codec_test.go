@@ -47,6 +47,11 @@ func edgeEvents() []Event {
 		NewStateDigest(6, hash32(1), hash32(0xf0)),
 		NewOutput(7, OutputFrame, 0, [32]byte{}),
 		NewOutput(7, OutputDiskWrite, 255, hash32(9)),
+		NewCheckpointCPU(8, []byte{1}),
+		NewCheckpointCPU(8, filled(MaxCPUState, 0x11)),
+		NewCheckpointPage(8, 0, filled(PageSize, 0x22)),
+		NewCheckpointPage(8, math.MaxInt64/PageSize*PageSize, filled(PageSize, 0x33)),
+		NewCheckpointPage(8, PageSize, make([]byte, PageSize)), // a zero page
 		NewKick(1 << 40),
 		NewExitMark(math.MaxUint64, 1, 1),
 		NewKick(math.MaxUint64),
@@ -144,7 +149,9 @@ func TestEncoderRefuses(t *testing.T) {
 		want string
 	}{
 		{Event{Type: 0}, "unknown event type 0"},
-		{Event{Type: 12}, "unknown event type 12"},
+		{Event{Type: 15}, "unknown event type 15"},
+		{Event{Type: CheckpointPage, Value: 1, Data: filled(PageSize, 1)}, "not page aligned"},
+		{Event{Type: CheckpointPage, Data: filled(100, 1)}, "a page is 4096"},
 		{Event{Type: Kick, Exit: 1, RIP: 1}, "does not use"},
 		{Event{Type: ClockRead, Data: []byte{}}, "does not use"},
 		{Event{Type: ExitMark, Hash: hash32(1)}, "does not use"},
@@ -198,7 +205,7 @@ func TestDecoderErrors(t *testing.T) {
 	}{
 		{"empty", "", "offset 0: empty batch"},
 		{"version", "02", "offset 0: batch version 2"},
-		{"unknown type", "01 0900 0c00", "offset 3: unknown event type 12"},
+		{"unknown type", "01 0900 0f00", "offset 3: unknown event type 15"},
 		{"type zero", "01 00", "offset 1: unknown event type 0"},
 		{"truncated exit", "01 09", "Kick entry truncated in its exit delta"},
 		{"truncated varint", "01 0980", "offset 3: Kick entry truncated"},

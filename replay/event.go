@@ -96,7 +96,21 @@ const (
 	// which drops its outputs, check it would have produced the same ones.
 	Output Type = 11
 
-	maxType = Output
+	// CheckpointCPU carries the primary's vCPU state (Data, a
+	// vm.CPUState encoding) right after a Kick at exit #Exit; the
+	// CheckpointPage and CheckpointZero entries that follow carry the
+	// guest pages the primary wrote since its previous checkpoint (since
+	// power-on for the first). The backup, stopped after exit #Exit,
+	// loads them all and continues from the primary's state: the resync
+	// of DESIGN.md rule 5.
+	CheckpointCPU Type = 12
+	// CheckpointPage: the 4 KiB page at guest-physical address Value
+	// holds Data (PageSize bytes).
+	CheckpointPage Type = 13
+	// CheckpointZero: the page at Value is all zeros (no payload).
+	CheckpointZero Type = 14
+
+	maxType = CheckpointZero
 )
 
 // Output kinds (Event.Kind of an Output entry).
@@ -118,6 +132,9 @@ const (
 	MaxFrame = 64 << 10
 	// MaxDiskRead is the most read data in one entry.
 	MaxDiskRead = 1 << 20
+	// MaxCPUState bounds a CheckpointCPU payload (the encoding is a few
+	// KiB, mostly the XSAVE area).
+	MaxCPUState = 64 << 10
 )
 
 // Event is one log entry. It is a tagged union rather than one Go type per
@@ -138,6 +155,9 @@ const (
 //	Kick               x
 //	StateDigest        x                                            x    x
 //	Output             x    outkind   dev                                       x
+//	CheckpointCPU      x                                state
+//	CheckpointPage     x                         addr   page
+//	CheckpointZero     x                         addr
 type Event struct {
 	Type Type
 	// Exit is the number of synchronous, guest-caused exits (PIO, MMIO,
@@ -186,13 +206,20 @@ func (e *Event) String() string {
 		return fmt.Sprintf("exit %d: digest regs %x memory %x", e.Exit, e.Regs[:8], e.Memory[:8])
 	case Output:
 		return fmt.Sprintf("exit %d: output kind %d dev %d hash %x", e.Exit, e.Kind, e.Device, e.Hash[:8])
+	case CheckpointCPU:
+		return fmt.Sprintf("exit %d: checkpoint CPU state, %d bytes", e.Exit, len(e.Data))
+	case CheckpointPage:
+		return fmt.Sprintf("exit %d: checkpoint page %#x", e.Exit, e.Value)
+	case CheckpointZero:
+		return fmt.Sprintf("exit %d: checkpoint zero page %#x", e.Exit, e.Value)
 	}
 	return fmt.Sprintf("exit %d: %v", e.Exit, e.Type)
 }
 
 func (t Type) String() string {
 	names := [...]string{"", "ExitMark", "ClockRead", "TimerFired", "InterruptInjected",
-		"ConsoleInput", "FrameReceived", "DiskRead", "DiskDone", "Kick", "StateDigest", "Output"}
+		"ConsoleInput", "FrameReceived", "DiskRead", "DiskDone", "Kick", "StateDigest", "Output",
+		"CheckpointCPU", "CheckpointPage", "CheckpointZero"}
 	if t >= 1 && t <= maxType {
 		return names[t]
 	}
@@ -254,6 +281,22 @@ func NewOutput(exit uint64, kind, dev uint8, hash [32]byte) Event {
 	return Event{Type: Output, Exit: exit, Kind: kind, Device: dev, Hash: hash}
 }
 
+// NewCheckpointCPU returns a CheckpointCPU entry; state is not copied.
+func NewCheckpointCPU(exit uint64, state []byte) Event {
+	return Event{Type: CheckpointCPU, Exit: exit, Data: state}
+}
+
+// NewCheckpointPage returns a CheckpointPage entry, or a CheckpointZero one
+// if page is all zeros; page is not copied.
+func NewCheckpointPage(exit uint64, addr int64, page []byte) Event {
+	for _, b := range page {
+		if b != 0 {
+			return Event{Type: CheckpointPage, Exit: exit, Value: addr, Data: page}
+		}
+	}
+	return Event{Type: CheckpointZero, Exit: exit, Value: addr}
+}
+
 // validate checks e against the field table of Event and the payload
 // bounds. Encoder and Decoder share it so that both accept exactly the same
 // set of events, which is what makes every decoded batch re-encode to the
@@ -288,6 +331,12 @@ func (e *Event) validate() error {
 	}
 	if e.Type == DiskRead && e.Value > math.MaxInt64-int64(len(e.Data)) {
 		return fmt.Errorf("DiskRead at exit %d: offset %d + %d bytes overflows", e.Exit, e.Value, len(e.Data))
+	}
+	if (e.Type == CheckpointPage || e.Type == CheckpointZero) && e.Value%PageSize != 0 {
+		return fmt.Errorf("%v at exit %d: address %#x is not page aligned", e.Type, e.Exit, e.Value)
+	}
+	if e.Type == CheckpointPage && len(e.Data) != PageSize {
+		return fmt.Errorf("CheckpointPage at exit %d: %d bytes, a page is %d", e.Exit, len(e.Data), PageSize)
 	}
 	if e.Type == Output && e.Kind != OutputFrame && e.Kind != OutputDiskWrite {
 		return fmt.Errorf("Output at exit %d: unknown output kind %d", e.Exit, e.Kind)
@@ -331,6 +380,12 @@ func fieldsOf(t Type) int {
 		return fKnown | fDigests
 	case Output:
 		return fKnown | fKind | fDevice | fHash
+	case CheckpointCPU:
+		return fKnown | fData
+	case CheckpointPage:
+		return fKnown | fValue | fData
+	case CheckpointZero:
+		return fKnown | fValue
 	}
 	return 0
 }
@@ -343,6 +398,10 @@ func maxData(t Type) int {
 		return MaxFrame
 	case DiskRead:
 		return MaxDiskRead
+	case CheckpointCPU:
+		return MaxCPUState
+	case CheckpointPage:
+		return PageSize
 	}
 	return 0
 }

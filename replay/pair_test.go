@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"strings"
 	"testing"
 	"time"
 
@@ -23,23 +22,18 @@ func TestPairOverTheLogChannel(t *testing.T) {
 		return
 	}
 	for _, name := range []string{"pit", "window"} {
-		t.Run(name, func(t *testing.T) {
-			for try := 0; try < 3; try++ {
-				if runPair(t, name) {
-					return
-				}
-			}
-			t.Fatal("no run without a watchdog kick of the primary in 3 tries")
-		})
+		t.Run(name, func(t *testing.T) { runPair(t, name) })
 	}
 }
 
-// runPair runs one primary/backup pair; it reports false when the primary
-// was kicked (the backup must then have stopped on the kick).
-func runPair(t *testing.T, name string) bool {
+// runPair runs one primary/backup pair.
+func runPair(t *testing.T, name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	sender, receiver, err := logchannel.Pipe(ctx, logchannel.Config{}, logchannel.Config{})
+	// Two VMs share the nested host's one emulated CPU: heartbeats can be
+	// late by far more than the default timeout.
+	lc := logchannel.Config{Timeout: 10 * time.Second}
+	sender, receiver, err := logchannel.Pipe(ctx, lc, lc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,10 +59,11 @@ func runPair(t *testing.T, name string) bool {
 	}()
 
 	var appendErr error
-	rec := replay.NewRecorder(func(b []byte) {
+	rec := replay.NewRecorder(func(b []byte) error {
 		if _, err := sender.Append(ctx, b); err != nil && appendErr == nil {
 			appendErr = err
 		}
+		return nil
 	}, replay.RecorderOptions{BatchBytes: 512})
 	var closeErr error
 	pout, pst, reason, err := runGuestThen(t, name, vm.Config{Record: rec}, func() { closeErr = rec.Close() })
@@ -83,11 +78,7 @@ func runPair(t *testing.T, name string) bool {
 
 	b := <-backup
 	if pst.Kicks != 0 {
-		if b.err == nil || !strings.Contains(b.err.Error(), "kicked") {
-			t.Fatalf("primary was kicked %d times but the backup did not stop on it: %v", pst.Kicks, b.err)
-		}
-		t.Logf("primary was kicked %d times (host under load); the backup stopped on it: %v", pst.Kicks, b.err)
-		return false
+		t.Logf("primary was kicked %d times (host under load); the backup loaded a checkpoint for each", pst.Kicks)
 	}
 	if b.err != nil {
 		t.Fatalf("backup: %v", b.err)
@@ -98,5 +89,4 @@ func runPair(t *testing.T, name string) bool {
 		t.Fatalf("backup: %v after %d exits, %d injections, printed %q; primary: %d, %d, %q",
 			b.reason, b.st.SyncExits, b.st.Injected, b.out, pst.SyncExits, pst.Injected, pout)
 	}
-	return true
 }

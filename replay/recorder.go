@@ -2,6 +2,7 @@ package replay
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/ftvm/ftvm/hypervisor/kvm"
@@ -17,36 +18,70 @@ type RecorderOptions struct {
 	// BatchBytes is the batch size at which the recorder hands a batch
 	// on. Default 16 KiB.
 	BatchBytes int
+	// DigestEvery logs a StateDigest (registers and all of memory) every
+	// DigestEvery exits; DigestInterval also after that much wall time
+	// with at least one exit. 0 means the defaults (16384 exits, 1 s);
+	// negative turns that trigger off.
+	DigestEvery    int64
+	DigestInterval time.Duration
+	// OutputsLogged, if set, is called (with the recorder's lock held)
+	// once the entries through the exit that produced outputs (see
+	// NoteOutput) have been handed to emit: the output rule's cue.
+	OutputsLogged func()
+}
+
+// RecorderStats counts what a Recorder logged.
+type RecorderStats struct {
+	Batches, Bytes uint64
+	Digests        uint64
+	Checkpoints    uint64 // resyncs after kicks
+	CheckpointSize uint64 // bytes of CPU state and pages in them
+	LastDigestExit uint64
 }
 
 // Recorder implements vm.Recorder: it turns a primary's inputs into log
 // batches, each decodable on its own, handed to emit (the log channel in a
-// pair, a slice in tests). All methods run on the vCPU goroutine.
+// pair, a slice in tests). The vm.Recorder methods run on the vCPU
+// goroutine; Flush may be called from any goroutine (a pair flushes on a
+// timer so an idle primary's log still reaches the backup).
 type Recorder struct {
+	mu      sync.Mutex
 	opts    RecorderOptions
-	emit    func(batch []byte)
+	emit    func(batch []byte) error
 	enc     Encoder
 	buf     []byte
 	pending []Event // read during exit n's handler, before Exit(n)
 	cur     uint64  // the last exit Exit was called for
 	kind    uint8
-	rip     func() uint64
+	curRIP  uint64
 	marked  bool // cur's ExitMark is in the log
 	err     error
+
+	outputs    bool // an output was produced since the last BeforeRun
+	state      stateTracker
+	lastDigest uint64
+	digestAt   time.Time
+	stats      RecorderStats
 }
 
 var _ vm.Recorder = (*Recorder)(nil)
 
 // NewRecorder returns a recorder handing batches to emit. emit owns the
-// batch it is given.
-func NewRecorder(emit func(batch []byte), opts RecorderOptions) *Recorder {
+// batch it is given; an error from it stops the recording (Err).
+func NewRecorder(emit func(batch []byte) error, opts RecorderOptions) *Recorder {
 	if opts.MarkEvery == 0 {
 		opts.MarkEvery = 64
 	}
 	if opts.BatchBytes == 0 {
 		opts.BatchBytes = 16 << 10
 	}
-	r := &Recorder{opts: opts, emit: emit}
+	if opts.DigestEvery == 0 {
+		opts.DigestEvery = 16384
+	}
+	if opts.DigestInterval == 0 {
+		opts.DigestInterval = time.Second
+	}
+	r := &Recorder{opts: opts, emit: emit, digestAt: time.Now()}
 	r.begin()
 	return r
 }
@@ -56,9 +91,20 @@ func (r *Recorder) begin() {
 	r.enc.Begin(r.buf)
 }
 
-// Err is the first encoding error; a recorder with an error stops logging,
-// and its pair must resynchronise.
-func (r *Recorder) Err() error { return r.err }
+// Err is the first encoding or emit error; a recorder with an error stops
+// logging, and its pair must resynchronise.
+func (r *Recorder) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+// Stats reports what was logged so far.
+func (r *Recorder) Stats() RecorderStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stats
+}
 
 func (r *Recorder) append(ev Event) {
 	if r.err != nil {
@@ -69,7 +115,7 @@ func (r *Recorder) append(ev Event) {
 		return
 	}
 	if r.enc.Len() >= r.opts.BatchBytes {
-		r.Flush()
+		r.flushLocked()
 	}
 }
 
@@ -78,13 +124,17 @@ func (r *Recorder) append(ev Event) {
 func (r *Recorder) mark() {
 	if !r.marked && r.cur > 0 {
 		r.marked = true
-		r.append(NewExitMark(r.cur, r.kind, r.rip()))
+		r.append(NewExitMark(r.cur, r.kind, r.curRIP))
 	}
 }
 
 // Exit implements vm.Recorder.
 func (r *Recorder) Exit(n uint64, kind kvm.ExitKind, _ uint64, rip func() uint64) {
-	r.cur, r.kind, r.rip, r.marked = n, uint8(kind), rip, false
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// RIP now, while it is the exit's: a kick or a completed port I/O
+	// (reading the vCPU state) moves it before a lazy mark would look.
+	r.cur, r.kind, r.curRIP, r.marked = n, uint8(kind), rip(), false
 	if len(r.pending) > 0 || n%r.opts.MarkEvery == 0 {
 		r.mark()
 	}
@@ -94,11 +144,13 @@ func (r *Recorder) Exit(n uint64, kind kvm.ExitKind, _ uint64, rip func() uint64
 	r.pending = r.pending[:0]
 }
 
-// ClockRead implements vm.Recorder. Reads happen while exit n is handled,
-// before Exit(n): they wait for the exit's mark.
-func (r *Recorder) ClockRead(n uint64, v time.Duration) {
-	ev := NewClockRead(n, int64(v))
+// during logs ev, read while exit n was being handled: before Exit(n) it
+// waits for the exit's mark.
+func (r *Recorder) during(n uint64, ev Event) {
 	if n != r.cur {
+		if ev.Data != nil {
+			ev.Data = append([]byte(nil), ev.Data...) // valid only during the call
+		}
 		r.pending = append(r.pending, ev)
 		return
 	}
@@ -106,30 +158,181 @@ func (r *Recorder) ClockRead(n uint64, v time.Duration) {
 	r.append(ev)
 }
 
+// ClockRead implements vm.Recorder.
+func (r *Recorder) ClockRead(n uint64, v time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.during(n, NewClockRead(n, int64(v)))
+}
+
+// DiskRead implements vm.Recorder: the data, in MaxDiskRead pieces.
+func (r *Recorder) DiskRead(n uint64, dev int, off int64, data []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for len(data) > 0 {
+		k := min(len(data), diskReadPiece)
+		r.during(n, NewDiskRead(n, uint8(dev), off, data[:k]))
+		data, off = data[k:], off+int64(k)
+	}
+}
+
+// DiskReadFailed implements vm.Recorder.
+func (r *Recorder) DiskReadFailed(n uint64, dev int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.during(n, NewDiskDone(n, uint8(dev), 1 /* VIRTIO_BLK_S_IOERR */))
+}
+
+// FrameReceived implements vm.Recorder. Frames can arrive while an exit is
+// handled (the guest refilled its receive queue) or after it.
+func (r *Recorder) FrameReceived(n uint64, dev int, frame []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.during(n, NewFrameReceived(n, uint8(dev), frame))
+}
+
+// ConsoleInput implements vm.Recorder.
+func (r *Recorder) ConsoleInput(n uint64, data []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for len(data) > 0 {
+		k := min(len(data), MaxConsoleInput)
+		r.during(n, NewConsoleInput(n, data[:k]))
+		data = data[k:]
+	}
+}
+
 // TimerFired implements vm.Recorder.
 func (r *Recorder) TimerFired(n uint64, timer int, now time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.mark()
 	r.append(NewTimerFired(n, uint8(timer), int64(now)))
 }
 
 // Injected implements vm.Recorder.
 func (r *Recorder) Injected(n uint64, vector uint8) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.mark()
 	r.append(NewInterruptInjected(n, vector))
 }
 
-// Kicked implements vm.Recorder.
-func (r *Recorder) Kicked(n uint64) {
+// NoteOutput says the exit being handled produced an output (a frame, a
+// disk write) held under the output rule: the next BeforeRun hands the log
+// through this exit on at once and calls OutputsLogged. vCPU goroutine.
+func (r *Recorder) NoteOutput() {
+	r.mu.Lock()
+	r.outputs = true
+	r.mu.Unlock()
+}
+
+// BeforeRun implements vm.Recorder: a StateDigest when one is due, and the
+// flush the output rule waits for.
+func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return r.err
+	}
+	due := r.digestDue(n)
+	if due || r.outputs {
+		// Mark first: reading the vCPU state completes a pending port
+		// I/O, which moves RIP past the instruction the mark names.
+		r.mark()
+	}
+	if due {
+		regs, mem, err := r.state.digest(g)
+		if err != nil {
+			r.err = fmt.Errorf("state digest at exit #%d: %w", n, err)
+			return r.err
+		}
+		r.append(NewStateDigest(n, regs, mem))
+		r.lastDigest, r.digestAt = n, time.Now()
+		r.stats.Digests++
+		r.stats.LastDigestExit = n
+	}
+	if r.outputs {
+		r.outputs = false
+		r.flushLocked()
+		if r.err == nil && r.opts.OutputsLogged != nil {
+			r.opts.OutputsLogged()
+		}
+	}
+	return r.err
+}
+
+func (r *Recorder) digestDue(n uint64) bool {
+	if n == 0 || n == r.lastDigest {
+		return false
+	}
+	if e := r.opts.DigestEvery; e > 0 && n-r.lastDigest >= uint64(e) {
+		return true
+	}
+	d := r.opts.DigestInterval
+	return d > 0 && time.Since(r.digestAt) >= d
+}
+
+// Kicked implements vm.Recorder: the watchdog stopped the guest at a point
+// the backup cannot find, so the log carries a checkpoint from here: the
+// Kick, the vCPU state, and every page written since the last checkpoint.
+func (r *Recorder) Kicked(n uint64, g vm.GuestState) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return r.err
+	}
 	r.mark()
 	r.append(NewKick(n))
+	if err := r.state.collect(g); err != nil {
+		r.err = fmt.Errorf("checkpoint at exit #%d: %w", n, err)
+		return r.err
+	}
+	if err := g.CaptureCPU(&r.state.cpu); err != nil {
+		r.err = fmt.Errorf("checkpoint at exit #%d: read vCPU state: %w", n, err)
+		return r.err
+	}
+	cpu, err := r.state.cpu.MarshalBinary()
+	if err != nil {
+		r.err = fmt.Errorf("checkpoint at exit #%d: encode vCPU state: %w", n, err)
+		return r.err
+	}
+	r.append(NewCheckpointCPU(n, cpu))
+	size := uint64(len(cpu))
+	mem := g.Memory()
+	for w, word := range r.state.ckptDirty {
+		for ; word != 0; word &= word - 1 {
+			p := w*64 + trailingZeros(word)
+			addr := int64(p) * PageSize
+			ev := NewCheckpointPage(n, addr, mem[addr:addr+PageSize])
+			size += uint64(len(ev.Data)) + 4
+			r.append(ev)
+		}
+		r.state.ckptDirty[w] = 0
+	}
+	r.stats.Checkpoints++
+	r.stats.CheckpointSize += size
+	r.flushLocked() // the backup is stopped until it has all of it
+	return r.err
 }
 
 // Flush hands on the batch built so far, if any.
 func (r *Recorder) Flush() {
-	if r.enc.Len() <= 1 { // only the version byte
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.flushLocked()
+}
+
+func (r *Recorder) flushLocked() {
+	if r.err != nil || r.enc.Len() <= 1 { // only the version byte
 		return
 	}
-	r.emit(r.enc.Bytes())
+	b := r.enc.Bytes()
+	r.stats.Batches++
+	r.stats.Bytes += uint64(len(b))
+	if err := r.emit(b); err != nil {
+		r.err = fmt.Errorf("hand the log on: %w", err)
+	}
 	r.begin()
 }
 
@@ -137,7 +340,14 @@ func (r *Recorder) Flush() {
 // and flushes. Call it after the VM stopped and before it is closed: the
 // mark may need the vCPU's RIP.
 func (r *Recorder) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.mark()
-	r.Flush()
+	r.flushLocked()
 	return r.err
 }
+
+// diskReadPiece is the most read data per DiskRead entry the recorder
+// writes: well under the log channel's 1 MiB entry bound with the rest of
+// a batch around it.
+const diskReadPiece = 64 << 10

@@ -25,6 +25,30 @@ type Replayer struct {
 	next  func() ([]byte, error) // the stream; nil for a whole log
 	ended bool                   // no more batches will come
 	err   error                  // a broken or garbled stream
+
+	exits uint64 // the last exit checked
+	state stateTracker
+	stats ReplayerStats
+	// recent are the last entries consumed, for divergence reports.
+	recent     [16]string
+	recentNext int
+}
+
+// consume moves past the next entry, remembering it for Recent.
+func (r *Replayer) consume() {
+	r.recent[r.recentNext%len(r.recent)] = r.events[r.i].String()
+	r.recentNext++
+	r.i++
+}
+
+// Recent lists the last entries the backup consumed, oldest first: the
+// context of a divergence.
+func (r *Replayer) Recent() []string {
+	var out []string
+	for i := max(0, r.recentNext-len(r.recent)); i < r.recentNext; i++ {
+		out = append(out, r.recent[i%len(r.recent)])
+	}
+	return out
 }
 
 var _ vm.Replayer = (*Replayer)(nil)
@@ -111,7 +135,7 @@ func (r *Replayer) peek() *Event {
 func (r *Replayer) skipMark(n uint64) {
 	if ev := r.peek(); ev != nil && ev.Type == ExitMark && ev.Exit == n && r.mark == nil {
 		r.mark = ev
-		r.i++
+		r.consume()
 	}
 }
 
@@ -133,8 +157,13 @@ func (r *Replayer) Exit(n uint64, kind kvm.ExitKind, _ uint64, rip func() uint64
 	if r.mark == nil {
 		r.skipMark(n)
 	}
-	if ev := r.peek(); ev != nil && ev.Exit == n && ev.Type == ClockRead {
-		return errors.New("the primary read the clock more times at this exit")
+	if ev := r.peek(); ev != nil && ev.Exit == n {
+		switch ev.Type {
+		case ClockRead:
+			return errors.New("the primary read the clock more times at this exit")
+		case DiskRead, DiskDone:
+			return fmt.Errorf("the primary read disk %d more times at this exit", ev.Device)
+		}
 	}
 	if m := r.mark; m != nil {
 		r.mark = nil
@@ -148,13 +177,15 @@ func (r *Replayer) Exit(n uint64, kind kvm.ExitKind, _ uint64, rip func() uint64
 		// interrupt-window exit comes when the CPU notices it may take an
 		// interrupt; under QEMU's software CPU (the nested test host) that
 		// is at a translation-block boundary, a few instructions apart
-		// between runs, so its RIP is not compared.
+		// between runs, so its RIP is not compared. (A replicated VM does
+		// not use window exits at all; see vm's noWindows.)
 		if kind != kvm.ExitIRQWindowOpen {
 			if got := rip(); got != m.RIP {
 				return fmt.Errorf("RIP %#x, the primary's was %#x", got, m.RIP)
 			}
 		}
 	}
+	r.exits = n
 	return nil
 }
 
@@ -165,26 +196,165 @@ func (r *Replayer) ClockRead(n uint64) (time.Duration, error) {
 	if ev == nil || ev.Type != ClockRead || ev.Exit != n {
 		return 0, fmt.Errorf("a device read the clock; the log has %s next", describe(ev))
 	}
-	r.i++
+	r.consume()
 	return time.Duration(ev.Value), nil
 }
 
-// NextTimer implements vm.Replayer.
-func (r *Replayer) NextTimer(n uint64) (int, time.Duration, bool, error) {
+// DiskRead implements vm.Replayer.
+func (r *Replayer) DiskRead(n uint64, dev int, off int64, p []byte) error {
+	r.skipMark(n)
 	ev := r.peek()
 	switch {
-	case ev == nil || ev.Exit > n:
-		return 0, 0, false, nil
-	case ev.Exit < n:
-		return 0, 0, false, fmt.Errorf("the primary logged %v at exit #%d, which the backup passed", ev.Type, ev.Exit)
-	case ev.Type == Kick:
-		return 0, 0, false, fmt.Errorf("the primary was kicked after exit #%d: replay cannot follow, the pair must resynchronise", n)
-	case ev.Type != TimerFired:
-		return 0, 0, false, nil
+	case ev != nil && ev.Exit == n && ev.Type == DiskDone && int(ev.Device) == dev:
+		r.consume()
+		return vm.ErrPrimaryReadFailed
+	case ev == nil || ev.Exit != n || ev.Type != DiskRead:
+		return fmt.Errorf("disk %d read %d bytes at %d; the log has %s next", dev, len(p), off, describe(ev))
+	case int(ev.Device) != dev || ev.Value != off || len(ev.Data) != len(p):
+		return fmt.Errorf("disk %d read %d bytes at %d; the primary's disk %d read %d at %d", dev, len(p), off, ev.Device, len(ev.Data), ev.Value)
 	}
-	r.i++
-	return int(ev.Device), time.Duration(ev.Value), true, nil
+	r.consume()
+	copy(p, ev.Data)
+	return nil
 }
+
+// Next implements vm.Replayer.
+func (r *Replayer) Next(n uint64, g vm.GuestState) (vm.Input, bool, error) {
+	for {
+		ev := r.peek()
+		switch {
+		case ev == nil && r.err != nil:
+			return vm.Input{}, false, r.err
+		case ev == nil:
+			return vm.Input{}, false, vm.ErrLogEnd
+		case ev.Exit > n:
+			return vm.Input{}, false, nil
+		case ev.Exit < n:
+			return vm.Input{}, false, fmt.Errorf("the primary logged %v at exit #%d, which the backup passed", ev.Type, ev.Exit)
+		}
+		switch ev.Type {
+		case TimerFired:
+			r.consume()
+			return vm.Input{Kind: vm.InputTimer, Timer: int(ev.Device), Now: time.Duration(ev.Value)}, true, nil
+		case ConsoleInput:
+			r.consume()
+			return vm.Input{Kind: vm.InputConsole, Data: ev.Data}, true, nil
+		case FrameReceived:
+			r.consume()
+			return vm.Input{Kind: vm.InputFrame, Device: int(ev.Device), Data: ev.Data}, true, nil
+		case StateDigest:
+			r.consume()
+			if err := r.checkDigest(ev, g); err != nil {
+				return vm.Input{}, false, err
+			}
+		case Kick:
+			r.consume()
+			if err := r.loadCheckpoint(n, g); err != nil {
+				return vm.Input{}, false, err
+			}
+		case InterruptInjected:
+			return vm.Input{}, false, nil
+		case ExitMark:
+			return vm.Input{}, false, fmt.Errorf("internal: unchecked mark for exit #%d", ev.Exit)
+		default:
+			return vm.Input{}, false, fmt.Errorf("the primary logged %v at this exit; the backup's devices did not ask for it", ev.Type)
+		}
+	}
+}
+
+// MoreAt implements vm.Replayer.
+func (r *Replayer) MoreAt(n uint64) (bool, error) {
+	ev := r.peek()
+	switch {
+	case ev == nil:
+		return false, r.err
+	case ev.Exit != n:
+		return false, nil
+	case ev.Type == InterruptInjected:
+		return false, fmt.Errorf("the primary injected vector %#x here; the backup's interrupt controller asserted nothing it could inject", ev.Kind)
+	}
+	return true, nil
+}
+
+// checkDigest compares the backup's state with the primary's digest.
+func (r *Replayer) checkDigest(ev *Event, g vm.GuestState) error {
+	regs, mem, err := r.state.digest(g)
+	if err != nil {
+		return fmt.Errorf("state digest: %w", err)
+	}
+	r.stats.Digests++
+	r.stats.LastDigestExit = ev.Exit
+	switch {
+	case regs != ev.Regs:
+		return fmt.Errorf("%w: register digest %x, the primary's %x (%s)", ErrStateDiffers, regs[:8], ev.Regs[:8], r.describeRegs())
+	case mem != ev.Memory:
+		return fmt.Errorf("%w: memory digest %x, the primary's %x", ErrStateDiffers, mem[:8], ev.Memory[:8])
+	}
+	return nil
+}
+
+func (r *Replayer) describeRegs() string {
+	c := &r.state.cpu
+	return fmt.Sprintf("backup RIP %#x RSP %#x RAX %#x RFLAGS %#x", c.Regs.RIP, c.Regs.RSP, c.Regs.RAX, c.Regs.RFLAGS)
+}
+
+// ErrStateDiffers: a StateDigest of the backup differs from the primary's.
+var ErrStateDiffers = errors.New("the backup's state differs from the primary's")
+
+// loadCheckpoint loads the vCPU state and pages that follow a Kick.
+func (r *Replayer) loadCheckpoint(n uint64, g vm.GuestState) error {
+	ev := r.peek()
+	if ev == nil || ev.Type != CheckpointCPU || ev.Exit != n {
+		return fmt.Errorf("a kick at exit #%d without its checkpoint: the log has %s next", n, describe(ev))
+	}
+	r.consume()
+	if err := r.state.cpu.UnmarshalBinary(ev.Data); err != nil {
+		return fmt.Errorf("checkpoint at exit #%d: %w", n, err)
+	}
+	// Collect what the backup itself wrote so far first: the digest set
+	// must include it, and the checkpoint's pages come on top.
+	if err := r.state.collect(g); err != nil {
+		return err
+	}
+	mem := g.Memory()
+	pages := 0
+	for {
+		ev := r.peek()
+		if ev == nil || ev.Exit != n || (ev.Type != CheckpointPage && ev.Type != CheckpointZero) {
+			break
+		}
+		r.consume()
+		if ev.Value+PageSize > int64(len(mem)) {
+			return fmt.Errorf("checkpoint page %#x outside the %d-byte memory", ev.Value, len(mem))
+		}
+		page := mem[ev.Value : ev.Value+PageSize]
+		if ev.Type == CheckpointZero {
+			clear(page)
+		} else {
+			copy(page, ev.Data)
+		}
+		r.state.markWritten(ev.Value)
+		pages++
+	}
+	if err := g.RestoreCPU(&r.state.cpu); err != nil {
+		return fmt.Errorf("load checkpoint at exit #%d: %w", n, err)
+	}
+	r.stats.Checkpoints++
+	r.stats.CheckpointPages += uint64(pages)
+	return nil
+}
+
+// ReplayerStats counts what a Replayer checked and loaded.
+type ReplayerStats struct {
+	Digests         uint64
+	LastDigestExit  uint64
+	Checkpoints     uint64
+	CheckpointPages uint64
+}
+
+// Stats reports what was checked so far. vCPU goroutine, or after the VM
+// stopped.
+func (r *Replayer) Stats() ReplayerStats { return r.stats }
 
 // Injected implements vm.Replayer.
 func (r *Replayer) Injected(n uint64, vector uint8) error {
@@ -192,7 +362,7 @@ func (r *Replayer) Injected(n uint64, vector uint8) error {
 	if ev == nil || ev.Type != InterruptInjected || ev.Exit != n {
 		return fmt.Errorf("the backup injected vector %#x; the log has %s next", vector, describe(ev))
 	}
-	r.i++
+	r.consume()
 	if ev.Kind != vector {
 		return fmt.Errorf("the backup injected vector %#x, the primary %#x", vector, ev.Kind)
 	}

@@ -12,6 +12,42 @@ import (
 // device touch host memory outside it.
 type Memory struct {
 	ram []byte
+	// dirty, when tracking, has a bit per 4 KiB page a device may have
+	// written (bit i of word i/64 is page i): KVM's dirty log sees only
+	// the guest's own writes, and replication must see these too.
+	dirty []uint64
+}
+
+// dirtyPageShift: dirty tracking works in 4 KiB pages, like KVM's log.
+const dirtyPageShift = 12
+
+// TrackDirty starts recording the pages devices write.
+func (m *Memory) TrackDirty() {
+	if m.dirty == nil {
+		m.dirty = make([]uint64, (len(m.ram)>>dirtyPageShift+64)/64)
+	}
+}
+
+// MarkDirty records that [addr, addr+length) may have been written. It
+// does nothing unless tracking; the range must be inside RAM.
+func (m *Memory) MarkDirty(addr, length uint64) {
+	if m.dirty == nil || length == 0 {
+		return
+	}
+	for p := addr >> dirtyPageShift; p <= (addr+length-1)>>dirtyPageShift; p++ {
+		m.dirty[p/64] |= 1 << (p % 64)
+	}
+}
+
+// TakeDirty ORs the pages written since the last call into bitmap (which
+// must have a bit per page of RAM) and forgets them.
+func (m *Memory) TakeDirty(bitmap []uint64) {
+	for i, w := range m.dirty {
+		if w != 0 && i < len(bitmap) {
+			bitmap[i] |= w
+			m.dirty[i] = 0
+		}
+	}
 }
 
 // NewMemory wraps the guest RAM slice. The slice must stay valid (mapped)
@@ -68,6 +104,7 @@ func (m *Memory) Write(addr uint64, p []byte) error {
 		return err
 	}
 	copy(b, p)
+	m.MarkDirty(addr, uint64(len(p)))
 	return nil
 }
 
@@ -105,6 +142,7 @@ func (m *Memory) PutUint16(addr uint64, v uint16) error {
 		return err
 	}
 	binary.LittleEndian.PutUint16(b, v)
+	m.MarkDirty(addr, 2)
 	return nil
 }
 
@@ -115,6 +153,7 @@ func (m *Memory) PutUint32(addr uint64, v uint32) error {
 		return err
 	}
 	binary.LittleEndian.PutUint32(b, v)
+	m.MarkDirty(addr, 4)
 	return nil
 }
 
@@ -125,5 +164,6 @@ func (m *Memory) PutUint64(addr uint64, v uint64) error {
 		return err
 	}
 	binary.LittleEndian.PutUint64(b, v)
+	m.MarkDirty(addr, 8)
 	return nil
 }

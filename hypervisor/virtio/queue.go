@@ -298,6 +298,7 @@ func (q *Queue) PopInto(c *Chain) (ok bool, err error) {
 		// anything past what we have consumed. The device drains the
 		// queue on each kick, so this never loses a notification.
 		binary.LittleEndian.PutUint16(q.used[usedSize(q.size)-2:], q.lastAvail)
+		q.mem.MarkDirty(q.devAddr, usedSize(q.size))
 	}
 	return true, nil
 }
@@ -371,6 +372,8 @@ func (q *Queue) walk(head uint16, c *Chain) error {
 				return q.fail(di, "%sdevice-writable buffer [%#x, %#x) overlaps the rings", w, addr, addr+uint64(length))
 			}
 			wlen += uint64(length)
+			// The device may write any of it; say so before it does.
+			q.mem.MarkDirty(addr, uint64(length))
 		} else {
 			if len(c.bufs) > nReadable {
 				// §2.7.4.2: the driver MUST place device-writable
@@ -423,6 +426,7 @@ func (q *Queue) Push(head uint16, written uint32) {
 	q.usedIdx++
 	binary.LittleEndian.PutUint16(q.used[2:], q.usedIdx)
 	q.inflight--
+	q.mem.MarkDirty(q.devAddr, usedSize(q.size))
 }
 
 // NeedsInterrupt reports whether the driver wants an interrupt for the

@@ -7,6 +7,7 @@ import (
 
 	"github.com/ftvm/ftvm/hypervisor/devices"
 	"github.com/ftvm/ftvm/hypervisor/kvm"
+	"github.com/ftvm/ftvm/hypervisor/virtio"
 )
 
 // Exit numbers: the loop counts the synchronous exits, those the guest
@@ -34,9 +35,39 @@ func synchronousExit(k kvm.ExitKind) bool {
 	return false
 }
 
+// GuestState is what the replication layer may read and change of a VM
+// between exits, on the vCPU goroutine: the vCPU state, guest memory and
+// the pages written since it last asked. *VM implements it. The recorder
+// uses it for state digests and to ship a checkpoint after a kick; the
+// replayer for digests and to load that checkpoint.
+type GuestState interface {
+	CaptureCPU(*CPUState) error
+	RestoreCPU(*CPUState) error
+	Memory() []byte
+	// WrittenPages returns, as a bitmap (bit i of word i/64 is page i),
+	// every page written since the previous call: by the guest (KVM's
+	// dirty log) and by the VMM's devices (virtio DMA).
+	WrittenPages(into []uint64) ([]uint64, error)
+}
+
+// WrittenPages implements GuestState: DirtyPages plus the pages the virtio
+// devices wrote, which KVM's log does not see. It needs replication on
+// (Config.Record or Replay), which turns both logs on from power-on.
+func (v *VM) WrittenPages(into []uint64) ([]uint64, error) {
+	bm, err := v.DirtyPages(into)
+	if err != nil {
+		return nil, err
+	}
+	if v.dma != nil {
+		v.dma.TakeDirty(bm)
+	}
+	return bm, nil
+}
+
 // Recorder is told, on the primary, every non-deterministic input at the
 // exit where it happened. Package replay implements it (encoding events for
-// the log channel); hypervisor does not import replay.
+// the log channel); hypervisor does not import replay. All methods run on
+// the vCPU goroutine.
 type Recorder interface {
 	// Exit is called after synchronous exit n was handled, before any
 	// timer expiry or injection at n. where is the port of a port I/O exit
@@ -48,28 +79,75 @@ type Recorder interface {
 	Exit(n uint64, kind kvm.ExitKind, where uint64, rip func() uint64)
 	// ClockRead is a device's read of the guest clock during exit n.
 	ClockRead(n uint64, value time.Duration)
+	// DiskRead is the data block device dev read at byte offset off while
+	// handling exit n; data is only valid during the call. A failed read
+	// is reported with DiskReadFailed instead.
+	DiskRead(n uint64, dev int, off int64, data []byte)
+	DiskReadFailed(n uint64, dev int)
 	// TimerFired: timer (an index in the machine's timer list) expired
 	// at exit n with the given now.
 	TimerFired(n uint64, timer int, now time.Duration)
+	// ConsoleInput: the UART accepted data after exit n.
+	ConsoleInput(n uint64, data []byte)
+	// FrameReceived: network device dev accepted frame after exit n.
+	FrameReceived(n uint64, dev int, frame []byte)
 	// Injected: the vCPU got interrupt vector after exit n.
 	Injected(n uint64, vector uint8)
 	// Kicked: the watchdog stopped the guest after exit n at a point no
-	// backup can reproduce; replication must resynchronise.
-	Kicked(n uint64)
+	// backup can reproduce. The recorder ships the guest's state (a
+	// checkpoint from g) so the backup can continue from here; an error
+	// stops the primary.
+	Kicked(n uint64, g GuestState) error
+	// BeforeRun is called before every KVM_RUN, once exit n's inputs are
+	// in and before the interrupt injection: the place for periodic state
+	// digests and for handing the log on.
+	BeforeRun(n uint64, g GuestState) error
+}
+
+// InputKind says what a replayed input is.
+type InputKind int
+
+const (
+	// InputTimer: Timer expired with Now.
+	InputTimer InputKind = iota + 1
+	// InputConsole: Data arrived at the UART.
+	InputConsole
+	// InputFrame: network device Device received Data.
+	InputFrame
+)
+
+// Input is one input a Replayer hands the loop to apply.
+type Input struct {
+	Kind   InputKind
+	Timer  int
+	Now    time.Duration
+	Device int
+	Data   []byte
 }
 
 // Replayer serves a recording back on a backup. Its methods return an error
-// when the log disagrees with what the backup does: divergence.
+// when the log disagrees with what the backup does: divergence. All methods
+// run on the vCPU goroutine.
 type Replayer interface {
 	// Exit checks synchronous exit n against the log. A replayer whose log
 	// ends before n returns ErrLogEnd.
 	Exit(n uint64, kind kvm.ExitKind, where uint64, rip func() uint64) error
 	// ClockRead returns the value the primary's device read during exit n.
 	ClockRead(n uint64) (time.Duration, error)
-	// NextTimer returns the next timer expiry logged at exit n, if any.
-	NextTimer(n uint64) (timer int, now time.Duration, ok bool, err error)
+	// DiskRead fills p with what the primary's block device dev read at
+	// offset off during exit n, or returns the error the primary got.
+	DiskRead(n uint64, dev int, off int64, p []byte) error
+	// Next returns the next input the primary applied after exit n, in
+	// log order. Checks (state digests) and checkpoints (after a kick)
+	// logged at n it carries out itself on g as it meets them. ok is
+	// false when nothing more is logged at n before the next injection
+	// or the next exit.
+	Next(n uint64, g GuestState) (in Input, ok bool, err error)
 	// Injected checks an injection after exit n against the log.
 	Injected(n uint64, vector uint8) error
+	// MoreAt reports whether the log still holds entries at exit n (it
+	// waits until it knows): after the injection, a kick's checkpoint.
+	MoreAt(n uint64) (bool, error)
 }
 
 // ErrLogEnd is returned by a Replayer whose log ends: the backup has
@@ -116,25 +194,100 @@ func (c *replayClock) Now() time.Duration {
 	return v
 }
 
-// replayTimers fires the timers the log says expired at exit n.
-func (l *loop) replayTimers() error {
+// replayInputs applies, in log order, what the primary applied after exit
+// n: timer expiries, console bytes, received frames (the replayer itself
+// checks digests and loads checkpoints it meets on the way). It stops
+// before the exit's injection or at the next exit's entries.
+func (l *loop) replayInputs() error {
+	n := l.syncExits
 	for {
-		i, now, ok, err := l.rep.NextTimer(l.syncExits)
-		if err != nil {
+		in, ok, err := l.rep.Next(n, l.guest)
+		if err != nil || !ok {
 			return err
 		}
-		if !ok {
-			return nil
+		switch in.Kind {
+		case InputTimer:
+			if in.Timer < 0 || in.Timer >= len(l.timers) {
+				return fmt.Errorf("log names timer %d, this machine has %d", in.Timer, len(l.timers))
+			}
+			l.timers[in.Timer].Expire(in.Now)
+		case InputConsole:
+			if l.console == nil {
+				return errors.New("log has console input, this machine has no console")
+			}
+			if got := l.console.Receive(in.Data); got != len(in.Data) {
+				return fmt.Errorf("the UART took %d of the %d console bytes the primary's took", got, len(in.Data))
+			}
+		case InputFrame:
+			if l.frames == nil || in.Device != 0 {
+				return fmt.Errorf("log has a frame for network device %d, this machine has none", in.Device)
+			}
+			if !l.frames.dev.Receive(in.Data) {
+				return errors.New("the network device had no receive buffer for a frame the primary's took")
+			}
+		default:
+			return fmt.Errorf("replayer returned unknown input kind %d", in.Kind)
 		}
-		if i < 0 || i >= len(l.timers) {
-			return fmt.Errorf("log names timer %d, this machine has %d", i, len(l.timers))
-		}
-		l.timers[i].Expire(now)
 	}
 }
 
-// currentRIP reads the vCPU's RIP for Recorder.Exit and Replayer.Exit.
+// recordingDisk is a primary's block backend: reads are logged with the
+// data, so the backup never reads the disk (the primary may have written it
+// since); writes go on to the backend, which holds them under the output
+// rule.
+type recordingDisk struct {
+	virtio.BlockBackend
+	l   *loop
+	dev int
+}
+
+func (d *recordingDisk) ReadAt(p []byte, off int64) (int, error) {
+	n, err := d.BlockBackend.ReadAt(p, off)
+	if err == nil && n < len(p) {
+		err = fmt.Errorf("short read: %d of %d bytes", n, len(p))
+	}
+	if err != nil {
+		d.l.rec.DiskReadFailed(d.l.syncExits, d.dev)
+		return n, err
+	}
+	d.l.rec.DiskRead(d.l.syncExits, d.dev, off, p)
+	return n, nil
+}
+
+// replayDisk is a backup's block backend: reads come from the log, writes
+// and flushes are dropped (the primary makes them). Size and ID come from
+// the real disk, opened read-only.
+type replayDisk struct {
+	virtio.BlockBackend
+	l   *loop
+	dev int
+}
+
+func (d *replayDisk) ReadAt(p []byte, off int64) (int, error) {
+	if err := d.l.rep.DiskRead(d.l.syncExits, d.dev, off, p); err != nil {
+		if d.l.replayErr == nil && !errors.Is(err, ErrPrimaryReadFailed) {
+			d.l.replayErr = err
+		}
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (d *replayDisk) WriteAt(p []byte, _ int64) (int, error) { return len(p), nil }
+func (d *replayDisk) Flush() error                           { return nil }
+
+// ErrPrimaryReadFailed is what a Replayer's DiskRead returns (wrapped or
+// not) where the primary's read failed: the backup fails the request the
+// same way, which is not a divergence.
+var ErrPrimaryReadFailed = errors.New("the primary's disk read failed here")
+
+// currentRIP reads the vCPU's RIP for Recorder.Exit and Replayer.Exit:
+// from kvm_run when KVM syncs registers there (no ioctl), else with
+// KVM_GET_REGS.
 func (l *loop) currentRIP() uint64 {
+	if l.syncRegs {
+		return l.vcpu.SyncedRIP()
+	}
 	if err := l.vcpu.GetRegs(&l.regs); err != nil {
 		return ^uint64(0) // never equal to a real RIP on the other side
 	}

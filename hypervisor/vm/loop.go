@@ -163,6 +163,18 @@ type loop struct {
 	rec       Recorder
 	rep       Replayer
 	replayErr error
+	// guest is the VM as the recorder and replayer see it (digests,
+	// checkpoints).
+	guest GuestState
+	// noWindows: inject only at exits the guest's own instructions
+	// caused, never through an interrupt-window exit. Replication sets
+	// it: under a software CPU (the nested test host) a window exit lands
+	// a few instructions apart between runs, so an interrupt injected
+	// there would too. A pending interrupt waits for the next exit that
+	// finds the guest ready (or for the watchdog, whose kick resyncs).
+	noWindows bool
+	// syncRegs: KVM copies the registers into kvm_run at every exit.
+	syncRegs bool
 
 	// mmioReported avoids logging every access to unbacked memory.
 	mmioReported bool
@@ -236,8 +248,28 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		case ctx.Err() != nil:
 			return StoppedCancelled, nil
 		}
+		if l.rec != nil {
+			if err := l.rec.BeforeRun(l.syncExits, l.guest); err != nil {
+				return 0, fmt.Errorf("record after exit #%d: %w", l.syncExits, err)
+			}
+		}
 		if err := l.deliverInterrupt(); err != nil {
 			return 0, err
+		}
+		if l.rep != nil {
+			// The log may go on at this exit after the injection: the
+			// primary was kicked here and shipped its state. Apply it and
+			// go round again instead of running.
+			more, err := l.rep.MoreAt(l.syncExits)
+			if err != nil {
+				return l.replayStop(err)
+			}
+			if more {
+				if err := l.replayInputs(); err != nil {
+					return l.replayStop(err)
+				}
+				continue
+			}
 		}
 		l.inRunSince.Store(int64(max(l.clock.Now(), 1)))
 		exit, err := l.vcpu.Run()
@@ -267,7 +299,7 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 					return l.replayStop(err)
 				}
 				if !l.pic.Pending() && !l.powerOff && !l.reset {
-					return StoppedLogEnd, nil
+					return l.replayStop(errors.New("the primary left HLT here; the backup has no interrupt to leave it with"))
 				}
 				continue
 			}
@@ -282,7 +314,9 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 			// looking at why, so a kick arriving meanwhile is not lost.
 			l.vcpu.SetImmediateExit(false)
 			if l.rec != nil && ctx.Err() == nil {
-				l.rec.Kicked(l.syncExits)
+				if err := l.rec.Kicked(l.syncExits, l.guest); err != nil {
+					return 0, fmt.Errorf("checkpoint after a kick at exit #%d: %w", l.syncExits, err)
+				}
 			}
 		case kvm.ExitDebug:
 		case kvm.ExitShutdown:
@@ -331,7 +365,10 @@ func (l *loop) afterExit(exit *kvm.Exit) error {
 		if err := l.rep.Exit(n, exit.Kind, exitWhere(exit), l.ripFn); err != nil {
 			return err
 		}
-		return l.replayTimers()
+		if err := l.replayErr; err != nil {
+			return err
+		}
+		return l.replayInputs()
 	}
 	l.expireTimers()
 	return nil
@@ -340,6 +377,14 @@ func (l *loop) afterExit(exit *kvm.Exit) error {
 // replayStop turns a replay error into the loop's result.
 func (l *loop) replayStop(err error) (StopReason, error) {
 	if errors.Is(err, ErrLogEnd) {
+		// The log ends where the primary stopped: at the exit that
+		// powered it off, the backup's devices asked for the same.
+		switch {
+		case l.powerOff:
+			return StoppedPowerOff, nil
+		case l.reset:
+			return StoppedReset, nil
+		}
 		return StoppedLogEnd, nil
 	}
 	return 0, &DivergenceError{Exit: l.syncExits, Err: err}
@@ -395,8 +440,10 @@ func (l *loop) deliverInterrupt() error {
 		return nil
 	}
 	if !l.vcpu.ReadyForInterruptInjection() {
-		l.vcpu.SetRequestInterruptWindow(true)
-		l.stats.Windows++
+		if !l.noWindows {
+			l.vcpu.SetRequestInterruptWindow(true)
+			l.stats.Windows++
+		}
 		return nil
 	}
 	l.vcpu.SetRequestInterruptWindow(false)
@@ -488,7 +535,9 @@ func (l *loop) feedConsole() {
 	if l.input == nil || l.console == nil {
 		return
 	}
-	l.input.drainInto(l.console)
+	if took := l.input.drainInto(l.console); len(took) > 0 && l.rec != nil {
+		l.rec.ConsoleInput(l.syncExits, took)
+	}
 }
 
 // watchdog kicks a guest that runs without exiting while a timer is
@@ -576,12 +625,19 @@ func (q *inputQueue) ready() <-chan struct{} {
 	return q.signal
 }
 
-func (q *inputQueue) drainInto(r consoleReceiver) {
+// drainInto offers the queued bytes to r and returns a copy of those it
+// took (nil if none).
+func (q *inputQueue) drainInto(r consoleReceiver) []byte {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.buf) == 0 {
-		return
+		return nil
 	}
 	n := r.Receive(q.buf)
+	if n == 0 {
+		return nil
+	}
+	took := append([]byte(nil), q.buf[:n]...)
 	q.buf = q.buf[:copy(q.buf, q.buf[n:])]
+	return took
 }

@@ -53,7 +53,18 @@ func (m *memLog) TimerFired(n uint64, i int, now time.Duration) {
 	m.timers = append(m.timers, timerEntry{n, i, now})
 }
 func (m *memLog) Injected(n uint64, v uint8) { m.injects = append(m.injects, injectEntry{n, v}) }
-func (m *memLog) Kicked(n uint64)            { m.kicks++ }
+func (m *memLog) Kicked(n uint64, _ vm.GuestState) error {
+	m.kicks++
+	return nil
+}
+func (m *memLog) BeforeRun(uint64, vm.GuestState) error { return nil }
+
+// The tiny guests have no console input, NIC or disk.
+func (m *memLog) ConsoleInput(uint64, []byte)                    { panic("console input") }
+func (m *memLog) FrameReceived(uint64, int, []byte)              { panic("frame") }
+func (m *memLog) DiskRead(uint64, int, int64, []byte)            { panic("disk read") }
+func (m *memLog) DiskReadFailed(uint64, int)                     { panic("disk read") }
+func (r *memReplayer) DiskRead(uint64, int, int64, []byte) error { return errors.New("no disk") }
 
 // memReplayer serves a memLog in order and reports the first disagreement.
 type memReplayer struct {
@@ -93,16 +104,23 @@ func (r *memReplayer) ClockRead(n uint64) (time.Duration, error) {
 	return v, nil
 }
 
-func (r *memReplayer) NextTimer(n uint64) (int, time.Duration, bool, error) {
+func (r *memReplayer) Next(n uint64, _ vm.GuestState) (vm.Input, bool, error) {
 	if r.ti >= len(r.log.timers) || r.log.timers[r.ti].n > n {
-		return 0, 0, false, nil
+		return vm.Input{}, false, nil
 	}
 	t := r.log.timers[r.ti]
 	if t.n < n {
-		return 0, 0, false, fmt.Errorf("timer %d was due at exit #%d and did not fire", t.timer, t.n)
+		return vm.Input{}, false, fmt.Errorf("timer %d was due at exit #%d and did not fire", t.timer, t.n)
 	}
 	r.ti++
-	return t.timer, t.now, true, nil
+	return vm.Input{Kind: vm.InputTimer, Timer: t.timer, Now: t.now}, true, nil
+}
+
+func (r *memReplayer) MoreAt(n uint64) (bool, error) {
+	if r.ii < len(r.log.injects) && r.log.injects[r.ii].n == n {
+		return false, fmt.Errorf("the primary injected vector %#x after exit #%d, the backup nothing", r.log.injects[r.ii].vector, n)
+	}
+	return false, nil
 }
 
 func (r *memReplayer) Injected(n uint64, vector uint8) error {
@@ -166,7 +184,11 @@ func TestReplayExecutesWhatThePrimaryExecuted(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
 	}
-	for _, name := range []string{"pit", "hltwake", "window"} {
+	// Not "window": replication injects only at instruction-caused exits,
+	// so that guest (spinning with interrupts on) always needs a kick and
+	// a checkpoint, which this in-memory log does not carry; package
+	// replay runs it with checkpoints.
+	for _, name := range []string{"pit", "hltwake"} {
 		t.Run(name, func(t *testing.T) {
 			log, pout, pst := record(t, name)
 			bout, bst, reason, err := runGuest(t, name, vm.Config{Replay: &memReplayer{log: log}})
@@ -184,43 +206,5 @@ func TestReplayExecutesWhatThePrimaryExecuted(t *testing.T) {
 				t.Fatalf("backup printed %q, primary %q", bout, pout)
 			}
 		})
-	}
-}
-
-// TestReplayDetectsAlteredClockValue changes one logged clock value: the
-// backup's guest then takes another path, and the replay stops at the first
-// exit where it differs.
-func TestReplayDetectsAlteredClockValue(t *testing.T) {
-	if kvmhost.RanElsewhere(t) {
-		return
-	}
-	log, _, _ := record(t, "window")
-	// The guest reads the PM timer (port 0x608) once to start, then in a
-	// loop until 5 ms passed. Moving its first loop read 10 ms later ends
-	// the loop there: its next exit is the 'M' on COM1 where the primary
-	// read the PM timer again. (Other clock reads, such as the PIT's when
-	// a count loads, are left alone.)
-	idx, pmReads := -1, 0
-	for i, c := range log.clocks {
-		if log.exits[c.n-1].where == 0x608 {
-			if pmReads++; pmReads == 2 {
-				idx = i
-				break
-			}
-		}
-	}
-	if idx < 0 || int(log.clocks[idx].n) >= len(log.exits) || log.exits[log.clocks[idx].n].where != 0x608 {
-		t.Fatalf("recording has no PM timer loop read followed by another: %+v", log.clocks)
-	}
-	altered := log.clocks[idx]
-	log.clocks[idx].v += 10 * time.Millisecond
-	_, _, _, err := runGuest(t, "window", vm.Config{Replay: &memReplayer{log: log}})
-	var de *vm.DivergenceError
-	if !errors.As(err, &de) {
-		t.Fatalf("replay of an altered log: err = %v, want a divergence", err)
-	}
-	t.Logf("altered the clock read at exit #%d; reported: %v", altered.n, err)
-	if de.Exit != altered.n+1 {
-		t.Fatalf("divergence reported at exit #%d, want #%d: the first exit after the altered read", de.Exit, altered.n+1)
 	}
 }

@@ -35,6 +35,8 @@ type frameInbox struct {
 	source  <-chan []byte
 	pending [][]byte
 	drops   uint64
+	// accepted, if set, is told each frame the device took (the recorder).
+	accepted func(frame []byte)
 }
 
 // maxPendingFrames bounds what waits for receive buffers; beyond it frames
@@ -70,6 +72,9 @@ func (f *frameInbox) queue(fr []byte) {
 func (f *frameInbox) flush() {
 	n := 0
 	for n < len(f.pending) && f.dev.Receive(f.pending[n]) {
+		if f.accepted != nil {
+			f.accepted(f.pending[n])
+		}
 		n++
 	}
 	if n > 0 {
@@ -82,6 +87,10 @@ func (f *frameInbox) flush() {
 // that tell Linux where they are.
 func (v *VM) wireVirtio(pic devices.IRQSink) (string, error) {
 	mem := virtio.NewMemory(v.mem.Bytes())
+	if v.cfg.Record != nil || v.cfg.Replay != nil {
+		mem.TrackDirty() // digests and checkpoints must see device writes
+	}
+	v.dma = mem
 	var params []string
 	slot := 0
 	add := func(dev virtio.Device) error {
@@ -111,13 +120,24 @@ func (v *VM) wireVirtio(pic devices.IRQSink) (string, error) {
 			return "", fmt.Errorf("virtio-net: %w", err)
 		}
 		inbox.dev = dev
+		if rec := v.cfg.Record; rec != nil {
+			l := v.loop
+			inbox.accepted = func(fr []byte) { rec.FrameReceived(l.syncExits, 0, fr) }
+		}
 		v.loop.frames = inbox
 		if err := add(dev); err != nil {
 			return "", fmt.Errorf("virtio-net: %w", err)
 		}
 	}
 	for i, d := range v.cfg.Disks {
-		dev, err := virtio.NewBlk(d.Backend, virtio.BlkConfig{ReadOnly: d.ReadOnly})
+		backend := d.Backend
+		switch {
+		case v.cfg.Record != nil:
+			backend = &recordingDisk{BlockBackend: backend, l: v.loop, dev: i}
+		case v.cfg.Replay != nil:
+			backend = &replayDisk{BlockBackend: backend, l: v.loop, dev: i}
+		}
+		dev, err := virtio.NewBlk(backend, virtio.BlkConfig{ReadOnly: d.ReadOnly})
 		if err != nil {
 			return "", fmt.Errorf("virtio-blk disk %d: %w", i, err)
 		}

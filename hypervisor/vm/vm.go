@@ -9,6 +9,7 @@ import (
 
 	"github.com/ftvm/ftvm/hypervisor/devices"
 	"github.com/ftvm/ftvm/hypervisor/kvm"
+	"github.com/ftvm/ftvm/hypervisor/virtio"
 )
 
 // Config describes one VM.
@@ -39,8 +40,10 @@ type Config struct {
 
 	// Record, on a primary, receives every non-deterministic input at the
 	// exit where the guest observed it. Replay, on a backup, serves a
-	// recording instead of the world. At most one may be set, and for now
-	// only for guests without console input, NIC or disks.
+	// recording instead of the world: console input and received frames
+	// come from the log (so a backup has no ConsoleInput or Net.Received),
+	// disk reads too, and its disk writes are dropped. At most one may be
+	// set. Either turns interrupt-window exits off (see loop.noWindows).
 	Record Recorder
 	Replay Replayer
 
@@ -73,6 +76,9 @@ type VM struct {
 	console *consoleTail
 	loop    *loop
 	closed  bool
+	// dma is guest RAM as the virtio devices see it; it tracks the pages
+	// they write when replicating.
+	dma *virtio.Memory
 	// virtioParams tell Linux where the virtio-mmio devices are.
 	virtioParams string
 }
@@ -92,8 +98,8 @@ func New(cfg Config) (_ *VM, err error) {
 	if cfg.Record != nil && cfg.Replay != nil {
 		return nil, errors.New("VM config: a VM records or replays, not both")
 	}
-	if (cfg.Record != nil || cfg.Replay != nil) && (cfg.Net != nil || len(cfg.Disks) > 0 || cfg.ConsoleInput != nil) {
-		return nil, errors.New("VM config: recording and replay do not cover console input, NICs or disks yet")
+	if cfg.Replay != nil && (cfg.ConsoleInput != nil || cfg.Net != nil && cfg.Net.Received != nil) {
+		return nil, errors.New("VM config: a backup takes console input and received frames from the log, not from the world")
 	}
 	if cfg.WallTime.IsZero() {
 		cfg.WallTime = time.Now()
@@ -124,11 +130,25 @@ func New(cfg Config) (_ *VM, err error) {
 	if v.vcpu, err = v.kvmVM.CreateVCPU(0); err != nil {
 		return nil, err
 	}
+	syncRegs := false
+	if cfg.Record != nil || cfg.Replay != nil {
+		// Digests and checkpoints follow every page written from here
+		// on; both sides start from the same memory.
+		if err = v.EnableDirtyLog(); err != nil {
+			return nil, err
+		}
+		// The log names the RIP of every marked exit; read it for free.
+		if err = v.vcpu.EnableSyncRegs(v.sys); err != nil {
+			return nil, err
+		}
+		syncRegs = true
+	}
 	clock := cfg.Clock
 	if clock == nil {
 		clock = NewLiveClock()
 	}
-	v.loop = &loop{vcpu: v.vcpu, clock: clock, rec: cfg.Record, rep: cfg.Replay}
+	v.loop = &loop{vcpu: v.vcpu, clock: clock, rec: cfg.Record, rep: cfg.Replay, guest: v,
+		noWindows: cfg.Record != nil || cfg.Replay != nil, syncRegs: syncRegs}
 	devClock := clock
 	switch {
 	case cfg.Record != nil:

@@ -1,0 +1,307 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// OutputKind says what an output is.
+type OutputKind int
+
+const (
+	OutputFrame OutputKind = iota + 1
+	OutputDiskWrite
+	OutputDiskFlush
+)
+
+func (k OutputKind) String() string {
+	switch k {
+	case OutputFrame:
+		return "frame"
+	case OutputDiskWrite:
+		return "disk write"
+	case OutputDiskFlush:
+		return "disk flush"
+	}
+	return fmt.Sprintf("OutputKind(%d)", int(k))
+}
+
+// Released describes one output as it left the primary; tests check the
+// output rule with it.
+type Released struct {
+	Kind OutputKind
+	// Produced is when the guest produced it; Released when it left.
+	Produced, Released time.Time
+	// Seq is the log entry it waited for; AckedThrough what the backup
+	// had acknowledged when it was released (never below Seq).
+	Seq, AckedThrough uint64
+	// LogAtRelease is the last log entry the primary had appended when
+	// it released: above Seq, the guest kept running while it was held.
+	LogAtRelease uint64
+	Bytes        int
+}
+
+// acks is the part of the log channel's sender the gate needs.
+type acks interface {
+	AckNotify(seq uint64) <-chan struct{}
+	AckedThrough() uint64
+	Done() <-chan struct{}
+}
+
+// logEnd, if the acks also tell the last appended entry, is used for
+// Released.LogAtRelease.
+type logEnd interface{ LastAppended() uint64 }
+
+// output is one held output.
+type output struct {
+	kind     OutputKind
+	disk     int
+	off      int64
+	data     []byte
+	produced time.Time
+}
+
+type sealedGroup struct {
+	seq     uint64
+	outputs []output
+}
+
+// Gate holds a primary's outputs until the backup acknowledged the log
+// entry of the exit that produced them. Add and Seal run on the vCPU
+// goroutine; a releaser goroutine (Run) lets them out.
+type Gate struct {
+	acks    acks
+	send    func(frame []byte)
+	disks   []blockWriter
+	onLeave func(Released)
+
+	mu     sync.Mutex
+	open   []output      // produced since the last Seal
+	sealed []sealedGroup // waiting for acks, oldest first
+	wake   chan struct{}
+	lost   bool // the log channel failed: nothing will be acked
+	stats  GateStats
+	failed error // a release that failed (a disk error)
+}
+
+// blockWriter is where released disk outputs go.
+type blockWriter interface {
+	WriteAt(p []byte, off int64) (int, error)
+	Flush() error
+}
+
+// GateStats counts outputs.
+type GateStats struct {
+	HeldOutputs, HeldBytes   int
+	OldestHeld               time.Duration
+	ReleasedFrames           uint64
+	ReleasedWrites           uint64
+	ReleasedFlushes          uint64
+	ReleasedBytes            uint64
+	MaxHold, TotalHold       time.Duration
+	Paused                   bool // the guest waits at an output: backup lost
+	LastReleaseSeq, LastSeal uint64
+}
+
+func newGate(a acks, send func([]byte), onLeave func(Released)) *Gate {
+	return &Gate{acks: a, send: send, onLeave: onLeave, wake: make(chan struct{}, 1)}
+}
+
+// add holds an output produced now. When the backup is lost it waits (the
+// guest pauses at this output) until ctx ends.
+func (g *Gate) add(ctx context.Context, o output) {
+	o.produced = time.Now()
+	g.mu.Lock()
+	if g.lost {
+		g.stats.Paused = true
+		g.mu.Unlock()
+		<-ctx.Done()
+		g.mu.Lock()
+	}
+	g.open = append(g.open, o)
+	g.mu.Unlock()
+}
+
+// seal ties the outputs added since the last seal to log entry seq, which
+// holds the log through the exit that produced them.
+func (g *Gate) seal(seq uint64) {
+	g.mu.Lock()
+	if len(g.open) > 0 {
+		g.sealed = append(g.sealed, sealedGroup{seq: seq, outputs: g.open})
+		g.open = nil
+		g.stats.LastSeal = seq
+	}
+	g.mu.Unlock()
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run releases sealed outputs in order as their entries are acked, until
+// ctx ends. If the log channel fails it marks the gate lost and keeps
+// everything held.
+func (g *Gate) run(ctx context.Context) {
+	for {
+		g.mu.Lock()
+		var next *sealedGroup
+		if len(g.sealed) > 0 {
+			next = &g.sealed[0]
+		}
+		g.mu.Unlock()
+		if next == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-g.acks.Done():
+				g.markLost()
+				<-ctx.Done()
+				return
+			case <-g.wake:
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.acks.Done():
+			// A final ack may have landed just before the failure.
+			if g.acks.AckedThrough() < next.seq {
+				g.markLost()
+				<-ctx.Done()
+				return
+			}
+		case <-g.acks.AckNotify(next.seq):
+		}
+		g.release(next.seq)
+	}
+}
+
+func (g *Gate) markLost() {
+	g.mu.Lock()
+	g.lost = true
+	g.mu.Unlock()
+}
+
+// release lets the oldest sealed group out. Held disk writes stay visible
+// to reads until they are on the disk.
+func (g *Gate) release(seq uint64) {
+	g.mu.Lock()
+	group := g.sealed[0]
+	g.mu.Unlock()
+	acked := g.acks.AckedThrough()
+	var appended uint64
+	if le, ok := g.acks.(logEnd); ok {
+		appended = le.LastAppended()
+	}
+	for i := range group.outputs {
+		o := &group.outputs[i]
+		switch o.kind {
+		case OutputFrame:
+			g.send(o.data)
+		case OutputDiskWrite:
+			if _, err := g.disks[o.disk].WriteAt(o.data, o.off); err != nil {
+				g.fail(fmt.Errorf("release a held write of %d bytes at %d to disk %d: %w", len(o.data), o.off, o.disk, err))
+			}
+		case OutputDiskFlush:
+			if err := g.disks[o.disk].Flush(); err != nil {
+				g.fail(fmt.Errorf("release a held flush of disk %d: %w", o.disk, err))
+			}
+		}
+		now := time.Now()
+		hold := now.Sub(o.produced)
+		g.mu.Lock()
+		switch o.kind {
+		case OutputFrame:
+			g.stats.ReleasedFrames++
+		case OutputDiskWrite:
+			g.stats.ReleasedWrites++
+		case OutputDiskFlush:
+			g.stats.ReleasedFlushes++
+		}
+		g.stats.ReleasedBytes += uint64(len(o.data))
+		g.stats.TotalHold += hold
+		g.stats.MaxHold = max(g.stats.MaxHold, hold)
+		g.mu.Unlock()
+		if g.onLeave != nil {
+			g.onLeave(Released{Kind: o.kind, Produced: o.produced, Released: now, Seq: seq, AckedThrough: acked, LogAtRelease: appended, Bytes: len(o.data)})
+		}
+	}
+	g.mu.Lock()
+	g.sealed = g.sealed[1:]
+	g.stats.LastReleaseSeq = seq
+	g.mu.Unlock()
+}
+
+func (g *Gate) fail(err error) {
+	g.mu.Lock()
+	if g.failed == nil {
+		g.failed = err
+	}
+	g.mu.Unlock()
+}
+
+// Stats reports the gate's counters and what it holds now.
+func (g *Gate) Stats() GateStats {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st := g.stats
+	now := time.Now()
+	count := func(os []output) {
+		for _, o := range os {
+			st.HeldOutputs++
+			st.HeldBytes += len(o.data)
+			st.OldestHeld = max(st.OldestHeld, now.Sub(o.produced))
+		}
+	}
+	for _, s := range g.sealed {
+		count(s.outputs)
+	}
+	count(g.open)
+	return st
+}
+
+// Err is the first failed release (a disk error after the guest was told
+// its write was done): the primary must stop.
+func (g *Gate) Err() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.failed
+}
+
+// overlay copies into p (read at off from disk) every held write to that
+// disk overlapping it, oldest first, so a read sees what the guest wrote.
+// The caller has read the disk after taking the snapshot (see gatedDisk).
+func overlay(p []byte, off int64, held []output) {
+	end := off + int64(len(p))
+	for _, o := range held {
+		oEnd := o.off + int64(len(o.data))
+		if o.kind != OutputDiskWrite || oEnd <= off || o.off >= end {
+			continue
+		}
+		lo, hi := max(off, o.off), min(end, oEnd)
+		copy(p[lo-off:hi-off], o.data[lo-o.off:hi-o.off])
+	}
+}
+
+// heldWrites returns the writes to disk still held, oldest first.
+func (g *Gate) heldWrites(disk int) []output {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []output
+	for _, s := range g.sealed {
+		for _, o := range s.outputs {
+			if o.kind == OutputDiskWrite && o.disk == disk {
+				out = append(out, o)
+			}
+		}
+	}
+	for _, o := range g.open {
+		if o.kind == OutputDiskWrite && o.disk == disk {
+			out = append(out, o)
+		}
+	}
+	return out
+}

@@ -1,0 +1,433 @@
+package replication_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/instance"
+	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/network"
+	"github.com/ftvm/ftvm/replication"
+	"github.com/ftvm/ftvm/storage"
+	"github.com/ftvm/ftvm/testbench/guesttest"
+	"github.com/ftvm/ftvm/testbench/kvmhost"
+	"github.com/ftvm/ftvm/testbench/testimage"
+)
+
+// backupProcessEnv makes the test binary a backup process (the kill test
+// needs one it can SIGKILL): the value is a JSON-free "listen|image|storage".
+const backupProcessEnv = "FTVM_TEST_BACKUP_PROCESS"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(backupProcessEnv); spec != "" {
+		os.Exit(backupProcess(spec))
+	}
+	var opts []kvmhost.Option
+	if p, err := exec.LookPath("mkfs.ext4"); err == nil && !kvmhost.Inside() {
+		opts = append(opts, kvmhost.WithFiles(p))
+	}
+	os.Exit(testimage.Main(m, opts...))
+}
+
+// Log channel settings for a pair inside the nested host, where two VMs
+// share one emulated CPU: heartbeats can be late by a second.
+var pairLog = logchannel.Config{Timeout: 10 * time.Second}
+
+// pairSetup is what both sides of a test pair share.
+type pairSetup struct {
+	fwd, sock, storeDir, logSock string
+	inst                         instance.Config
+	// backupFailed gets a backup's error as soon as it stops with one.
+	backupFailed chan error
+}
+
+func newPairSetup(t testing.TB) *pairSetup {
+	tmp := t.TempDir()
+	s := &pairSetup{fwd: guesttest.FreeAddr(t), storeDir: filepath.Join(tmp, "storage"), logSock: filepath.Join(tmp, "log.sock"),
+		backupFailed: make(chan error, 1)}
+	s.sock = guesttest.StartSwitch(t, network.SwitchConfig{Forwards: []network.Forward{{Host: s.fwd, Guest: "192.168.127.2:7000"}}})
+	store, err := storage.Open(s.storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.CreateDisk(context.Background(), "data", 32<<20, storage.CreateOptions{Filesystem: storage.FilesystemExt4}); err != nil {
+		t.Fatal(err)
+	}
+	s.inst = instance.Config{
+		Image: testimage.Dir(t), NetSocket: s.sock, IP: "192.168.127.2/24",
+		Disks: []string{"data"}, StorageDir: s.storeDir,
+		Append: "ftvm.workload=kv ftvm.port=7000", MemoryMiB: 128,
+	}
+	return s
+}
+
+type backupRun struct {
+	res *replication.BackupResult
+	err error
+}
+
+// startBackup runs a backup in this process and returns once it listens.
+func (s *pairSetup) startBackup(t testing.TB, ctx context.Context, logCfg logchannel.Config) <-chan backupRun {
+	done := make(chan backupRun, 1)
+	listening := make(chan struct{})
+	cfg := s.inst
+	cfg.Console = nil
+	go func() {
+		res, err := replication.RunBackup(ctx, replication.BackupConfig{
+			Instance: cfg, Listen: "unix:" + s.logSock, Log: logCfg,
+			Listening: func(net.Addr) { close(listening) },
+		})
+		if err != nil {
+			s.backupFailed <- fmt.Errorf("backup: %w", err)
+		}
+		done <- backupRun{res, err}
+	}()
+	select {
+	case <-listening:
+	case r := <-done:
+		t.Fatalf("backup failed to start: %v", r.err)
+	}
+	return done
+}
+
+type primaryRun struct {
+	p       *replication.Primary
+	console *guesttest.Console
+	cancel  context.CancelFunc
+	done    chan primaryDone
+}
+
+type primaryDone struct {
+	res *replication.PrimaryResult
+	err error
+}
+
+func (s *pairSetup) startPrimary(t testing.TB, cfg replication.PrimaryConfig) *primaryRun {
+	t.Helper()
+	pr := &primaryRun{console: guesttest.NewConsole(), done: make(chan primaryDone, 1)}
+	cfg.Instance = s.inst
+	cfg.Instance.Console = pr.console
+	cfg.Peer = "unix:" + s.logSock
+	if cfg.Log.Timeout == 0 {
+		cfg.Log = pairLog
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	pr.cancel = cancel
+	p, err := replication.NewPrimary(ctx, cfg)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	pr.p = p
+	t.Cleanup(func() {
+		// Stop the VM before closing it: a failed test leaves it running.
+		cancel()
+		select {
+		case <-pr.done:
+		case <-time.After(time.Minute):
+		}
+		p.Close()
+	})
+	go func() {
+		res, err := p.Run(ctx)
+		pr.done <- primaryDone{res, err}
+	}()
+	stopped := make(chan error, 1)
+	go func() {
+		select {
+		case d := <-pr.done:
+			pr.done <- d // for the test to see too
+			stopped <- fmt.Errorf("primary stopped: %v %v", d.res, d.err)
+		case err := <-s.backupFailed:
+			stopped <- err
+		}
+	}()
+	pr.console.WaitFor(t, "ftvm-guest ready", stopped, 5*time.Minute)
+	return pr
+}
+
+// kvClient drives the kv workload and checks every answer.
+type kvClient struct {
+	conn net.Conn
+	r    *bufio.Reader
+	puts map[string]string
+	ops  int
+}
+
+func (c *kvClient) do(t testing.TB, req, want string) string {
+	t.Helper()
+	c.conn.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := fmt.Fprintf(c.conn, "%s\n", req); err != nil {
+		t.Fatalf("%s: %v", req, err)
+	}
+	line, err := c.r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("%s: %v", req, err)
+	}
+	if want != "" && !strings.HasPrefix(line, want) {
+		t.Fatalf("%s: got %q, want %q...", req, line, want)
+	}
+	c.ops++
+	return line
+}
+
+// mixed does one round of mixed traffic: an ECHO of random bytes, a PUT
+// (fsync'd on the guest's disk), a GET of an earlier key.
+func (c *kvClient) mixed(t testing.TB, i int) {
+	b := make([]byte, 1+i%200)
+	rand.Read(b)
+	msg := hex.EncodeToString(b)
+	c.do(t, "ECHO "+msg, msg)
+	k, v := "k"+strconv.Itoa(i%500), "v"+strconv.Itoa(i)+"-"+msg[:min(len(msg), 16)]
+	c.do(t, "PUT "+k+" "+v, "OK ")
+	c.puts[k] = v
+	if i > 0 {
+		k := "k" + strconv.Itoa((i*7)%min(i, 500))
+		if v, ok := c.puts[k]; ok {
+			c.do(t, "GET "+k, "VALUE "+v)
+		}
+	}
+}
+
+func soakDuration() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("FTVM_SOAK")); err == nil {
+		return d
+	}
+	return 60 * time.Second
+}
+
+// TestBackupFollowsPrimaryUnderKVTraffic is the proof of replication: a
+// primary boots Linux with the kv workload, a backup replays its log at the
+// same time, and a client talks to the primary through the port forward for
+// $FTVM_SOAK (default 60 s). The backup checks the primary's register and
+// memory digests (every second of wall time and every 16k exits) and loads
+// a checkpoint for each watchdog kick; the test asserts that it checked
+// many, that none differed, and that it replayed the log to the end.
+func TestBackupFollowsPrimaryUnderKVTraffic(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	s := newPairSetup(t)
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	backup := s.startBackup(t, bctx, pairLog)
+	pr := s.startPrimary(t, replication.PrimaryConfig{StatusEvery: 10 * time.Second})
+	booted := time.Now()
+
+	conn, r := guesttest.DialKV(t, s.fwd)
+	defer conn.Close()
+	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	soak := soakDuration()
+	start := time.Now()
+	for i := 0; time.Since(start) < soak; i++ {
+		c.mixed(t, i)
+	}
+	mid := pr.p.Status()
+	t.Logf("%d requests in %v, all answered correctly; primary: %v", c.ops, time.Since(start).Round(time.Second), mid)
+
+	pr.cancel()
+	pd := <-pr.done
+	if pd.err != nil {
+		t.Fatalf("primary: %v", pd.err)
+	}
+	b := <-backup
+	if b.err != nil {
+		t.Fatalf("backup: %v\nprimary console:\n%s", b.err, pr.console.String())
+	}
+	ps, bs := pd.res.Final, b.res.Final
+	t.Logf("primary: %d exits, %d kicks, log %d bytes in %d batches (%.3f Mbit/s over %v), %d digests, %d checkpoints (%d bytes)",
+		pd.res.Stats.SyncExits, pd.res.Stats.Kicks, ps.Recorder.Bytes, ps.Recorder.Batches,
+		float64(ps.Recorder.Bytes)*8/1e6/time.Since(booted).Seconds(), time.Since(booted).Round(time.Second),
+		ps.Recorder.Digests, ps.Recorder.Checkpoints, ps.Recorder.CheckpointSize)
+	t.Logf("backup: %v after %d exits; %d digests matched (last at exit #%d), %d checkpoints loaded (%d pages); outputs released: %d frames, %d writes, %d flushes, max hold %v",
+		b.res.Reason, b.res.Stats.SyncExits, bs.Replayer.Digests, bs.Replayer.LastDigestExit, bs.Replayer.Checkpoints, bs.Replayer.CheckpointPages,
+		ps.Outputs.ReleasedFrames, ps.Outputs.ReleasedWrites, ps.Outputs.ReleasedFlushes, ps.Outputs.MaxHold.Round(time.Millisecond))
+	if bs.Replayer.Digests != ps.Recorder.Digests {
+		t.Fatalf("backup checked %d digests, the primary logged %d", bs.Replayer.Digests, ps.Recorder.Digests)
+	}
+	if min := uint64(soak / (2 * time.Second)); bs.Replayer.Digests < min {
+		t.Fatalf("only %d digests in a %v soak, want at least %d", bs.Replayer.Digests, soak, min)
+	}
+	if bs.Replayer.Checkpoints != ps.Recorder.Checkpoints {
+		t.Fatalf("backup loaded %d checkpoints, the primary sent %d", bs.Replayer.Checkpoints, ps.Recorder.Checkpoints)
+	}
+	if b.res.Stats.SyncExits+1 < pd.res.Stats.SyncExits {
+		t.Fatalf("backup stopped at exit %d, the primary at %d", b.res.Stats.SyncExits, pd.res.Stats.SyncExits)
+	}
+}
+
+// TestOutputRuleHoldsOutputsUntilAcked delays the backup's acks by 300 ms
+// and checks, from the release timestamps, that no frame and no disk write
+// left the primary before the backup acknowledged the log entry of the exit
+// that produced it, and that the primary went on executing (appending log)
+// while they were held.
+func TestOutputRuleHoldsOutputsUntilAcked(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	const ackDelay = 300 * time.Millisecond
+	s := newPairSetup(t)
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	blog := pairLog
+	blog.AckDelay, blog.AckEvery = ackDelay, 1<<30
+	backup := s.startBackup(t, bctx, blog)
+
+	var mu sync.Mutex
+	var released []replication.Released
+	var primary *replication.Primary
+	pr := s.startPrimary(t, replication.PrimaryConfig{OnRelease: func(r replication.Released) {
+		mu.Lock()
+		released = append(released, r)
+		mu.Unlock()
+	}})
+	primary = pr.p
+	conn, r := guesttest.DialKV(t, s.fwd)
+	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	mu.Lock()
+	released = released[:0] // boot-time outputs checked too, but count from here
+	mu.Unlock()
+	for i := 0; i < 20; i++ {
+		start := time.Now()
+		c.mixed(t, i)
+		if d := time.Since(start); d < ackDelay {
+			t.Fatalf("round %d took %v: an answer came out before its ack could have", i, d)
+		}
+	}
+	conn.Close()
+	st := primary.Status()
+	pr.cancel()
+	if pd := <-pr.done; pd.err != nil {
+		t.Fatalf("primary: %v", pd.err)
+	}
+	bcancel()
+	<-backup
+
+	mu.Lock()
+	defer mu.Unlock()
+	kinds := map[replication.OutputKind]int{}
+	ranOn := 0
+	for _, r := range released {
+		kinds[r.Kind]++
+		if r.AckedThrough < r.Seq {
+			t.Fatalf("%v released with the backup's acks at %d, below its entry %d", r.Kind, r.AckedThrough, r.Seq)
+		}
+		if hold := r.Released.Sub(r.Produced); hold < ackDelay*9/10 {
+			t.Fatalf("%v held only %v with acks delayed %v", r.Kind, hold, ackDelay)
+		}
+		if r.LogAtRelease > r.Seq {
+			ranOn++
+		}
+	}
+	t.Logf("%d outputs released (%d frames, %d disk writes, %d flushes), each after its ack; in %d of them the primary had logged more meanwhile; status then: %v",
+		len(released), kinds[replication.OutputFrame], kinds[replication.OutputDiskWrite], kinds[replication.OutputDiskFlush], ranOn, st)
+	if kinds[replication.OutputFrame] == 0 || kinds[replication.OutputDiskWrite] == 0 {
+		t.Fatal("the traffic should have released frames and disk writes")
+	}
+	if ranOn == 0 {
+		t.Fatal("the primary never logged anything while an output was held: it did not keep executing")
+	}
+}
+
+// backupProcess runs a backup as this process (spec "listen|image|storage")
+// until the log ends or it is killed.
+func backupProcess(spec string) int {
+	f := strings.Split(spec, "|")
+	if len(f) != 4 {
+		fmt.Fprintln(os.Stderr, "bad", backupProcessEnv)
+		return 2
+	}
+	cfg := instance.Config{
+		Image: f[1], NetSocket: f[3], IP: "192.168.127.2/24", Disks: []string{"data"}, StorageDir: f[2],
+		Append: "ftvm.workload=kv ftvm.port=7000", MemoryMiB: 128,
+	}
+	_, err := replication.RunBackup(context.Background(), replication.BackupConfig{
+		Instance: cfg, Listen: "unix:" + f[0], Log: pairLog, StatusEvery: 5 * time.Second})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "backup:", err)
+		return 1
+	}
+	return 0
+}
+
+// TestKilledBackupLeavesPrimaryHoldingOutputs SIGKILLs the backup process:
+// the primary notices, keeps running (no crash), holds every output (a
+// request gets no answer) and says so in its status.
+func TestKilledBackupLeavesPrimaryHoldingOutputs(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	s := newPairSetup(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), backupProcessEnv+"="+strings.Join([]string{s.logSock, s.inst.Image, s.storeDir, s.sock}, "|"))
+	var berr strings.Builder
+	cmd.Stderr = &berr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(s.logSock); err == nil {
+			break
+		}
+		if i > 600 {
+			t.Fatalf("backup process never listened: %s", berr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	log := pairLog
+	log.Timeout = 3 * time.Second
+	pr := s.startPrimary(t, replication.PrimaryConfig{Log: log})
+	conn, r := guesttest.DialKV(t, s.fwd)
+	defer conn.Close()
+	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	for i := 0; i < 10; i++ {
+		c.mixed(t, i)
+	}
+
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	killed := time.Now()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.HasPrefix(pr.p.Status().State, "backup lost") {
+		if time.Now().After(deadline) {
+			t.Fatalf("primary did not notice the killed backup: %v", pr.p.Status())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	noticed := time.Since(killed)
+	// A request now gets no answer: its reply is an output nobody acks.
+	conn.SetDeadline(time.Now().Add(3 * time.Second))
+	fmt.Fprintf(conn, "ECHO after-the-backup-died\n")
+	if line, err := r.ReadString('\n'); err == nil {
+		t.Fatalf("got an answer %q with no backup to ack its log", line)
+	}
+	select {
+	case pd := <-pr.done:
+		t.Fatalf("primary stopped after the backup died: %v %v", pd.res, pd.err)
+	default:
+	}
+	st := pr.p.Status()
+	t.Logf("backup killed; the primary noticed in %v; status: %v", noticed.Round(time.Millisecond), st)
+	if st.Outputs.HeldOutputs == 0 || st.BackupErr == nil || !strings.Contains(st.String(), "outputs held") {
+		t.Fatalf("status should say outputs are held and why: %v", st)
+	}
+	pr.cancel()
+	if pd := <-pr.done; pd.err != nil {
+		t.Fatalf("primary after cancel: %v", pd.err)
+	}
+}

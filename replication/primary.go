@@ -1,0 +1,298 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ftvm/ftvm/hypervisor/virtio"
+	"github.com/ftvm/ftvm/hypervisor/vm"
+	"github.com/ftvm/ftvm/instance"
+	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/storage"
+)
+
+// PrimaryConfig runs a VM as the primary of a pair.
+type PrimaryConfig struct {
+	// Instance is the VM; its Record, Backup, WrapTransmit, WrapDisk and
+	// WallTime are set by the primary.
+	Instance instance.Config
+	// Peer is the backup's log channel address (unix:/path or host:port).
+	// Conn, if set, is used instead (tests).
+	Peer string
+	// Log tunes the log channel (heartbeats, timeout, window).
+	Log logchannel.Config
+	// Recorder tunes the recording (digest interval, batch size).
+	Recorder replay.RecorderOptions
+	// FlushInterval bounds how long a log entry waits in the recorder
+	// before it is handed to the channel when no output forces it out.
+	// Default 2 ms.
+	FlushInterval time.Duration
+	// StatusEvery logs a status line this often (0: never).
+	StatusEvery time.Duration
+	Logger      *slog.Logger
+	// OnRelease, if set, is told of every output as it leaves (tests).
+	OnRelease func(Released)
+	// Connected, if set, is called once the log channel is up.
+	Connected func()
+}
+
+// PrimaryStatus is what a primary reports about itself.
+type PrimaryStatus struct {
+	// State is "connecting", "replicating", "backup lost: outputs held,
+	// guest paused at its next output" or "stopped".
+	State     string
+	BackupErr error // why the backup was lost
+	Log       logchannel.Stats
+	Recorder  replay.RecorderStats
+	Outputs   GateStats
+}
+
+func (s PrimaryStatus) String() string {
+	msg := fmt.Sprintf("primary %s: log %d entries %.2f Mbit/s, unacked %d B, backup lag %d entries %v; outputs held %d (oldest %v), released %d frames %d writes; digests %d, checkpoints %d",
+		s.State, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.Log.UnackedBytes, s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
+		s.Outputs.HeldOutputs, s.Outputs.OldestHeld.Round(time.Millisecond), s.Outputs.ReleasedFrames, s.Outputs.ReleasedWrites,
+		s.Recorder.Digests, s.Recorder.Checkpoints)
+	if s.BackupErr != nil {
+		msg += "; backup: " + s.BackupErr.Error()
+	}
+	return msg
+}
+
+// Primary is a running primary.
+type Primary struct {
+	cfg    PrimaryConfig
+	log    *slog.Logger
+	sender *logchannel.Sender
+	rec    *replay.Recorder
+	gate   *Gate
+	inst   *instance.Instance
+
+	mu      sync.Mutex
+	lastSeq uint64 // the last log entry appended; under the recorder's lock
+	state   string
+	lost    error
+}
+
+// PrimaryResult is how a primary's run ended.
+type PrimaryResult struct {
+	Reason vm.StopReason
+	Stats  vm.Stats
+	Final  PrimaryStatus
+}
+
+// RunPrimary connects to the backup, sends the start header, boots the VM
+// recording into the log channel and runs it until it stops or ctx ends.
+// conn, if non-nil, is an established connection to the backup (tests).
+func RunPrimary(ctx context.Context, cfg PrimaryConfig) (*PrimaryResult, error) {
+	p, err := NewPrimary(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	return p.Run(ctx)
+}
+
+// NewPrimary dials the backup and prepares the VM.
+func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) {
+	if cfg.FlushInterval == 0 {
+		cfg.FlushInterval = 2 * time.Millisecond
+	}
+	p := &Primary{cfg: cfg, log: cfg.Logger, state: "connecting"}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	wall := time.Now()
+	hdr, err := newHeader(cfg.Instance, wall)
+	if err != nil {
+		return nil, err
+	}
+	network, addr, err := splitAddr(cfg.Peer)
+	if err != nil {
+		return nil, err
+	}
+	if p.sender, err = logchannel.Dial(ctx, network, addr, cfg.Log); err != nil {
+		return nil, fmt.Errorf("connect to the backup at %s (is 'ftctl run --role backup --listen %s' running?): %w", cfg.Peer, cfg.Peer, err)
+	}
+	hb, err := hdr.encode()
+	if err != nil {
+		return nil, err
+	}
+	if p.lastSeq, err = p.sender.Append(ctx, hb); err != nil {
+		return nil, fmt.Errorf("send the start header: %w", err)
+	}
+	p.gate = newGate(p.sender, nil, cfg.OnRelease)
+
+	ropts := cfg.Recorder
+	ropts.OutputsLogged = func() { p.gate.seal(p.lastSeq) }
+	p.rec = replay.NewRecorder(p.emit, ropts)
+
+	icfg := cfg.Instance
+	icfg.Record, icfg.Backup, icfg.WallTime = p.rec, false, wall
+	icfg.WrapTransmit = func(send func([]byte)) func([]byte) {
+		p.gate.send = send
+		return func(frame []byte) {
+			p.gate.add(ctx, output{kind: OutputFrame, data: append([]byte(nil), frame...)})
+			p.rec.NoteOutput()
+		}
+	}
+	icfg.WrapDisk = func(i int, d *storage.Disk) virtio.BlockBackend {
+		for len(p.gate.disks) <= i {
+			p.gate.disks = append(p.gate.disks, nil)
+		}
+		p.gate.disks[i] = d
+		return &gatedDisk{ctx: ctx, disk: d, index: i, gate: p.gate, noted: p.rec.NoteOutput}
+	}
+	if p.inst, err = instance.New(ctx, icfg); err != nil {
+		return nil, err
+	}
+	p.setState("replicating", nil)
+	if cfg.Connected != nil {
+		cfg.Connected()
+	}
+	return p, nil
+}
+
+// emit hands a batch to the log channel. It runs with the recorder's lock
+// held. Once the backup is lost the log goes nowhere: the primary keeps
+// running and holds its outputs (failover decides what happens next).
+func (p *Primary) emit(batch []byte) error {
+	if p.lostErr() != nil {
+		return nil
+	}
+	seq, err := p.sender.Append(context.Background(), batch)
+	if err != nil {
+		p.setState("backup lost: outputs held, guest paused at its next output", p.sender.Err())
+		p.log.Error("log channel to the backup failed; holding outputs", "err", err)
+		return nil
+	}
+	p.lastSeq = seq
+	return nil
+}
+
+func (p *Primary) setState(s string, lost error) {
+	p.mu.Lock()
+	p.state = s
+	if lost != nil && p.lost == nil {
+		p.lost = lost
+	}
+	p.mu.Unlock()
+}
+
+func (p *Primary) lostErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lost
+}
+
+// Status reports the primary's state now.
+func (p *Primary) Status() PrimaryStatus {
+	p.mu.Lock()
+	st := PrimaryStatus{State: p.state, BackupErr: p.lost}
+	p.mu.Unlock()
+	if p.sender != nil {
+		st.Log = p.sender.Stats()
+	}
+	if p.rec != nil {
+		st.Recorder = p.rec.Stats()
+	}
+	if p.gate != nil {
+		st.Outputs = p.gate.Stats()
+	}
+	return st
+}
+
+// Run runs the VM until it stops. When it does, the primary waits (up to
+// a few seconds) for the backup to acknowledge the rest of the log so the
+// last outputs leave, then closes the channel cleanly.
+func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
+	bg, stopBG := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); p.gate.run(bg) }()
+	go func() { defer wg.Done(); p.background(bg) }()
+
+	reason, runErr := p.inst.Run(ctx)
+	closeErr := p.rec.Close()
+	if p.lostErr() == nil && p.sender.Err() == nil {
+		// Let the last outputs out: everything is flushed and sealed.
+		p.gate.seal(p.lastSeq)
+		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := p.sender.WaitAcked(wctx, p.lastSeq); err == nil {
+			for p.gate.Stats().HeldOutputs > 0 && wctx.Err() == nil {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		cancel()
+	}
+	stopBG()
+	wg.Wait()
+	// A clean close tells the backup the log ends here; it replays the
+	// rest and stops where the primary did.
+	if err := p.sender.Close(); err != nil && !errors.Is(err, logchannel.ErrClosed) && p.lostErr() == nil {
+		p.log.Warn("close the log channel", "err", err)
+	}
+	res := &PrimaryResult{Reason: reason, Stats: p.inst.VM.Stats(), Final: p.Status()}
+	res.Final.State = "stopped"
+	if runErr != nil {
+		return res, runErr
+	}
+	if err := p.gate.Err(); err != nil {
+		return res, err
+	}
+	if closeErr != nil {
+		return res, fmt.Errorf("log: %w", closeErr)
+	}
+	return res, nil
+}
+
+// background flushes the recorder on a timer, notices a lost backup, and
+// logs status lines.
+func (p *Primary) background(ctx context.Context) {
+	flush := time.NewTicker(p.cfg.FlushInterval)
+	defer flush.Stop()
+	var status <-chan time.Time
+	if p.cfg.StatusEvery > 0 {
+		t := time.NewTicker(p.cfg.StatusEvery)
+		defer t.Stop()
+		status = t.C
+	}
+	done := p.sender.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-flush.C:
+			p.rec.Flush()
+		case <-done:
+			done = nil
+			p.setState("backup lost: outputs held, guest paused at its next output", p.sender.Err())
+			p.log.Error("backup lost; outputs are held until failover decides (next issue)", "err", p.sender.Err())
+		case <-status:
+			p.log.Info(p.Status().String())
+		}
+	}
+}
+
+// Close releases the VM and the log channel.
+func (p *Primary) Close() error {
+	var errs []error
+	if p.inst != nil {
+		errs = append(errs, p.inst.Close())
+	}
+	if p.sender != nil {
+		if err := p.sender.Close(); err != nil && !errors.Is(err, logchannel.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

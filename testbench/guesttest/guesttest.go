@@ -1,0 +1,173 @@
+// Package guesttest holds helpers for tests that boot the guest image: a
+// console that waits for lines, the embedded switch on a temporary socket,
+// and a client of the kv workload through a port forward.
+package guesttest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/network"
+)
+
+// Console collects guest output and lets a test wait for a line.
+type Console struct {
+	mu      sync.Mutex
+	buf     strings.Builder
+	changed chan struct{}
+}
+
+// NewConsole returns an empty console.
+func NewConsole() *Console { return &Console{changed: make(chan struct{}, 1)} }
+
+func (c *Console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.buf.Write(p)
+	c.mu.Unlock()
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+func (c *Console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.String()
+}
+
+// WaitFor waits until the console shows what; it fails the test if the VM
+// stops first (an error arrives on stopped) or timeout passes.
+func (c *Console) WaitFor(t testing.TB, what string, stopped <-chan error, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for !strings.Contains(c.String(), what) {
+		select {
+		case <-c.changed:
+		case err := <-stopped:
+			t.Fatalf("VM stopped (%v) before %q; console:\n%s", err, what, c.String())
+		case <-deadline:
+			t.Fatalf("no %q within %v; console:\n%s", what, timeout, c.String())
+		}
+	}
+}
+
+// StartSwitch serves an embedded switch on a socket in a temporary
+// directory until the test ends, and returns the socket once it is up.
+func StartSwitch(t testing.TB, cfg network.SwitchConfig) string {
+	t.Helper()
+	sw, err := network.NewSwitch(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "net.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = sw.Serve(ctx, sock) }()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			return sock
+		}
+		if i > 200 {
+			t.Fatal("switch socket never appeared")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// FreeAddr returns a loopback TCP address nobody listens on.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// DialKV connects to the kv workload through the forward at addr, retrying
+// for up to 30 s, and proves the path with one ECHO round trip.
+func DialKV(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err == nil {
+			// The forward accepts before it reaches the guest: prove the
+			// path with one round trip.
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			r := bufio.NewReader(conn)
+			if _, err = fmt.Fprintf(conn, "ECHO hello\n"); err == nil {
+				var line string
+				if line, err = r.ReadString('\n'); err == nil && line == "hello\n" {
+					conn.SetDeadline(time.Time{})
+					return conn, r
+				}
+			}
+			conn.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("forward %s does not reach the guest's server: %v", addr, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// KVLoad is one run of the standard kv client load: request latency (ECHO
+// round trips), bulk throughput (16 KiB ECHO lines) and durable write rate
+// (PUT, each fsync'd before its OK).
+type KVLoad struct {
+	P50, P99 time.Duration
+	MBps     float64
+	Puts     float64 // per second
+}
+
+// RunKVLoad runs the standard load over conn.
+func RunKVLoad(tb testing.TB, conn net.Conn, r *bufio.Reader) KVLoad {
+	tb.Helper()
+	var res KVLoad
+	lat := make([]time.Duration, 0, 300)
+	for i := 0; i < 300; i++ {
+		start := time.Now()
+		fmt.Fprintf(conn, "ECHO ping%d\n", i)
+		if line, err := r.ReadString('\n'); err != nil || line != fmt.Sprintf("ping%d\n", i) {
+			tb.Fatalf("ECHO: %q %v", line, err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	res.P50, res.P99 = lat[len(lat)/2], lat[len(lat)*99/100]
+
+	payload := strings.Repeat("x", 16<<10)
+	const bulk = 40
+	start := time.Now()
+	for i := 0; i < bulk; i++ {
+		fmt.Fprintf(conn, "ECHO %s\n", payload)
+		if line, err := r.ReadString('\n'); err != nil || len(line) != len(payload)+1 {
+			tb.Fatalf("bulk ECHO: %d bytes, %v", len(line), err)
+		}
+	}
+	res.MBps = float64(2*bulk*len(payload)) / time.Since(start).Seconds() / 1e6
+
+	const puts = 100
+	start = time.Now()
+	for i := 0; i < puts; i++ {
+		fmt.Fprintf(conn, "PUT bench%d %d\n", i, i)
+		if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "OK ") {
+			tb.Fatalf("PUT: %q %v", line, err)
+		}
+	}
+	res.Puts = puts / time.Since(start).Seconds()
+	return res
+}
