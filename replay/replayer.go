@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ftvm/ftvm/hypervisor/kvm"
@@ -27,8 +29,12 @@ type Replayer struct {
 	err   error                  // a broken or garbled stream
 
 	exits uint64 // the last exit checked
-	state stateTracker
-	stats ReplayerStats
+	// For Progress from other goroutines: the last exit the log reaches
+	// and the last exit the backup checked.
+	logExit, replayedExit atomic.Uint64
+	state                 stateTracker
+	statsMu               sync.Mutex
+	stats                 ReplayerStats
 	// recent are the last entries consumed, for divergence reports.
 	recent     [16]string
 	recentNext int
@@ -87,6 +93,7 @@ func (r *Replayer) decode(b []byte) error {
 		ev.Data = append([]byte(nil), ev.Data...) // Data aliases the batch
 		r.events = append(r.events, ev)
 		r.last = max(r.last, ev.Exit)
+		r.logExit.Store(r.last)
 	}
 }
 
@@ -186,7 +193,15 @@ func (r *Replayer) Exit(n uint64, kind kvm.ExitKind, _ uint64, rip func() uint64
 		}
 	}
 	r.exits = n
+	r.replayedExit.Store(n)
 	return nil
+}
+
+// Progress reports, safely from any goroutine, the last exit the log has
+// reached and the last the backup replayed: their difference is the
+// backup's lag in exits.
+func (r *Replayer) Progress() (logExit, replayedExit uint64) {
+	return r.logExit.Load(), r.replayedExit.Load()
 }
 
 // ClockRead implements vm.Replayer.
@@ -282,8 +297,10 @@ func (r *Replayer) checkDigest(ev *Event, g vm.GuestState) error {
 	if err != nil {
 		return fmt.Errorf("state digest: %w", err)
 	}
+	r.statsMu.Lock()
 	r.stats.Digests++
 	r.stats.LastDigestExit = ev.Exit
+	r.statsMu.Unlock()
 	switch {
 	case regs != ev.Regs:
 		return fmt.Errorf("%w: register digest %x, the primary's %x (%s)", ErrStateDiffers, regs[:8], ev.Regs[:8], r.describeRegs())
@@ -339,8 +356,10 @@ func (r *Replayer) loadCheckpoint(n uint64, g vm.GuestState) error {
 	if err := g.RestoreCPU(&r.state.cpu); err != nil {
 		return fmt.Errorf("load checkpoint at exit #%d: %w", n, err)
 	}
+	r.statsMu.Lock()
 	r.stats.Checkpoints++
 	r.stats.CheckpointPages += uint64(pages)
+	r.statsMu.Unlock()
 	return nil
 }
 
@@ -352,9 +371,12 @@ type ReplayerStats struct {
 	CheckpointPages uint64
 }
 
-// Stats reports what was checked so far. vCPU goroutine, or after the VM
-// stopped.
-func (r *Replayer) Stats() ReplayerStats { return r.stats }
+// Stats reports what was checked so far; safe from any goroutine.
+func (r *Replayer) Stats() ReplayerStats {
+	r.statsMu.Lock()
+	defer r.statsMu.Unlock()
+	return r.stats
+}
 
 // Injected implements vm.Replayer.
 func (r *Replayer) Injected(n uint64, vector uint8) error {

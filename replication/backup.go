@@ -39,14 +39,17 @@ type BackupConfig struct {
 
 // BackupStatus is what a backup reports about itself.
 type BackupStatus struct {
-	State    string
-	Log      logchannel.Stats
-	Replayer replay.ReplayerStats
+	State string
+	Log   logchannel.Stats
+	// LogExit is the last exit the primary's log reached so far, Exit the
+	// last one the backup replayed.
+	LogExit, Exit uint64
+	Replayer      replay.ReplayerStats
 }
 
 func (s BackupStatus) String() string {
-	return fmt.Sprintf("backup %s: received %d entries %.2f Mbit/s, replay lag %d entries %v; digests matched %d (last at exit #%d), checkpoints loaded %d (%d pages)",
-		s.State, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
+	return fmt.Sprintf("backup %s: at exit #%d, received %d entries %.2f Mbit/s, lag %d exits %d entries %v; digests matched %d (last at exit #%d), checkpoints loaded %d (%d pages)",
+		s.State, s.Exit, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.LogExit-min(s.LogExit, s.Exit), s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
 		s.Replayer.Digests, s.Replayer.LastDigestExit, s.Replayer.Checkpoints, s.Replayer.CheckpointPages)
 }
 
@@ -136,7 +139,8 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	status := func() BackupStatus {
 		statusMu.Lock()
 		defer statusMu.Unlock()
-		return BackupStatus{State: state, Log: recv.Stats()}
+		le, e := rep.Progress()
+		return BackupStatus{State: state, Log: recv.Stats(), LogExit: le, Exit: e, Replayer: rep.Stats()}
 	}
 	stopStatus := make(chan struct{})
 	var wg sync.WaitGroup

@@ -296,3 +296,6 @@ func (p *Primary) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// VM is the primary's virtual machine (for reports after Run).
+func (p *Primary) VM() *vm.VM { return p.inst.VM }

@@ -22,10 +22,15 @@ func newRunCommand() *cobra.Command {
 		console  string
 		forwards []string
 		stats    bool
+		role     string
+		peer     string
+		listen   string
+		every    time.Duration
+		silence  time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "run (--image DIR | --kernel FILE [--initrd FILE] [--cmdline ARGS])",
-		Short: "Boot a guest in a single (unreplicated) VM with the console on this terminal",
+		Use:   "run (--image DIR | --kernel FILE [--initrd FILE] [--cmdline ARGS]) [--role primary --peer ADDR | --role backup --listen ADDR]",
+		Short: "Boot a guest in a VM, alone or as the primary or backup of a fault-tolerant pair",
 		Long: `Boot a Linux guest in one VM. The guest's serial console is this terminal:
 what it prints appears here, and lines typed here reach it. Ctrl-C stops the VM.
 
@@ -37,6 +42,18 @@ the guest's eth0 (the image's /init reads it from the kernel command line).
 Disks: --disk NAME attaches a disk from the storage directory (see 'ftctl disk
 create') as vda, vdb, ... in order; the image's /init mounts vda on /data.
 
+Replication: start the backup first with --role backup --listen ADDR, then the
+primary with the same machine options and --role primary --peer ADDR (ADDR is
+unix:/path/to.sock or host:port). The primary logs every non-deterministic
+input into the log channel; the backup replays them exit for exit, checks the
+primary's register and memory digests, and loads a checkpoint after each
+watchdog kick. The primary's frames and disk writes leave only after the
+backup acknowledged the log that produced them (the output rule). The backup
+does not attach to the network or write the disks; its console shows the
+replayed output. Both print a status line every --status-every. If the backup
+dies, the primary keeps running but holds all outputs (its guest pauses at the
+next one) until failover decides; going live is not implemented yet.
+
 The VM follows ftvm's determinism contract even without a backup: no in-kernel
 interrupt controller or clocks; a userspace 8259 PIC, 8254 PIT, ACPI PM timer
 (the guest's clocksource), CMOS RTC and 16550 UART; interrupts injected only at
@@ -45,13 +62,22 @@ VM exits.
 Exit status: 0 when the guest powers off; 2 when it resets (a reboot, or a
 panic with panic=N); 3 when it halts for good instead of powering off; 1 on a
 VM failure (triple fault, KVM internal error), with the vCPU registers and the
-last console lines; 130 after Ctrl-C.`,
+last console lines; 130 after Ctrl-C. A backup exits 0 when the primary's log
+ended cleanly and it replayed all of it, 4 when it diverged from the primary
+(with the first differing exit and the last log entries), 5 when the primary
+was lost (the log ended without a clean close).`,
 		Example: `  ftctl run --image out/image
   ftctl run --image out/image --append 'ftvm.workload=sleep ftvm.seconds=5'
   ftctl disk create data --size 1G --mkfs ext4
   ftctl run --image out/image --net auto --forward 127.0.0.1:7000=192.168.127.2:7000 \
       --ip 192.168.127.2/24 --disk data --append ftvm.workload=kv
-  ftctl run --kernel vmlinux --initrd initrd.img --cmdline 'console=ttyS0 panic=-1'`,
+  ftctl run --kernel vmlinux --initrd initrd.img --cmdline 'console=ttyS0 panic=-1'
+
+  # a fault-tolerant pair on one host (two terminals)
+  ftctl run --image out/image --net /tmp/net.sock --ip 192.168.127.2/24 --disk data \
+      --append ftvm.workload=kv --role backup --listen unix:/tmp/ft.sock --console none
+  ftctl run --image out/image --net /tmp/net.sock --ip 192.168.127.2/24 --disk data \
+      --append ftvm.workload=kv --role primary --peer unix:/tmp/ft.sock`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -68,6 +94,27 @@ last console lines; 130 after Ctrl-C.`,
 				defer f.Close()
 				cfg.Console = f
 			}
+			switch role {
+			case "", "none":
+				if peer != "" || listen != "" {
+					return errors.New("--peer and --listen need --role primary or --role backup")
+				}
+			case "primary":
+				if peer == "" {
+					return errors.New("--role primary needs --peer ADDR: the backup's --listen address")
+				}
+			case "backup":
+				if listen == "" {
+					return errors.New("--role backup needs --listen ADDR (unix:/path/to.sock or host:port) for the primary to connect to")
+				}
+				if cfg.NetSocket != "" {
+					// The backup's NIC is not attached: frames come from the log.
+					forwards = nil
+				}
+				return runBackup(cmd, cfg, listen, every, silence)
+			default:
+				return fmt.Errorf("--role %q: want primary, backup or none", role)
+			}
 			if len(forwards) > 0 && cfg.NetSocket != "auto" {
 				return errors.New("--forward needs --net auto; with a separate switch, give the forwards to 'ftctl net serve'")
 			}
@@ -78,6 +125,9 @@ last console lines; 130 after Ctrl-C.`,
 				}
 				defer stop()
 				cfg.NetSocket = sock
+			}
+			if role == "primary" {
+				return runPrimary(cmd, cfg, peer, every, silence, stats)
 			}
 			inst, err := instance.New(ctx, cfg)
 			if err != nil {
@@ -93,15 +143,7 @@ last console lines; 130 after Ctrl-C.`,
 			if err != nil {
 				return err
 			}
-			switch reason {
-			case vm.StoppedReset:
-				return &exitError{code: 2, err: inst.VM.Report(errors.New("the guest reset the machine (a reboot, or a panic with panic=N)"))}
-			case vm.StoppedHalted:
-				return &exitError{code: 3, err: inst.VM.Report(errors.New("the guest halted the CPU with interrupts disabled instead of powering off (no ACPI power-off?)"))}
-			case vm.StoppedCancelled:
-				return &exitError{code: 130, err: errors.New("stopped")}
-			}
-			return nil
+			return stopError(reason, inst.VM)
 		},
 	}
 	f := cmd.Flags()
@@ -120,7 +162,25 @@ last console lines; 130 after Ctrl-C.`,
 	f.StringArrayVar(&cfg.Disks, "disk", nil, "attach this disk from the storage directory (repeatable; vda, vdb, ...)")
 	f.StringVar(&cfg.StorageDir, "storage", "", "storage directory (default $FTVM_STORAGE or ~/.local/share/ftvm/storage)")
 	f.BoolVar(&stats, "stats", false, "print exit statistics when the VM stops")
+	f.StringVar(&role, "role", "none", "replication role: none, primary (needs --peer) or backup (needs --listen)")
+	f.StringVar(&peer, "peer", "", "primary: the backup's log channel address, unix:/path/to.sock or host:port")
+	f.StringVar(&listen, "listen", "", "backup: where to accept the primary, unix:/path/to.sock or host:port")
+	f.DurationVar(&every, "status-every", 10*time.Second, "primary/backup: print a status line this often (0: never)")
+	f.DurationVar(&silence, "peer-timeout", 3*time.Second, "primary/backup: declare the peer lost after this long without hearing from it")
 	return cmd
+}
+
+// stopError turns how a VM stopped into ftctl's exit status.
+func stopError(reason vm.StopReason, v *vm.VM) error {
+	switch reason {
+	case vm.StoppedReset:
+		return &exitError{code: 2, err: v.Report(errors.New("the guest reset the machine (a reboot, or a panic with panic=N)"))}
+	case vm.StoppedHalted:
+		return &exitError{code: 3, err: v.Report(errors.New("the guest halted the CPU with interrupts disabled instead of powering off (no ACPI power-off?)"))}
+	case vm.StoppedCancelled:
+		return &exitError{code: 130, err: errors.New("stopped")}
+	}
+	return nil
 }
 
 // startSwitch runs an embedded switch for this VM alone on a private socket.

@@ -45,7 +45,7 @@ func TestParseCmdline(t *testing.T) {
 		t.Fatalf("later parameter must win: %+v %v", cfg, err)
 	}
 	for in, want := range map[string]string{
-		"ftvm.workload=bogus": `ftvm.workload="bogus" is not a known workload (have: crash, kv, none, rdtscp, sleep, tsc)`,
+		"ftvm.workload=bogus": `ftvm.workload="bogus" is not a known workload (have: cpu, crash, kv, none, rdtscp, sleep, tsc)`,
 		"ftvm.seconds=-1":     `ftvm.seconds="-1" is not a non-negative integer`,
 		"ftvm.seconds=x":      `ftvm.seconds="x"`,
 	} {
@@ -111,6 +111,7 @@ func TestBinary(t *testing.T) {
 	}{
 		{"console=ttyS0", 0, ""},
 		{"ftvm.workload=sleep ftvm.seconds=1", 0, "step=1/1"},
+		{"ftvm.workload=cpu ftvm.seconds=1", 0, "ftvm-guest cpu second=1 rounds="},
 		{"ftvm.workload=crash", 3, "panicked"},
 		{"ftvm.workload=nope", 2, "not a known workload"},
 		{"ftvm.workload=kv ftvm.port=99999", 2, "ftvm.port=\"99999\" is not a TCP port"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,7 @@ func registry() map[string]Workload {
 	return map[string]Workload{
 		"none":  func(context.Context, Config, io.Writer) error { return nil },
 		"sleep": sleepWorkload,
+		"cpu":   cpuWorkload,
 		"kv":    kvWorkload,
 		// tsc and rdtscp check the kernel's RDTSC/RDTSCP emulation (tsc.go).
 		"tsc":    tscWorkload,
@@ -59,6 +61,29 @@ func sleepWorkload(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	if elapsed := time.Since(start); elapsed < time.Duration(cfg.Seconds)*time.Second {
 		return errors.New("guest clock ran backwards or sleep returned early")
+	}
+	return nil
+}
+
+// cpuWorkload keeps the CPU busy for cfg.Seconds (hashing a buffer over and
+// over, no I/O) and prints a line per second: the CPU-bound case of the
+// replication benchmarks, where the guest exits only for timer ticks.
+func cpuWorkload(ctx context.Context, cfg Config, out io.Writer) error {
+	buf := make([]byte, 64<<10)
+	sum := sha256.Sum256(buf)
+	start := time.Now()
+	next, rounds := time.Second, 0
+	for time.Since(start) < time.Duration(cfg.Seconds)*time.Second {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		copy(buf, sum[:])
+		sum = sha256.Sum256(buf)
+		rounds++
+		if e := time.Since(start); e >= next {
+			fmt.Fprintf(out, "ftvm-guest cpu second=%d rounds=%d digest=%x\n", int(next/time.Second), rounds, sum[:4])
+			next += time.Second
+		}
 	}
 	return nil
 }

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ftvm/ftvm/hypervisor/vm"
+	"github.com/ftvm/ftvm/instance"
+	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/replication"
+)
+
+// runPrimary runs the VM as the primary of a pair (ftctl run --role primary).
+func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, silence time.Duration, stats bool) error {
+	ctx := cmd.Context()
+	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+	p, err := replication.NewPrimary(ctx, replication.PrimaryConfig{
+		Instance: cfg, Peer: peer, Log: logchannel.Config{Timeout: silence},
+		StatusEvery: every, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: primary connected to the backup at %s; replicating\n", peer)
+	res, err := p.Run(ctx)
+	if res != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %v\n", res.Final)
+		if stats {
+			fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits (%d synchronous), %d kicks\n", res.Stats.Total(), res.Stats.SyncExits, res.Stats.Kicks)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	return stopError(res.Reason, p.VM())
+}
+
+// runBackup runs the VM as the backup of a pair (ftctl run --role backup).
+func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, silence time.Duration) error {
+	ctx := cmd.Context()
+	cfg.ConsoleInput = nil // the primary's console input arrives in the log
+	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+	res, err := replication.RunBackup(ctx, replication.BackupConfig{
+		Instance: cfg, Listen: listen, Log: logchannel.Config{Timeout: silence},
+		StatusEvery: every, Logger: log,
+		Listening: func(addr net.Addr) {
+			fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: backup listening on %s; start the primary with --role primary --peer %s\n", addr, listen)
+		},
+	})
+	if res != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %v\n", res.Final)
+	}
+	var de *vm.DivergenceError
+	switch {
+	case errors.As(err, &de):
+		return &exitError{code: 4, err: err}
+	case err != nil:
+		return err
+	case res.PrimaryErr != nil:
+		return &exitError{code: 5, err: fmt.Errorf("the primary was lost (%w); it replayed everything the primary logged up to exit #%d. Going live is the failover issue's job", res.PrimaryErr, res.Stats.SyncExits)}
+	case res.Reason == vm.StoppedCancelled:
+		return &exitError{code: 130, err: errors.New("stopped")}
+	}
+	return nil
+}

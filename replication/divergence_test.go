@@ -1,0 +1,138 @@
+package replication_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/hypervisor/vm"
+	"github.com/ftvm/ftvm/instance"
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/testbench/kvmhost"
+	"github.com/ftvm/ftvm/testbench/testimage"
+)
+
+// linuxVM runs the test image's kernel with the sleep workload, recording
+// or replaying.
+func linuxVM(t *testing.T, rec vm.Recorder, rep vm.Replayer) (vm.StopReason, vm.Stats, string, error) {
+	t.Helper()
+	boot, err := instance.ResolveBoot(instance.Config{Image: testimage.Dir(t), Append: "ftvm.workload=sleep ftvm.seconds=2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var console bytes.Buffer
+	v, err := vm.New(vm.Config{
+		Kernel: boot.Kernel, Initrd: boot.Initrd, Cmdline: boot.Cmdline, MemoryMiB: 128,
+		Console: &console, Record: rec, Replay: rep,
+		WallTime: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	reason, err := v.Run(ctx)
+	if rec, ok := rec.(*replay.Recorder); ok {
+		if cerr := rec.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}
+	return reason, v.Stats(), console.String(), err
+}
+
+// TestAlteredLogValueIsCaught records a Linux guest booting and sleeping,
+// then replays the log twice with one value changed: the RIP of one exit's
+// mark (the backup must stop at exactly that exit) and one PM-timer value
+// (the guest then computes with another time; the backup must stop no later
+// than the next state digest after it). The unaltered log replays to the
+// end.
+func TestAlteredLogValueIsCaught(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	const digestEvery = 2000
+	var batches [][]byte
+	rec := replay.NewRecorder(func(b []byte) error {
+		batches = append(batches, bytes.Clone(b))
+		return nil
+	}, replay.RecorderOptions{DigestEvery: digestEvery, DigestInterval: -1})
+	reason, pst, pout, err := linuxVM(t, rec, nil)
+	if err != nil || reason != vm.StoppedPowerOff {
+		t.Fatalf("primary: %v %v\n%s", reason, err, pout)
+	}
+	var events []replay.Event
+	for _, b := range batches {
+		evs, err := replay.DecodeBatch(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		events = append(events, evs...)
+	}
+	t.Logf("recorded %d exits, %d kicks, %d events in %d batches", pst.SyncExits, pst.Kicks, len(events), len(batches))
+
+	replayWith := func(evs []replay.Event) (vm.StopReason, vm.Stats, error) {
+		var enc replay.Encoder
+		enc.Begin(nil)
+		var out [][]byte
+		for i := range evs {
+			if err := enc.Append(&evs[i]); err != nil {
+				t.Fatal(err)
+			}
+			if enc.Len() > 64<<10 {
+				out = append(out, bytes.Clone(enc.Bytes()))
+				enc.Begin(nil)
+			}
+		}
+		out = append(out, bytes.Clone(enc.Bytes()))
+		rep, err := replay.NewReplayer(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reason, st, _, err := linuxVM(t, nil, rep)
+		return reason, st, err
+	}
+	// Choose exits in the middle of the run, well after boot.
+	mid := pst.SyncExits / 2
+
+	t.Run("unaltered", func(t *testing.T) {
+		reason, st, err := replayWith(events)
+		if err != nil || reason != vm.StoppedPowerOff || st.SyncExits != pst.SyncExits {
+			t.Fatalf("backup: %v after %d exits (primary %d): %v", reason, st.SyncExits, pst.SyncExits, err)
+		}
+	})
+	t.Run("mark RIP", func(t *testing.T) {
+		evs := append([]replay.Event(nil), events...)
+		i := indexOf(evs, func(ev replay.Event) bool { return ev.Type == replay.ExitMark && ev.Exit >= mid && ev.Kind == 2 })
+		evs[i].RIP ^= 1
+		_, _, err := replayWith(evs)
+		var de *vm.DivergenceError
+		if !errors.As(err, &de) || de.Exit != evs[i].Exit {
+			t.Fatalf("altered the RIP of exit #%d's mark; backup: %v", evs[i].Exit, err)
+		}
+		t.Logf("altered the RIP of exit #%d's mark: %v", evs[i].Exit, de)
+	})
+	t.Run("clock value", func(t *testing.T) {
+		evs := append([]replay.Event(nil), events...)
+		i := indexOf(evs, func(ev replay.Event) bool { return ev.Type == replay.ClockRead && ev.Exit >= mid })
+		evs[i].Value += int64(time.Millisecond)
+		next := indexOf(evs[i:], func(ev replay.Event) bool { return ev.Type == replay.StateDigest })
+		_, _, err := replayWith(evs)
+		var de *vm.DivergenceError
+		if !errors.As(err, &de) || de.Exit < evs[i].Exit || de.Exit > evs[i+next].Exit {
+			t.Fatalf("altered the clock read at exit #%d (next digest at #%d); backup: %v", evs[i].Exit, evs[i+next].Exit, err)
+		}
+		t.Logf("altered the clock read at exit #%d (next digest at #%d): stopped at exit #%d: %v", evs[i].Exit, evs[i+next].Exit, de.Exit, de.Err)
+	})
+}
+
+func indexOf(evs []replay.Event, f func(replay.Event) bool) int {
+	for i, ev := range evs {
+		if f(ev) {
+			return i
+		}
+	}
+	panic("no such event in the log")
+}
