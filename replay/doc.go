@@ -3,11 +3,12 @@
 // serves those inputs to the backup at the same exit numbers, and divergence
 // detection. It knows nothing of sockets or processes.
 //
-// What exists today: the event model (event.go), its wire encoding
-// (codec.go) and the state digests (digest.go). The recorder, the replayer
-// and their wiring into the exit loop (hypervisor/vm) are DESIGN ONLY: the
-// sections below marked so describe what the integration is to do, and
-// are the contract the event types were shaped for.
+// Contents: the event model (event.go), its wire encoding (codec.go), the
+// state digests (digest.go), the Recorder (recorder.go) and Replayer
+// (replayer.go) that implement hypervisor/vm's Recorder and Replayer
+// interfaces, and the memory tracking both share for digests and
+// checkpoints (state.go). Package replication runs them over the log
+// channel.
 //
 // # Exit counting
 //
@@ -21,7 +22,7 @@
 // counted exits is a pure function of its state, so "exit #n" names the
 // same instruction on both sides.
 //
-// # When entries are emitted (primary) and consumed (backup) — DESIGN ONLY
+// # When entries are emitted (primary) and consumed (backup)
 //
 // The exit loop handles exit #n in phases, and the entries of one exit
 // appear in the log in the order the primary produced them:
@@ -43,10 +44,16 @@
 //     accepted, FrameReceived with each frame handed to a network device.
 //  5. While halted at an HLT exit, phases 3-4 repeat until the PIC asserts;
 //     all of it is still at exit n.
-//  6. Periodically, StateDigest(n, regs, memory) before the next KVM_RUN.
+//  6. Periodically, StateDigest(n, regs, memory) before the next KVM_RUN
+//     (Recorder.BeforeRun), taken after the ExitMark because reading the
+//     vCPU state completes a pending port I/O and moves RIP.
 //  7. deliverInterrupt before the next KVM_RUN: InterruptInjected(n, vector)
 //     for a KVM_INTERRUPT. The backup injects what its own PIC asserts and
-//     compares with the entry.
+//     compares with the entry. Replication injects only when the guest can
+//     take the interrupt at this exit: no interrupt-window exits (see
+//     hypervisor/vm's noWindows for why).
+//  8. If the watchdog kicks the vCPU: Kick(n), CheckpointCPU and the
+//     CheckpointPage/Zero entries, then phases 3-7 again, all at exit n.
 //
 // The backup finishes exit n (phases 3-7) by applying every entry at
 // exit n in order; it knows there is no more for n once it sees an entry
@@ -56,7 +63,7 @@
 // the watchdog) is not a guest-visible read and is never logged; only the
 // Clock handed to devices is recorded and replayed.
 //
-// # Divergence — DESIGN ONLY
+// # Divergence
 //
 // A divergence is any of: an ExitMark whose kind or RIP differs from the
 // backup's exit #n; a device asking for an input the log does not have
@@ -65,18 +72,21 @@
 // from the backup's own; a StateDigest that differs; an Output hash that
 // differs. The backup stops and reports the first differing exit number
 // with both sides' values (the entry and what the backup computed); it
-// never continues past it. Recovery is a resync by checkpoint.
+// never continues past it (the report lists the last entries it replayed).
+// Recovery (a resync by a fresh checkpoint) is not implemented: a diverged
+// backup stops.
 //
 // # Kicks
 //
 // If the guest runs past a bound without an exit while an event is due,
-// the primary's watchdog kicks the vCPU (DESIGN.md rule 5). If the primary
-// then changes guest-visible state at that uncounted point, it logs
-// Kick(n), n being the last counted exit. The backup replays through exit
-// n and then stops: what follows happened at an instruction it cannot
-// find. The pair resynchronizes by checkpoint (the primary sends a snapshot
-// taken after the kick and the backup restarts replay from it) — DESIGN
-// ONLY; the checkpoint format is the snapshot package's.
+// the primary's watchdog kicks the vCPU (DESIGN.md rule 5) and logs
+// Kick(n), n being the last counted exit: what follows happened at an
+// instruction the backup cannot find. The backup replays through exit n,
+// then loads the checkpoint that follows the Kick (the primary's vCPU
+// state in vm.CPUState's encoding, and every page written since the
+// previous checkpoint: KVM's dirty log plus the pages virtio devices wrote)
+// and goes on from there. Device models need no transfer: they change only
+// at exits, identically on both sides.
 //
 // # Encoding
 //

@@ -114,14 +114,17 @@ func newGate(a acks, send func([]byte), onLeave func(Released)) *Gate {
 func (g *Gate) add(ctx context.Context, o output) {
 	o.produced = time.Now()
 	g.mu.Lock()
-	if g.lost {
-		g.stats.Paused = true
-		g.mu.Unlock()
-		<-ctx.Done()
-		g.mu.Lock()
-	}
 	g.open = append(g.open, o)
+	lost := g.lost
+	if lost {
+		g.stats.Paused = true
+	}
 	g.mu.Unlock()
+	if lost {
+		// Held (counted in Stats) and never released: nothing will be
+		// acknowledged any more. The vCPU waits here.
+		<-ctx.Done()
+	}
 }
 
 // seal ties the outputs added since the last seal to log entry seq, which

@@ -193,7 +193,7 @@ func TestGateLostBackupPausesOutputs(t *testing.T) {
 		t.Fatal("add returned with the backup lost")
 	case <-time.After(50 * time.Millisecond):
 	}
-	if st := g.Stats(); !st.Paused || st.HeldOutputs != 1 {
+	if st := g.Stats(); !st.Paused || st.HeldOutputs != 2 { // the sealed one and the one the guest waits at
 		t.Fatalf("status with the backup lost: %+v", st)
 	}
 	cancel()
