@@ -17,9 +17,9 @@ import (
 func newTestbenchCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "testbench",
-		Short: "Test harnesses: a KVM host for guest code, fault injection, benchmarks",
+		Short: "Test harnesses: a KVM host for guest code, a kv workload client, fault injection, benchmarks",
 	}
-	cmd.AddCommand(newKVMHostCommand())
+	cmd.AddCommand(newKVMHostCommand(), newKVClientCommand())
 	return cmd
 }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/network"
+	"github.com/ftvm/ftvm/testbench/kvclient"
 )
 
 // Console collects guest output and lets a test wait for a line.
@@ -97,31 +98,15 @@ func FreeAddr(t testing.TB) string {
 }
 
 // DialKV connects to the kv workload through the forward at addr, retrying
-// for up to 30 s, and proves the path with one ECHO round trip.
+// for up to 30 s, and proves the path with one ECHO round trip (see
+// kvclient.Dial). The connection has no deadline set.
 func DialKV(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err == nil {
-			// The forward accepts before it reaches the guest: prove the
-			// path with one round trip.
-			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			r := bufio.NewReader(conn)
-			if _, err = fmt.Fprintf(conn, "ECHO hello\n"); err == nil {
-				var line string
-				if line, err = r.ReadString('\n'); err == nil && line == "hello\n" {
-					conn.SetDeadline(time.Time{})
-					return conn, r
-				}
-			}
-			conn.Close()
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("forward %s does not reach the guest's server: %v", addr, err)
-		}
-		time.Sleep(500 * time.Millisecond)
+	c, err := kvclient.Dial(context.Background(), addr, 30*time.Second)
+	if err != nil {
+		t.Fatalf("forward %s does not reach the guest's server: %v", addr, err)
 	}
+	return c.NetConn(), c.Reader()
 }
 
 // KVLoad is one run of the standard kv client load: request latency (ECHO

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/ftvm/ftvm/images/workloads/kv"
+)
+
+func runKVClient(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newKVClientCommand()
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true // as the root command does
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestKVClientCommand(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- kv.NewServer(kv.OpenMemory()).Serve(ctx, ln) }()
+	defer func() { cancel(); <-done }()
+
+	out, err := runKVClient(t, "--addr", ln.Addr().String(), "--duration", "600ms", "--progress", "200ms")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{"the server answered an ECHO", "requests, last ", "req/s: ", "latency p50 ", " answers correct"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	if _, err := runKVClient(t); err == nil || !strings.Contains(err.Error(), "--addr") {
+		t.Errorf("no --addr: %v", err)
+	}
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	closed.Close()
+	if out, err := runKVClient(t, "--addr", closed.Addr().String(), "--wait", "700ms"); exitCode(err) != 1 || !strings.Contains(err.Error(), "no kv server answers") {
+		t.Errorf("nobody listening: exit %d %v\n%s", exitCode(err), err, out)
+	}
+}
+
+// TestKVClientCommandWrongAnswer: a server that acknowledges every PUT
+// with the same sequence number and answers GET like PUT makes the client
+// exit with status 2.
+func TestKVClientCommandWrongAnswer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		r := bufio.NewScanner(c)
+		for r.Scan() {
+			reply := "OK 1"
+			if text, ok := strings.CutPrefix(r.Text(), "ECHO "); ok {
+				reply = text
+			}
+			if _, err := c.Write([]byte(reply + "\n")); err != nil {
+				return
+			}
+		}
+	}()
+	out, err := runKVClient(t, "--addr", ln.Addr().String(), "--duration", "10s")
+	if exitCode(err) != 2 || !strings.Contains(err.Error(), "wrong answer to ") {
+		t.Fatalf("exit %d %v\n%s", exitCode(err), err, out)
+	}
+	t.Logf("%v\n%s", err, out)
+}

@@ -1,0 +1,363 @@
+// Package kvclient is a client of the guest's kv workload
+// (images/workloads/kv): it connects through a port forward that may accept
+// before the guest listens, and drives mixed PUT/GET/ECHO traffic in which
+// every answer is checked against the protocol and the client's own writes.
+package kvclient
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Conn is one connection to a kv server. Requests go one at a time.
+type Conn struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+const (
+	dialAttemptTimeout = 5 * time.Second
+	proofTimeout       = 10 * time.Second
+	retryPause         = 500 * time.Millisecond
+)
+
+// Dial connects to the kv server at addr (host:port), retrying for up to
+// within, and proves the path with one ECHO round trip: a port forward
+// accepts before the guest's server listens, and then closes the
+// connection. The returned connection has no deadline set.
+func Dial(ctx context.Context, addr string, within time.Duration) (*Conn, error) {
+	deadline := time.Now().Add(within)
+	for attempt := 1; ; attempt++ {
+		c, err := dialOnce(ctx, addr, deadline)
+		if err == nil {
+			return c, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if time.Until(deadline) < retryPause {
+			return nil, fmt.Errorf("no kv server answers at %s within %v (%d attempts); last: %w", addr, within, attempt, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(retryPause):
+		}
+	}
+}
+
+func dialOnce(ctx context.Context, addr string, deadline time.Time) (*Conn, error) {
+	d := net.Dialer{Timeout: min(dialAttemptTimeout, max(time.Until(deadline), 100*time.Millisecond))}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{conn: nc, r: bufio.NewReader(nc)}
+	token := "kvclient-" + strconv.FormatUint(rand.Uint64(), 36)
+	reply, err := c.Do(ctx, "ECHO "+token, min(proofTimeout, max(time.Until(deadline), time.Second)))
+	if err == nil && reply != token {
+		err = &WrongAnswer{Request: "ECHO " + token, Got: reply, Want: token}
+	}
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("connected, but no ECHO back: %w", err)
+	}
+	nc.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// Do sends one request line (without its newline) and returns the reply
+// line without its newline. timeout bounds the round trip (0: none); a
+// cancelled ctx aborts it. After an error the connection's state is
+// unknown: close it.
+func (c *Conn) Do(ctx context.Context, req string, timeout time.Duration) (string, error) {
+	var dl time.Time
+	if timeout > 0 {
+		dl = time.Now().Add(timeout)
+	}
+	c.conn.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	if _, err := io.WriteString(c.conn, req+"\n"); err != nil {
+		return "", c.failed(ctx, req, err)
+	}
+	line, err := c.r.ReadString('\n')
+	if err != nil {
+		return "", c.failed(ctx, req, err)
+	}
+	return line[:len(line)-1], nil
+}
+
+func (c *Conn) failed(ctx context.Context, req string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if errors.Is(err, io.EOF) {
+		err = errors.New("the server closed the connection")
+	}
+	return fmt.Errorf("%s: %w", clip(req), err)
+}
+
+// NetConn is the underlying connection; Reader buffers what it received.
+// Writing to one and reading from the other is how a caller speaks the
+// protocol itself.
+func (c *Conn) NetConn() net.Conn { return c.conn }
+
+// Reader is the connection's buffered reader (see NetConn).
+func (c *Conn) Reader() *bufio.Reader { return c.r }
+
+// Close closes the connection.
+func (c *Conn) Close() error { return c.conn.Close() }
+
+// WrongAnswer is a reply that differs from what the protocol and the
+// client's own earlier requests imply.
+type WrongAnswer struct {
+	Request, Got, Want string
+}
+
+func (e *WrongAnswer) Error() string {
+	return fmt.Sprintf("wrong answer to %q: got %q, want %q", clip(e.Request), clip(e.Got), clip(e.Want))
+}
+
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:77] + "..."
+	}
+	return s
+}
+
+// Options shape a Run.
+type Options struct {
+	// Duration is how long to send requests.
+	Duration time.Duration
+	// RequestTimeout bounds each round trip. Default 60 s.
+	RequestTimeout time.Duration
+	// ProgressEvery prints a progress line to Progress this often (0 or a
+	// nil Progress: none).
+	ProgressEvery time.Duration
+	Progress      io.Writer
+	// Keys is how many distinct keys the client writes. Default 256.
+	Keys int
+	// Seed makes the request sequence repeatable; 0 picks one at random.
+	Seed uint64
+}
+
+// Result sums up a Run.
+type Result struct {
+	Requests, Puts, Gets, Echoes int
+	Elapsed                      time.Duration
+	P50, P99, Max                time.Duration
+}
+
+// PerSecond is the request rate.
+func (r Result) PerSecond() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Requests) / r.Elapsed.Seconds()
+}
+
+func (r Result) String() string {
+	return fmt.Sprintf("%d requests in %v (%.1f req/s: %d PUT, %d GET, %d ECHO), latency p50 %v p99 %v max %v",
+		r.Requests, round(r.Elapsed), r.PerSecond(), r.Puts, r.Gets, r.Echoes,
+		round(r.P50), round(r.P99), round(r.Max))
+}
+
+// Run sends mixed traffic over c for opts.Duration, one request at a time,
+// and checks every answer:
+//
+//	ECHO <random hex>   -> the same text
+//	PUT <key> <value>   -> OK <seq>, seq above every seq seen before
+//	GET <key> (written) -> VALUE <the last value this client put>
+//	GET <key> (never)   -> NOTFOUND
+//
+// Keys carry a per-run prefix, so values from earlier runs against a
+// durable store do not matter. Run stops at the first wrong answer (a
+// *WrongAnswer) or failed request, or when ctx ends (ctx.Err()); the
+// Result covers the requests answered until then.
+func Run(ctx context.Context, c *Conn, opts Options) (Result, error) {
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 60 * time.Second
+	}
+	if opts.Keys <= 0 {
+		opts.Keys = 256
+	}
+	if opts.Seed == 0 {
+		opts.Seed = rand.Uint64()
+	}
+	t := newTraffic(opts.Seed, opts.Keys)
+	var res Result
+	lat := make([]time.Duration, 0, 1024)
+	start := time.Now()
+	window, nextProgress := 0, start.Add(opts.ProgressEvery)
+	finish := func(err error) (Result, error) {
+		res.Elapsed = time.Since(start)
+		res.P50, res.P99, res.Max = quantiles(lat)
+		return res, err
+	}
+	for time.Since(start) < opts.Duration {
+		q := t.next()
+		sent := time.Now()
+		reply, err := c.Do(ctx, q.req, opts.RequestTimeout)
+		if err != nil {
+			if ctx.Err() != nil {
+				return finish(ctx.Err())
+			}
+			return finish(fmt.Errorf("request %d: %w", res.Requests+1, err))
+		}
+		lat = append(lat, time.Since(sent))
+		if err := t.check(q, reply); err != nil {
+			return finish(err)
+		}
+		res.Requests++
+		switch q.kind {
+		case opPut:
+			res.Puts++
+		case opGet:
+			res.Gets++
+		case opEcho:
+			res.Echoes++
+		}
+		if now := time.Now(); opts.ProgressEvery > 0 && opts.Progress != nil && !now.Before(nextProgress) {
+			w := lat[window:]
+			p50, p99, _ := quantiles(w)
+			span := opts.ProgressEvery + now.Sub(nextProgress)
+			fmt.Fprintf(opts.Progress, "kvclient: %3.0fs  %6d requests, last %v: %.0f req/s, p50 %v p99 %v\n",
+				now.Sub(start).Seconds(), res.Requests, span.Round(100*time.Millisecond),
+				float64(len(w))/span.Seconds(), round(p50), round(p99))
+			window, nextProgress = len(lat), now.Add(opts.ProgressEvery)
+		}
+	}
+	return finish(nil)
+}
+
+type opKind int
+
+const (
+	opPut opKind = iota
+	opGet
+	opEcho
+)
+
+type request struct {
+	kind       opKind
+	req        string
+	key, value string // PUT: what is written; GET: the expected value
+	found      bool   // GET: whether this client wrote key
+}
+
+// traffic generates requests and knows what each answer must be.
+type traffic struct {
+	rng     *rand.Rand
+	prefix  string
+	keys    int
+	n       int
+	values  map[string]string // the last value put per key
+	written []string          // keys put, in first-write order
+	seq     uint64            // the highest PUT sequence number seen
+}
+
+func newTraffic(seed uint64, keys int) *traffic {
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	return &traffic{
+		rng: rng, keys: keys, values: map[string]string{},
+		prefix: "kvc" + strconv.FormatUint(rng.Uint64()&0xffffffff, 36) + "-",
+	}
+}
+
+func (t *traffic) randomHex(maxBytes int) string {
+	b := make([]byte, 1+t.rng.IntN(maxBytes))
+	for i := range b {
+		b[i] = byte(t.rng.Uint32())
+	}
+	return hex.EncodeToString(b)
+}
+
+// next picks a request: 35% PUT, 45% GET (one in ten of a key never
+// written), 20% ECHO.
+func (t *traffic) next() request {
+	t.n++
+	switch p := t.rng.IntN(100); {
+	case p < 35 || len(t.written) == 0:
+		k := t.prefix + "k" + strconv.Itoa(t.rng.IntN(t.keys))
+		// Values may hold spaces: the value is the rest of the line.
+		v := "v" + strconv.Itoa(t.n) + " " + t.randomHex(48)
+		return request{kind: opPut, req: "PUT " + k + " " + v, key: k, value: v}
+	case p < 80:
+		if t.rng.IntN(10) == 0 {
+			k := t.prefix + "missing" + strconv.Itoa(t.n)
+			return request{kind: opGet, req: "GET " + k, key: k}
+		}
+		k := t.written[t.rng.IntN(len(t.written))]
+		return request{kind: opGet, req: "GET " + k, key: k, value: t.values[k], found: true}
+	default:
+		return request{kind: opEcho, req: "ECHO " + t.randomHex(200)}
+	}
+}
+
+// check verifies reply against q and, for a PUT, records the write.
+func (t *traffic) check(q request, reply string) error {
+	switch q.kind {
+	case opPut:
+		seq, err := strconv.ParseUint(strings.TrimPrefix(reply, "OK "), 10, 64)
+		if !strings.HasPrefix(reply, "OK ") || err != nil || seq <= t.seq {
+			return &WrongAnswer{Request: q.req, Got: reply, Want: fmt.Sprintf("OK <seq above %d>", t.seq)}
+		}
+		t.seq = seq
+		if _, ok := t.values[q.key]; !ok {
+			t.written = append(t.written, q.key)
+		}
+		t.values[q.key] = q.value
+	case opGet:
+		want := "NOTFOUND"
+		if q.found {
+			want = "VALUE " + q.value
+		}
+		if reply != want {
+			return &WrongAnswer{Request: q.req, Got: reply, Want: want}
+		}
+	case opEcho:
+		if want := strings.TrimPrefix(q.req, "ECHO "); reply != want {
+			return &WrongAnswer{Request: q.req, Got: reply, Want: want}
+		}
+	}
+	return nil
+}
+
+// quantiles returns the median, 99th percentile (nearest rank) and
+// maximum of lat; zeros for none.
+func quantiles(lat []time.Duration) (p50, p99, maximum time.Duration) {
+	if len(lat) == 0 {
+		return 0, 0, 0
+	}
+	s := slices.Clone(lat)
+	slices.Sort(s)
+	rank := func(q float64) time.Duration {
+		i := int(math.Ceil(q*float64(len(s)))) - 1
+		return s[max(i, 0)]
+	}
+	return rank(0.50), rank(0.99), s[len(s)-1]
+}
+
+// round keeps about three significant digits of d.
+func round(d time.Duration) time.Duration {
+	r := time.Duration(1)
+	for r*1000 <= d {
+		r *= 10
+	}
+	return d.Round(r)
+}
