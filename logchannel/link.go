@@ -126,6 +126,8 @@ type link struct {
 	bw  *bufio.Writer
 
 	lastHeard atomic.Int64 // ns since epoch
+	// writeFailed: a write failed and writeErr is waiting for the reader.
+	writeFailed atomic.Bool
 
 	hbMu        sync.Mutex
 	peerHBSent  uint64 // SentAt of the last heartbeat from the peer
@@ -346,11 +348,30 @@ func (l *link) writeLocked(frames ...*Frame) error {
 	return l.bw.Flush()
 }
 
+// writeErr handles a failed write. A peer that closed cleanly sends its
+// close frame and hangs up; a write of ours (an ack, a heartbeat) racing
+// with that fails with EPIPE before our reader got to the close frame. So
+// the reader, which sees either the close frame or the bare EOF of a crash,
+// gets a moment to say which it was; only if it says nothing does the write
+// error end the link.
 func (l *link) writeErr(err error) {
-	if l.failed() == nil {
-		l.fail(fmt.Errorf("%w: write: %w", ErrPeerLost, err))
+	if l.failed() != nil || !l.writeFailed.CompareAndSwap(false, true) {
+		return
 	}
+	go func() {
+		t := time.NewTimer(min(writeErrGrace, l.cfg.Timeout))
+		defer t.Stop()
+		select {
+		case <-l.done:
+		case <-t.C:
+			l.fail(fmt.Errorf("%w: write: %w", ErrPeerLost, err))
+		}
+	}()
 }
+
+// writeErrGrace bounds how long a failed write waits for the reader to
+// explain it (see writeErr).
+const writeErrGrace = 500 * time.Millisecond
 
 func (l *link) sendHeartbeat() {
 	if !l.wmu.TryLock() {

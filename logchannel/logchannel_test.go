@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -823,5 +825,56 @@ func BenchmarkThroughput(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
 			b.ReportMetric(float64(st.Entries)/float64(max(st.Batches, 1)), "entries/batch")
 		})
+	}
+}
+
+// slowFailingConn reads late and, once armed, fails every write with EPIPE:
+// the backup's side of a primary that sent its close frame and hung up
+// while the backup was about to ack.
+type slowFailingConn struct {
+	net.Conn
+	armed atomic.Bool
+}
+
+func (c *slowFailingConn) Read(p []byte) (int, error) {
+	if c.armed.Load() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *slowFailingConn) Write(p []byte) (int, error) {
+	if c.armed.Load() {
+		return 0, syscall.EPIPE
+	}
+	return c.Conn.Write(p)
+}
+
+// TestCleanCloseWinsOverFailedAck: a write error on the receiver that races
+// with the sender's clean close must still end as ErrPeerClosed, with every
+// entry delivered (a backup would otherwise report its primary lost).
+func TestCleanCloseWinsOverFailedAck(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, b := net.Pipe()
+	sb := &slowFailingConn{Conn: b}
+	s, r, err := Connect(ctx, a, sb, Config{Timeout: 5 * time.Second}, Config{Timeout: 5 * time.Second, AckDelay: time.Microsecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb.armed.Store(true)
+	for i := 0; i < 10; i++ {
+		if _, err := s.Append(ctx, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go s.Close()
+	for i := 0; i < 10; i++ {
+		if _, e, err := r.Next(ctx); err != nil || e[0] != byte(i) {
+			t.Fatalf("entry %d: %v %v", i, e, err)
+		}
+	}
+	if _, _, err := r.Next(ctx); !errors.Is(err, ErrPeerClosed) {
+		t.Fatalf("after the last entry: %v, want ErrPeerClosed", err)
 	}
 }
