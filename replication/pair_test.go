@@ -257,6 +257,9 @@ func TestBackupFollowsPrimaryUnderKVTraffic(t *testing.T) {
 	t.Logf("backup: %v after %d exits; %d digests matched (last at exit #%d), %d checkpoints loaded (%d pages); outputs released: %d frames, %d writes, %d flushes, max hold %v",
 		b.res.Reason, b.res.Stats.SyncExits, bs.Replayer.Digests, bs.Replayer.LastDigestExit, bs.Replayer.Checkpoints, bs.Replayer.CheckpointPages,
 		ps.Outputs.ReleasedFrames, ps.Outputs.ReleasedWrites, ps.Outputs.ReleasedFlushes, ps.Outputs.MaxHold.Round(time.Millisecond))
+	if ps.Outputs.HeldOutputs != 0 {
+		t.Fatalf("%d outputs still held after the primary stopped and the backup acked everything", ps.Outputs.HeldOutputs)
+	}
 	if bs.Replayer.Digests != ps.Recorder.Digests {
 		t.Fatalf("backup checked %d digests, the primary logged %d", bs.Replayer.Digests, ps.Recorder.Digests)
 	}

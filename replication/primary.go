@@ -215,7 +215,9 @@ func (p *Primary) Status() PrimaryStatus {
 // a few seconds) for the backup to acknowledge the rest of the log so the
 // last outputs leave, then closes the channel cleanly.
 func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
-	bg, stopBG := context.WithCancel(ctx)
+	// The releaser and the flusher outlive ctx: when the caller stops the
+	// VM (Ctrl-C), the last outputs must still leave once acknowledged.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); p.gate.run(bg) }()
