@@ -121,7 +121,7 @@ func benchLogBandwidth(b *testing.B, workload string, vmware float64, traffic bo
 	w := window(pr.p, 20*time.Second, during)
 	b.StopTimer()
 	pr.cancel()
-	pd := <-pr.done
+	pd := pr.wait()
 	b.ReportMetric(w.mbps, "log-Mbit/s")
 	b.ReportMetric(w.mbps-w.ckptMbps, "inputs-Mbit/s")
 	b.ReportMetric(w.mbps/vmware, "x-vmware-max")
@@ -180,7 +180,7 @@ func BenchmarkKVWithFT(b *testing.B) {
 	b.StopTimer()
 	conn.Close()
 	pr.cancel()
-	if pd := <-pr.done; pd.err != nil {
+	if pd := pr.wait(); pd.err != nil {
 		b.Fatalf("primary: %v", pd.err)
 	}
 	if r := <-backup; r.err != nil {

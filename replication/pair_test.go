@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -107,7 +108,16 @@ type primaryRun struct {
 	p       *replication.Primary
 	console *guesttest.Console
 	cancel  context.CancelFunc
-	done    chan primaryDone
+	// finished is closed when Run returned, with its outcome in result:
+	// the test and its cleanup may both wait for it.
+	finished chan struct{}
+	result   primaryDone
+}
+
+// wait returns Run's outcome once it returned.
+func (pr *primaryRun) wait() primaryDone {
+	<-pr.finished
+	return pr.result
 }
 
 type primaryDone struct {
@@ -117,7 +127,7 @@ type primaryDone struct {
 
 func (s *pairSetup) startPrimary(t testing.TB, cfg replication.PrimaryConfig) *primaryRun {
 	t.Helper()
-	pr := &primaryRun{console: guesttest.NewConsole(), done: make(chan primaryDone, 1)}
+	pr := &primaryRun{console: guesttest.NewConsole(), finished: make(chan struct{})}
 	cfg.Instance = s.inst
 	cfg.Instance.Console = pr.console
 	if cfg.Peer == "" {
@@ -138,21 +148,21 @@ func (s *pairSetup) startPrimary(t testing.TB, cfg replication.PrimaryConfig) *p
 		// Stop the VM before closing it: a failed test leaves it running.
 		cancel()
 		select {
-		case <-pr.done:
+		case <-pr.finished:
 		case <-time.After(time.Minute):
 		}
 		p.Close()
 	})
 	go func() {
 		res, err := p.Run(ctx)
-		pr.done <- primaryDone{res, err}
+		pr.result = primaryDone{res, err}
+		close(pr.finished)
 	}()
 	stopped := make(chan error, 1)
 	go func() {
 		select {
-		case d := <-pr.done:
-			pr.done <- d // for the test to see too
-			stopped <- fmt.Errorf("primary stopped: %v %v", d.res, d.err)
+		case <-pr.finished:
+			stopped <- fmt.Errorf("primary stopped: %v %v", pr.result.res, pr.result.err)
 		case err := <-s.backupFailed:
 			stopped <- err
 		}
@@ -241,7 +251,7 @@ func TestBackupFollowsPrimaryUnderKVTraffic(t *testing.T) {
 	t.Logf("%d requests in %v, all answered correctly; primary: %v", c.ops, time.Since(start).Round(time.Second), mid)
 
 	pr.cancel()
-	pd := <-pr.done
+	pd := pr.wait()
 	if pd.err != nil {
 		t.Fatalf("primary: %v", pd.err)
 	}
@@ -367,7 +377,7 @@ func TestOutputRuleHoldsOutputsUntilAcked(t *testing.T) {
 	conn.Close()
 	st := primary.Status()
 	pr.cancel()
-	if pd := <-pr.done; pd.err != nil {
+	if pd := pr.wait(); pd.err != nil {
 		t.Fatalf("primary: %v", pd.err)
 	}
 	bcancel()
@@ -475,8 +485,8 @@ func TestKilledBackupLeavesPrimaryHoldingOutputs(t *testing.T) {
 		t.Fatalf("got an answer %q with no backup to ack its log", line)
 	}
 	select {
-	case pd := <-pr.done:
-		t.Fatalf("primary stopped after the backup died: %v %v", pd.res, pd.err)
+	case <-pr.finished:
+		t.Fatalf("primary stopped after the backup died: %v %v", pr.result.res, pr.result.err)
 	default:
 	}
 	st := pr.p.Status()
@@ -485,7 +495,16 @@ func TestKilledBackupLeavesPrimaryHoldingOutputs(t *testing.T) {
 		t.Fatalf("status should say outputs are held and why: %v", st)
 	}
 	pr.cancel()
-	if pd := <-pr.done; pd.err != nil {
+	cancelled := time.Now()
+	select {
+	case <-pr.finished:
+	case <-time.After(15 * time.Second):
+		buf := make([]byte, 1<<20)
+		t.Logf("the primary has not stopped 15 s after cancel; goroutines:\n%s", buf[:runtime.Stack(buf, true)])
+	}
+	pd := pr.wait()
+	t.Logf("the primary stopped %v after cancel", time.Since(cancelled).Round(time.Millisecond))
+	if pd.err != nil {
 		t.Fatalf("primary after cancel: %v", pd.err)
 	}
 }

@@ -98,11 +98,16 @@ func FreeAddr(t testing.TB) string {
 }
 
 // DialKV connects to the kv workload through the forward at addr, retrying
-// for up to 30 s, and proves the path with one ECHO round trip (see
-// kvclient.Dial). The connection has no deadline set.
+// for up to 3 minutes, and proves the path with one ECHO round trip (see
+// kvclient.Dial). The connection has no deadline set. The budget is wide
+// because "ftvm-guest ready" comes before the workload listens, and in a
+// pair every answer (a refusal too) waits for the backup's ack: in the
+// nested host, on a loaded CI machine, a primary's kv server had not
+// proved itself 30 s after its ready line. A healthy guest answers at once,
+// so the budget costs time only on failure.
 func DialKV(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	c, err := kvclient.Dial(context.Background(), addr, 30*time.Second)
+	c, err := kvclient.Dial(context.Background(), addr, 3*time.Minute)
 	if err != nil {
 		t.Fatalf("forward %s does not reach the guest's server: %v", addr, err)
 	}

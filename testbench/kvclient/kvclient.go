@@ -28,8 +28,13 @@ type Conn struct {
 
 const (
 	dialAttemptTimeout = 5 * time.Second
-	proofTimeout       = 10 * time.Second
-	retryPause         = 500 * time.Millisecond
+	// The proving ECHO may wait long: behind a primary its answer is an
+	// output held until the backup acks the log entry that produced it, and
+	// a backup replaying the first checkpoint lags tens of seconds in a
+	// nested host. A closed forward (server not listening yet) still fails
+	// at once, with EOF.
+	proofTimeout = 60 * time.Second
+	retryPause   = 500 * time.Millisecond
 )
 
 // Dial connects to the kv server at addr (host:port), retrying for up to
