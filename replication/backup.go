@@ -106,7 +106,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		return nil, err
 	}
 	if d := hdr.mismatch(own); d != "" {
-		return nil, fmt.Errorf("the primary runs another machine: %s; start the backup with the same image, memory, command line, NIC and disks", d)
+		return nil, fmt.Errorf("the primary runs another machine: %s", d)
 	}
 	recv.ReportReplayed(1)
 

@@ -200,29 +200,6 @@ func TestGateLostBackupPausesOutputs(t *testing.T) {
 	<-returned
 }
 
-func FuzzDecodeHeader(f *testing.F) {
-	h := startHeader{Version: headerVersion, KernelSHA256: "ab", Cmdline: "console=ttyS0", MemoryMiB: 256, Disks: []string{"data"}}
-	b, _ := h.encode()
-	f.Add(b)
-	f.Add([]byte(`{"version":2}`))
-	f.Add([]byte(`{`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := decodeHeader(b)
-		if err != nil {
-			return
-		}
-		// Accepted: it re-encodes and decodes to the same header.
-		again, err := h.encode()
-		if err != nil {
-			t.Fatal(err)
-		}
-		h2, err := decodeHeader(again)
-		if err != nil || h2.mismatch(h) != "" || !h2.WallTime.Equal(h.WallTime) {
-			t.Fatalf("round trip: %v %q", err, h2.mismatch(h))
-		}
-	})
-}
-
 func TestSplitAddr(t *testing.T) {
 	for in, want := range map[string][2]string{
 		"unix:/tmp/x.sock": {"unix", "/tmp/x.sock"},

@@ -508,3 +508,28 @@ func TestKilledBackupLeavesPrimaryHoldingOutputs(t *testing.T) {
 		t.Fatalf("primary after cancel: %v", pd.err)
 	}
 }
+
+// TestBackupRefusesAnotherMachine: a primary booting another machine (here
+// twice the memory) is refused by the backup before it boots anything, with
+// a sentence naming the difference; the same host's CPUID tables matched.
+func TestBackupRefusesAnotherMachine(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	s := newPairSetup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	backup := s.startBackup(t, ctx, pairLog)
+	cfg := replication.PrimaryConfig{Instance: s.inst, Peer: "unix:" + s.logSock, Log: pairLog}
+	cfg.Instance.MemoryMiB = 256
+	p, err := replication.NewPrimary(ctx, cfg)
+	if err == nil {
+		defer p.Close()
+	}
+	r := <-backup
+	want := "the primary runs another machine: memory differs: primary 256 MiB, backup 128 MiB; start the backup with the same image"
+	if r.err == nil || !strings.Contains(r.err.Error(), want) {
+		t.Fatalf("backup: %v, want %q", r.err, want)
+	}
+	t.Logf("backup refused: %v", r.err)
+}

@@ -67,14 +67,35 @@ func (v *VM) wireDevices(clock devices.Clock) error {
 // determinism contract hides (clocks the VMM cannot see being read, the
 // APIC, random numbers, KVM's paravirtual interfaces).
 func (v *VM) setCPUID() error {
-	supported, err := v.sys.SupportedCPUID()
+	entries, err := guestCPUID(v.sys)
 	if err != nil {
 		return err
 	}
-	if err := v.vcpu.SetCPUID2(cpuid.Policy(supported)); err != nil {
+	if err := v.vcpu.SetCPUID2(entries); err != nil {
 		return fmt.Errorf("set guest CPUID: %w", err)
 	}
 	return nil
+}
+
+// GuestCPUID returns what CPUID tells a guest booted on this host (KVM
+// device dev, "" for the default): the same table a VM sets. A backup
+// compares the primary's with its own, since a guest that saw other
+// features would take other paths.
+func GuestCPUID(dev string) ([]kvm.CPUIDEntry2, error) {
+	sys, err := kvm.Open(dev)
+	if err != nil {
+		return nil, err
+	}
+	defer sys.Close()
+	return guestCPUID(sys)
+}
+
+func guestCPUID(sys *kvm.System) ([]kvm.CPUIDEntry2, error) {
+	supported, err := sys.SupportedCPUID()
+	if err != nil {
+		return nil, fmt.Errorf("read KVM's supported CPUID: %w", err)
+	}
+	return cpuid.Policy(supported), nil
 }
 
 // loadLinux writes the ACPI tables and the kernel, initrd and command line
