@@ -37,6 +37,7 @@ type RecorderStats struct {
 	Checkpoints    uint64 // resyncs after kicks
 	CheckpointSize uint64 // bytes of CPU state and pages in them
 	LastDigestExit uint64
+	Outputs        uint64 // frames and disk writes logged as hashes
 }
 
 // Recorder implements vm.Recorder: it turns a primary's inputs into log
@@ -216,6 +217,25 @@ func (r *Recorder) Injected(n uint64, vector uint8) {
 	defer r.mu.Unlock()
 	r.mark()
 	r.append(NewInterruptInjected(n, vector))
+}
+
+// Output implements vm.Recorder: the output's hash, for the backup to
+// compare with its own.
+func (r *Recorder) Output(n uint64, kind vm.OutputKind, dev int, off int64, data []byte) {
+	k := outputKind(kind)
+	h := OutputHash(k, uint8(dev), off, data)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stats.Outputs++
+	r.during(n, NewOutput(n, k, uint8(dev), h))
+}
+
+// outputKind is the log's code for a vm output kind.
+func outputKind(k vm.OutputKind) uint8 {
+	if k == vm.OutputDiskWrite {
+		return OutputDiskWrite
+	}
+	return OutputFrame
 }
 
 // NoteOutput says the exit being handled produced an output (a frame, a

@@ -233,6 +233,32 @@ func (r *Replayer) DiskRead(n uint64, dev int, off int64, p []byte) error {
 	return nil
 }
 
+// Output implements vm.Replayer: the backup's output must be the one the
+// primary logged next at this exit, byte for byte (by hash).
+func (r *Replayer) Output(n uint64, kind vm.OutputKind, dev int, off int64, data []byte) error {
+	r.skipMark(n)
+	ev := r.peek()
+	k := outputKind(kind)
+	what := fmt.Sprintf("the backup's device %d produced a %v (%d bytes", dev, kind, len(data))
+	if kind == vm.OutputDiskWrite {
+		what += fmt.Sprintf(" at %d", off)
+	}
+	what += ")"
+	switch {
+	case ev == nil || ev.Exit != n || ev.Type != Output:
+		return fmt.Errorf("%s; the log has %s next", what, describe(ev))
+	case ev.Kind != k || int(ev.Device) != dev:
+		return fmt.Errorf("%s; the primary's device %d produced a %v there", what, ev.Device, vm.OutputKind(ev.Kind))
+	case ev.Hash != OutputHash(k, uint8(dev), off, data):
+		return fmt.Errorf("%s that differs from the primary's (output hashes differ)", what)
+	}
+	r.consume()
+	r.statsMu.Lock()
+	r.stats.Outputs++
+	r.statsMu.Unlock()
+	return nil
+}
+
 // Next implements vm.Replayer.
 func (r *Replayer) Next(n uint64, g vm.GuestState) (vm.Input, bool, error) {
 	for {
@@ -271,6 +297,8 @@ func (r *Replayer) Next(n uint64, g vm.GuestState) (vm.Input, bool, error) {
 			return vm.Input{}, false, nil
 		case ExitMark:
 			return vm.Input{}, false, fmt.Errorf("internal: unchecked mark for exit #%d", ev.Exit)
+		case Output:
+			return vm.Input{}, false, fmt.Errorf("the primary's device %d produced a %v at this exit; the backup's devices produced nothing", ev.Device, vm.OutputKind(ev.Kind))
 		default:
 			return vm.Input{}, false, fmt.Errorf("the primary logged %v at this exit; the backup's devices did not ask for it", ev.Type)
 		}
@@ -369,6 +397,9 @@ type ReplayerStats struct {
 	LastDigestExit  uint64
 	Checkpoints     uint64
 	CheckpointPages uint64
+	// Outputs is how many of the backup's frames and disk writes matched
+	// the primary's hash.
+	Outputs uint64
 }
 
 // Stats reports what was checked so far; safe from any goroutine.

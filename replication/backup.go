@@ -48,9 +48,9 @@ type BackupStatus struct {
 }
 
 func (s BackupStatus) String() string {
-	return fmt.Sprintf("backup %s: at exit #%d, received %d entries %.2f Mbit/s, lag %d exits %d entries %v; digests matched %d (last at exit #%d), checkpoints loaded %d (%d pages)",
+	return fmt.Sprintf("backup %s: at exit #%d, received %d entries %.2f Mbit/s, lag %d exits %d entries %v; digests matched %d (last at exit #%d), outputs matched %d, checkpoints loaded %d (%d pages)",
 		s.State, s.Exit, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.LogExit-min(s.LogExit, s.Exit), s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
-		s.Replayer.Digests, s.Replayer.LastDigestExit, s.Replayer.Checkpoints, s.Replayer.CheckpointPages)
+		s.Replayer.Digests, s.Replayer.LastDigestExit, s.Replayer.Outputs, s.Replayer.Checkpoints, s.Replayer.CheckpointPages)
 }
 
 // BackupResult is how a backup's run ended. A divergence is an error (a

@@ -4,62 +4,70 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/ftvm/ftvm/hypervisor/vm"
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/storage"
 	"github.com/ftvm/ftvm/testbench/kvmhost"
 	"github.com/ftvm/ftvm/testbench/testimage"
 )
 
-// linuxVM runs the test image's kernel with the sleep workload, recording
-// or replaying.
-func linuxVM(t *testing.T, rec vm.Recorder, rep vm.Replayer) (vm.StopReason, vm.Stats, string, error) {
+// linuxVM runs the test image's kernel with the sleep workload and an
+// ext4 data disk (mounted at boot, so the guest writes it), recording or
+// replaying. A replaying VM is a backup: it never touches the disk.
+func linuxVM(t *testing.T, storeDir string, rec vm.Recorder, rep vm.Replayer) (vm.StopReason, vm.Stats, string, error) {
 	t.Helper()
-	boot, err := instance.ResolveBoot(instance.Config{Image: testimage.Dir(t), Append: "ftvm.workload=sleep ftvm.seconds=2"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var console bytes.Buffer
-	v, err := vm.New(vm.Config{
-		Kernel: boot.Kernel, Initrd: boot.Initrd, Cmdline: boot.Cmdline, MemoryMiB: 128,
-		Console: &console, Record: rec, Replay: rep,
+	inst, err := instance.New(context.Background(), instance.Config{
+		Image: testimage.Dir(t), Append: "ftvm.workload=sleep ftvm.seconds=2", MemoryMiB: 128,
+		Disks: []string{"data"}, StorageDir: storeDir,
+		Console: &console, Record: rec, Replay: rep, Backup: rep != nil,
 		WallTime: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v.Close()
+	defer inst.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	reason, err := v.Run(ctx)
+	reason, err := inst.Run(ctx)
 	if rec, ok := rec.(*replay.Recorder); ok {
 		if cerr := rec.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}
-	return reason, v.Stats(), console.String(), err
+	return reason, inst.VM.Stats(), console.String(), err
 }
 
 // TestAlteredLogValueIsCaught records a Linux guest booting and sleeping,
-// then replays the log twice with one value changed: the RIP of one exit's
-// mark (the backup must stop at exactly that exit) and one PM-timer value
-// (the guest then computes with another time; the backup must stop no later
-// than the next state digest after it). The unaltered log replays to the
-// end.
+// then replays the log three times with one value changed: the RIP of one
+// exit's mark and the hash of one disk write (the backup must stop at
+// exactly that exit), and one PM-timer value, a second ahead (the guest
+// then computes with another time; the backup must stop no later than the
+// next state digest after it). The unaltered log replays to the end.
 func TestAlteredLogValueIsCaught(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
 	}
 	const digestEvery = 2000
+	storeDir := t.TempDir()
+	store, err := storage.Open(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.CreateDisk(context.Background(), "data", 32<<20, storage.CreateOptions{Filesystem: storage.FilesystemExt4}); err != nil {
+		t.Fatal(err)
+	}
 	var batches [][]byte
 	rec := replay.NewRecorder(func(b []byte) error {
 		batches = append(batches, bytes.Clone(b))
 		return nil
 	}, replay.RecorderOptions{DigestEvery: digestEvery, DigestInterval: -1})
-	reason, pst, pout, err := linuxVM(t, rec, nil)
+	reason, pst, pout, err := linuxVM(t, storeDir, rec, nil)
 	if err != nil || reason != vm.StoppedPowerOff {
 		t.Fatalf("primary: %v %v\n%s", reason, err, pout)
 	}
@@ -71,7 +79,7 @@ func TestAlteredLogValueIsCaught(t *testing.T) {
 		}
 		events = append(events, evs...)
 	}
-	t.Logf("recorded %d exits, %d kicks, %d events in %d batches", pst.SyncExits, pst.Kicks, len(events), len(batches))
+	t.Logf("recorded %d exits, %d kicks, %d events in %d batches, %d output hashes", pst.SyncExits, pst.Kicks, len(events), len(batches), rec.Stats().Outputs)
 
 	replayWith := func(evs []replay.Event) (vm.StopReason, vm.Stats, error) {
 		var enc replay.Encoder
@@ -91,7 +99,7 @@ func TestAlteredLogValueIsCaught(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		reason, st, _, err := linuxVM(t, nil, rep)
+		reason, st, _, err := linuxVM(t, storeDir, nil, rep)
 		return reason, st, err
 	}
 	// Choose exits in the middle of the run, well after boot.
@@ -114,10 +122,36 @@ func TestAlteredLogValueIsCaught(t *testing.T) {
 		}
 		t.Logf("altered the RIP of exit #%d's mark: %v", evs[i].Exit, de)
 	})
+	t.Run("output hash", func(t *testing.T) {
+		// The guest's last disk write (unmounting at power-off): the
+		// backup must stop at its exit, saying its write differs.
+		evs := append([]replay.Event(nil), events...)
+		i := -1
+		for j, ev := range evs {
+			if ev.Type == replay.Output && ev.Kind == replay.OutputDiskWrite {
+				i = j
+			}
+		}
+		if i < 0 {
+			t.Fatal("the guest wrote nothing to its disk")
+		}
+		evs[i].Hash[0] ^= 1
+		_, _, err := replayWith(evs)
+		var de *vm.DivergenceError
+		if !errors.As(err, &de) || de.Exit != evs[i].Exit || !strings.Contains(err.Error(), "differs from the primary's") {
+			t.Fatalf("altered the hash of the disk write at exit #%d; backup: %v", evs[i].Exit, err)
+		}
+		t.Logf("altered the hash of the disk write at exit #%d: %v", evs[i].Exit, de)
+	})
 	t.Run("clock value", func(t *testing.T) {
 		evs := append([]replay.Event(nil), events...)
 		i := indexOf(evs, func(ev replay.Event) bool { return ev.Type == replay.ClockRead && ev.Exit >= mid })
-		evs[i].Value += int64(time.Millisecond)
+		// A second ahead: a millisecond is sometimes absorbed (the guest
+		// compares the value with a far deadline and keeps nothing of it;
+		// 2 of 4 reads tried), and an execution that stays the same is no
+		// divergence. A second flips comparisons or lands in timekeeping:
+		// 4 of 4 were caught, by the next digest or a few exits later.
+		evs[i].Value += int64(time.Second)
 		next := indexOf(evs[i:], func(ev replay.Event) bool { return ev.Type == replay.StateDigest })
 		_, _, err := replayWith(evs)
 		var de *vm.DivergenceError

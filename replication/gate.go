@@ -5,28 +5,18 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/ftvm/ftvm/hypervisor/vm"
 )
 
-// OutputKind says what an output is.
-type OutputKind int
+// OutputKind says what an output is: the VM's kinds, flushes included.
+type OutputKind = vm.OutputKind
 
 const (
-	OutputFrame OutputKind = iota + 1
-	OutputDiskWrite
-	OutputDiskFlush
+	OutputFrame     = vm.OutputFrame
+	OutputDiskWrite = vm.OutputDiskWrite
+	OutputDiskFlush = vm.OutputDiskFlush
 )
-
-func (k OutputKind) String() string {
-	switch k {
-	case OutputFrame:
-		return "frame"
-	case OutputDiskWrite:
-		return "disk write"
-	case OutputDiskFlush:
-		return "disk flush"
-	}
-	return fmt.Sprintf("OutputKind(%d)", int(k))
-}
 
 // Released describes one output as it left the primary; tests check the
 // output rule with it.

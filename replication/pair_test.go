@@ -264,9 +264,16 @@ func TestBackupFollowsPrimaryUnderKVTraffic(t *testing.T) {
 		pd.res.Stats.SyncExits, pd.res.Stats.Kicks, ps.Recorder.Bytes, ps.Recorder.Batches,
 		float64(ps.Recorder.Bytes)*8/1e6/time.Since(booted).Seconds(), time.Since(booted).Round(time.Second),
 		ps.Recorder.Digests, ps.Recorder.Checkpoints, ps.Recorder.CheckpointSize)
-	t.Logf("backup: %v after %d exits; %d digests matched (last at exit #%d), %d checkpoints loaded (%d pages); outputs released: %d frames, %d writes, %d flushes, max hold %v",
-		b.res.Reason, b.res.Stats.SyncExits, bs.Replayer.Digests, bs.Replayer.LastDigestExit, bs.Replayer.Checkpoints, bs.Replayer.CheckpointPages,
+	t.Logf("backup: %v after %d exits; %d digests matched (last at exit #%d), %d of the primary's %d output hashes matched, %d checkpoints loaded (%d pages); outputs released: %d frames, %d writes, %d flushes, max hold %v",
+		b.res.Reason, b.res.Stats.SyncExits, bs.Replayer.Digests, bs.Replayer.LastDigestExit, bs.Replayer.Outputs, ps.Recorder.Outputs,
+		bs.Replayer.Checkpoints, bs.Replayer.CheckpointPages,
 		ps.Outputs.ReleasedFrames, ps.Outputs.ReleasedWrites, ps.Outputs.ReleasedFlushes, ps.Outputs.MaxHold.Round(time.Millisecond))
+	// Every frame and disk write the backup produced had the primary's
+	// bytes, and it produced all of them.
+	if bs.Replayer.Outputs != ps.Recorder.Outputs || ps.Recorder.Outputs < ps.Outputs.ReleasedFrames+ps.Outputs.ReleasedWrites {
+		t.Fatalf("backup matched %d output hashes, the primary logged %d for %d frames and %d writes released",
+			bs.Replayer.Outputs, ps.Recorder.Outputs, ps.Outputs.ReleasedFrames, ps.Outputs.ReleasedWrites)
+	}
 	if ps.Outputs.HeldOutputs != 0 {
 		t.Fatalf("%d outputs still held after the primary stopped and the backup acked everything", ps.Outputs.HeldOutputs)
 	}

@@ -102,6 +102,35 @@ type Recorder interface {
 	// in and before the interrupt injection: the place for periodic state
 	// digests and for handing the log on.
 	BeforeRun(n uint64, g GuestState) error
+	// Output: device dev produced an output while exit n was handled (a
+	// frame sent, or data written at byte offset off); data is only valid
+	// during the call. Logged as a hash the backup compares with its own.
+	Output(n uint64, kind OutputKind, dev int, off int64, data []byte)
+}
+
+// OutputKind says what a device produced.
+type OutputKind uint8
+
+const (
+	// OutputFrame: the NIC sent a frame.
+	OutputFrame OutputKind = iota + 1
+	// OutputDiskWrite: a block device wrote data.
+	OutputDiskWrite
+	// OutputDiskFlush: a block device made its writes durable. A primary
+	// holds flushes under the output rule too; they carry no data to hash.
+	OutputDiskFlush
+)
+
+func (k OutputKind) String() string {
+	switch k {
+	case OutputFrame:
+		return "frame"
+	case OutputDiskWrite:
+		return "disk write"
+	case OutputDiskFlush:
+		return "disk flush"
+	}
+	return fmt.Sprintf("output kind %d", uint8(k))
 }
 
 // InputKind says what a replayed input is.
@@ -148,6 +177,10 @@ type Replayer interface {
 	// MoreAt reports whether the log still holds entries at exit n (it
 	// waits until it knows): after the injection, a kick's checkpoint.
 	MoreAt(n uint64) (bool, error)
+	// Output checks an output the backup's device dev produced while exit
+	// n was handled against the one the primary's produced there. The
+	// backup's outputs go nowhere; this is only a check.
+	Output(n uint64, kind OutputKind, dev int, off int64, data []byte) error
 }
 
 // ErrLogEnd is returned by a Replayer whose log ends: the backup has
@@ -254,6 +287,14 @@ func (d *recordingDisk) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+func (d *recordingDisk) WriteAt(p []byte, off int64) (int, error) {
+	n, err := d.BlockBackend.WriteAt(p, off)
+	if err == nil {
+		d.l.rec.Output(d.l.syncExits, OutputDiskWrite, d.dev, off, p)
+	}
+	return n, err
+}
+
 // replayDisk is a backup's block backend: reads come from the log, writes
 // and flushes are dropped (the primary makes them). Size and ID come from
 // the real disk, opened read-only.
@@ -273,8 +314,22 @@ func (d *replayDisk) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-func (d *replayDisk) WriteAt(p []byte, _ int64) (int, error) { return len(p), nil }
-func (d *replayDisk) Flush() error                           { return nil }
+// WriteAt drops the write after checking it against the primary's.
+func (d *replayDisk) WriteAt(p []byte, off int64) (int, error) {
+	d.l.checkOutput(OutputDiskWrite, d.dev, off, p)
+	return len(p), nil
+}
+
+func (d *replayDisk) Flush() error { return nil }
+
+// checkOutput compares an output the backup produced with the primary's;
+// a difference is parked in replayErr and stops the backup at the end of
+// the exit (the device cannot be handed an error).
+func (l *loop) checkOutput(kind OutputKind, dev int, off int64, data []byte) {
+	if err := l.rep.Output(l.syncExits, kind, dev, off, data); err != nil && l.replayErr == nil {
+		l.replayErr = err
+	}
+}
 
 // ErrPrimaryReadFailed is what a Replayer's DiskRead returns (wrapped or
 // not) where the primary's read failed: the backup fails the request the

@@ -60,11 +60,15 @@ func (m *memLog) Kicked(n uint64, _ vm.GuestState) error {
 func (m *memLog) BeforeRun(uint64, vm.GuestState) error { return nil }
 
 // The tiny guests have no console input, NIC or disk.
-func (m *memLog) ConsoleInput(uint64, []byte)                    { panic("console input") }
-func (m *memLog) FrameReceived(uint64, int, []byte)              { panic("frame") }
-func (m *memLog) DiskRead(uint64, int, int64, []byte)            { panic("disk read") }
-func (m *memLog) DiskReadFailed(uint64, int)                     { panic("disk read") }
-func (r *memReplayer) DiskRead(uint64, int, int64, []byte) error { return errors.New("no disk") }
+func (m *memLog) ConsoleInput(uint64, []byte)                      { panic("console input") }
+func (m *memLog) FrameReceived(uint64, int, []byte)                { panic("frame") }
+func (m *memLog) DiskRead(uint64, int, int64, []byte)              { panic("disk read") }
+func (m *memLog) DiskReadFailed(uint64, int)                       { panic("disk read") }
+func (r *memReplayer) DiskRead(uint64, int, int64, []byte) error   { return errors.New("no disk") }
+func (m *memLog) Output(uint64, vm.OutputKind, int, int64, []byte) { panic("output") }
+func (r *memReplayer) Output(uint64, vm.OutputKind, int, int64, []byte) error {
+	return errors.New("no devices with outputs")
+}
 
 // memReplayer serves a memLog in order and reports the first disagreement.
 type memReplayer struct {

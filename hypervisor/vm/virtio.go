@@ -115,13 +115,27 @@ func (v *VM) wireVirtio(pic devices.IRQSink) (string, error) {
 	}
 	if n := v.cfg.Net; n != nil {
 		inbox := &frameInbox{source: n.Received}
-		dev, err := virtio.NewNet(virtio.NetConfig{MAC: n.MAC, Transmit: n.Transmit, RxRefilled: func() { inbox.flush() }})
+		transmit := n.Transmit
+		l := v.loop
+		switch {
+		case v.cfg.Record != nil:
+			rec := v.cfg.Record
+			transmit = func(fr []byte) {
+				n.Transmit(fr)
+				rec.Output(l.syncExits, OutputFrame, 0, 0, fr)
+			}
+		case v.cfg.Replay != nil:
+			transmit = func(fr []byte) {
+				l.checkOutput(OutputFrame, 0, 0, fr)
+				n.Transmit(fr)
+			}
+		}
+		dev, err := virtio.NewNet(virtio.NetConfig{MAC: n.MAC, Transmit: transmit, RxRefilled: func() { inbox.flush() }})
 		if err != nil {
 			return "", fmt.Errorf("virtio-net: %w", err)
 		}
 		inbox.dev = dev
 		if rec := v.cfg.Record; rec != nil {
-			l := v.loop
 			inbox.accepted = func(fr []byte) { rec.FrameReceived(l.syncExits, 0, fr) }
 		}
 		v.loop.frames = inbox
