@@ -152,13 +152,14 @@ pfinal=$(grep "^ftctl: primary stopped:" "$w/primary.log") || fail "no final sta
 bfinal=$(grep "^ftctl: backup stopped:" "$w/backup.log") || fail "no final status line from the backup"
 [ "$backup_status" = 0 ] || fail "the backup exited with status $backup_status (4: diverged, 5: primary lost)"
 case $bfinal in *"replayed to the end of the log"*) ;; *) fail "the backup did not replay to the end of the log: $bfinal" ;; esac
-pdig=$(echo "$pfinal" | sed -n "s/.*; digests \([0-9]*\), checkpoints \([0-9]*\)$/\1 \2/p")
-bdig=$(echo "$bfinal" | sed -n "s/.*digests matched \([0-9]*\) (last at exit #[0-9]*), checkpoints loaded \([0-9]*\) .*/\1 \2/p")
+pdig=$(echo "$pfinal" | sed -n "s/.*; digests \([0-9]*\), output hashes \([0-9]*\), checkpoints \([0-9]*\)$/\1 \2 \3/p")
+bdig=$(echo "$bfinal" | sed -n "s/.*digests matched \([0-9]*\) (last at exit #[0-9]*), outputs matched \([0-9]*\), checkpoints loaded \([0-9]*\) .*/\1 \2 \3/p")
 exits=$(echo "$bfinal" | sed -n "s/.*: at exit #\([0-9]*\),.*/\1/p")
 released=$(echo "$pfinal" | sed -n "s/.*released \([0-9]*\) frames \([0-9]*\) writes.*/\1 network frames and \2 disk writes/p")
-set -- $pdig; pd=${1:-?} pc=${2:-?}
-set -- $bdig; bd=${1:-?} bc=${2:-?}
+set -- $pdig; pd=${1:-?} po=${2:-?} pc=${3:-?}
+set -- $bdig; bd=${1:-?} bo=${2:-?} bc=${3:-?}
 [ "$pd" != "?" ] && [ "$pd" = "$bd" ] && [ "$pd" -gt 0 ] || fail "the primary sent $pd digests, the backup matched $bd"
+[ "$po" != "?" ] && [ "$po" = "$bo" ] && [ "$po" -gt 0 ] || fail "the primary logged $po output hashes, the backup matched $bo"
 [ "$pc" = "$bc" ] || fail "the primary sent $pc checkpoints, the backup loaded $bc"
 
 say "replication works"
@@ -168,7 +169,8 @@ echo "  client:  $clientsum; all answers correct"
 echo "  timing:  guest ready ${ready}s after the primary started; the backup finished ${caughtup}s after the primary was stopped"
 echo
 echo "  The backup replayed all $exits exits of the primary'\''s guest and matched all $bd state digests"
-echo "  (registers and memory), loading $bc checkpoints after watchdog kicks. Under the output rule the"
+echo "  (registers and memory) and the hashes of all $bo frames and disk writes its own devices produced,"
+echo "  loading $bc checkpoints after watchdog kicks. Under the output rule the"
 echo "  primary let out its $released only once the backup had"
 echo "  acknowledged the log entries that produced them: every answer the client saw was in the backup'\''s log."
 echo "  Not yet: failover. If the primary dies, the backup reports the lost primary and stops (exit 5);"
