@@ -46,8 +46,10 @@ Replication: start the backup first with --role backup --listen ADDR, then the
 primary with the same machine options and --role primary --peer ADDR (ADDR is
 unix:/path/to.sock or host:port). The primary logs every non-deterministic
 input into the log channel; the backup replays them exit for exit, checks the
-primary's register and memory digests, and loads a checkpoint after each
-watchdog kick. The primary's frames and disk writes leave only after the
+primary's register and memory digests and the hash of every frame and disk
+write, and loads a checkpoint after each watchdog kick. The backup refuses a
+primary whose machine differs (image, memory, command line, NIC, disks, or the
+CPUID its host's KVM gives the guest), naming the difference. The primary's frames and disk writes leave only after the
 backup acknowledged the log that produced them (the output rule). The backup
 does not attach to the network or write the disks; its console shows the
 replayed output. Both print a status line every --status-every. If the backup
