@@ -10,7 +10,7 @@ import (
 )
 
 func TestOutputKindsMatchVM(t *testing.T) {
-	// Replayer messages show a logged kind as a vm.OutputKind.
+	// The recorder logs a vm.OutputKind as it is.
 	if uint8(vm.OutputFrame) != OutputFrame || uint8(vm.OutputDiskWrite) != OutputDiskWrite {
 		t.Fatal("vm and replay number output kinds differently")
 	}
@@ -52,12 +52,12 @@ func TestReplayerComparesOutputs(t *testing.T) {
 		want string // "" when the backup matches
 	}{
 		{"same outputs", []out{frame, write}, ""},
-		{"another frame", []out{{vm.OutputFrame, 0, 0, "frame bytez"}, write}, "the backup's device 0 produced a frame (11 bytes) that differs from the primary's"},
-		{"write at another offset", []out{frame, {vm.OutputDiskWrite, 1, 8192, "sector"}}, "(6 bytes at 8192) that differs"},
-		{"write on another disk", []out{frame, {vm.OutputDiskWrite, 0, 4096, "sector"}}, "the primary's device 1 produced a disk write there"},
-		{"outputs swapped", []out{write, frame}, "the primary's device 0 produced a frame there"},
+		{"another frame", []out{{vm.OutputFrame, 0, 0, "frame bytez"}, write}, "the backup's NIC 0 sent a frame of 11 bytes, other bytes than the primary's"},
+		{"write at another offset", []out{frame, {vm.OutputDiskWrite, 1, 8192, "sector"}}, "the backup's disk 1 wrote 6 bytes at 8192, other bytes"},
+		{"write on another disk", []out{frame, {vm.OutputDiskWrite, 0, 4096, "sector"}}, "the backup's disk 0 wrote 6 bytes at 4096; the primary's disk 1 wrote there"},
+		{"outputs swapped", []out{write, frame}, "the primary's NIC 0 sent a frame there"},
 		{"one output more", []out{frame, write, frame}, "the log has"},
-		{"one output less", []out{frame}, "the primary's device 1 produced a disk write at this exit; the backup's devices produced nothing"},
+		{"one output less", []out{frame}, "the primary's disk 1 wrote at this exit; the backup's devices produced nothing"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rep, err := NewReplayer(recordOutputs(t))
@@ -87,4 +87,43 @@ func TestReplayerComparesOutputs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A matching output costs the backup's vCPU loop no allocation.
+func TestReplayerOutputNoAllocs(t *testing.T) {
+	var batches [][]byte
+	rec := NewRecorder(func(b []byte) error {
+		batches = append(batches, bytes.Clone(b))
+		return nil
+	}, RecorderOptions{DigestInterval: -1})
+	frame := bytes.Repeat([]byte{0xab}, 1514)
+	for range 101 {
+		rec.Output(7, vm.OutputFrame, 0, 0, frame)
+	}
+	rec.Exit(7, kvm.ExitMMIO, 0xd0000050, func() uint64 { return 0x1000 })
+	if err := rec.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := NewReplayer(batches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failed error
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := rep.Output(7, vm.OutputFrame, 0, 0, frame); err != nil && failed == nil {
+			failed = err
+		}
+	})
+	if failed != nil {
+		t.Fatal(failed)
+	}
+	if allocs != 0 {
+		t.Fatalf("%v allocations per matched output", allocs)
+	}
+	// The entries consumed are still there for a divergence report.
+	recent := rep.Recent()
+	if len(recent) != 16 || !strings.HasPrefix(recent[15], "exit 7: output kind 1 dev 0 hash ") {
+		t.Fatalf("recent entries: %q", recent)
+	}
+	t.Logf("last consumed: %s", recent[15])
 }

@@ -222,20 +222,12 @@ func (r *Recorder) Injected(n uint64, vector uint8) {
 // Output implements vm.Recorder: the output's hash, for the backup to
 // compare with its own.
 func (r *Recorder) Output(n uint64, kind vm.OutputKind, dev int, off int64, data []byte) {
-	k := outputKind(kind)
+	k := uint8(kind) // the log numbers kinds as vm does (TestOutputKindsMatchVM)
 	h := OutputHash(k, uint8(dev), off, data)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.stats.Outputs++
 	r.during(n, NewOutput(n, k, uint8(dev), h))
-}
-
-// outputKind is the log's code for a vm output kind.
-func outputKind(k vm.OutputKind) uint8 {
-	if k == vm.OutputDiskWrite {
-		return OutputDiskWrite
-	}
-	return OutputFrame
 }
 
 // NoteOutput says the exit being handled produced an output (a frame, a

@@ -35,14 +35,15 @@ type Replayer struct {
 	state                 stateTracker
 	statsMu               sync.Mutex
 	stats                 ReplayerStats
-	// recent are the last entries consumed, for divergence reports.
-	recent     [16]string
+	// recent are the last entries consumed, for divergence reports;
+	// copied, not formatted, so consuming costs no allocation.
+	recent     [16]Event
 	recentNext int
 }
 
 // consume moves past the next entry, remembering it for Recent.
 func (r *Replayer) consume() {
-	r.recent[r.recentNext%len(r.recent)] = r.events[r.i].String()
+	r.recent[r.recentNext%len(r.recent)] = r.events[r.i]
 	r.recentNext++
 	r.i++
 }
@@ -52,7 +53,7 @@ func (r *Replayer) consume() {
 func (r *Replayer) Recent() []string {
 	var out []string
 	for i := max(0, r.recentNext-len(r.recent)); i < r.recentNext; i++ {
-		out = append(out, r.recent[i%len(r.recent)])
+		out = append(out, r.recent[i%len(r.recent)].String())
 	}
 	return out
 }
@@ -238,25 +239,36 @@ func (r *Replayer) DiskRead(n uint64, dev int, off int64, p []byte) error {
 func (r *Replayer) Output(n uint64, kind vm.OutputKind, dev int, off int64, data []byte) error {
 	r.skipMark(n)
 	ev := r.peek()
-	k := outputKind(kind)
-	what := fmt.Sprintf("the backup's device %d produced a %v (%d bytes", dev, kind, len(data))
-	if kind == vm.OutputDiskWrite {
-		what += fmt.Sprintf(" at %d", off)
-	}
-	what += ")"
+	k := uint8(kind) // the log numbers kinds as vm does (TestOutputKindsMatchVM)
 	switch {
 	case ev == nil || ev.Exit != n || ev.Type != Output:
-		return fmt.Errorf("%s; the log has %s next", what, describe(ev))
+		return fmt.Errorf("the backup's %s; the log has %s next", outputWhat(k, dev, off, len(data)), describe(ev))
 	case ev.Kind != k || int(ev.Device) != dev:
-		return fmt.Errorf("%s; the primary's device %d produced a %v there", what, ev.Device, vm.OutputKind(ev.Kind))
+		return fmt.Errorf("the backup's %s; the primary's %s there", outputWhat(k, dev, off, len(data)), outputWho(ev.Kind, int(ev.Device)))
 	case ev.Hash != OutputHash(k, uint8(dev), off, data):
-		return fmt.Errorf("%s that differs from the primary's (output hashes differ)", what)
+		return fmt.Errorf("the backup's %s, other bytes than the primary's (output hashes differ)", outputWhat(k, dev, off, len(data)))
 	}
 	r.consume()
 	r.statsMu.Lock()
 	r.stats.Outputs++
 	r.statsMu.Unlock()
 	return nil
+}
+
+// outputWho names the device and its act: "NIC 0 sent a frame".
+func outputWho(kind uint8, dev int) string {
+	if kind == OutputDiskWrite {
+		return fmt.Sprintf("disk %d wrote", dev)
+	}
+	return fmt.Sprintf("NIC %d sent a frame", dev)
+}
+
+// outputWhat adds the size (and offset): "disk 0 wrote 1024 bytes at 4096".
+func outputWhat(kind uint8, dev int, off int64, size int) string {
+	if kind == OutputDiskWrite {
+		return fmt.Sprintf("%s %d bytes at %d", outputWho(kind, dev), size, off)
+	}
+	return fmt.Sprintf("%s of %d bytes", outputWho(kind, dev), size)
 }
 
 // Next implements vm.Replayer.
@@ -298,7 +310,7 @@ func (r *Replayer) Next(n uint64, g vm.GuestState) (vm.Input, bool, error) {
 		case ExitMark:
 			return vm.Input{}, false, fmt.Errorf("internal: unchecked mark for exit #%d", ev.Exit)
 		case Output:
-			return vm.Input{}, false, fmt.Errorf("the primary's device %d produced a %v at this exit; the backup's devices produced nothing", ev.Device, vm.OutputKind(ev.Kind))
+			return vm.Input{}, false, fmt.Errorf("the primary's %s at this exit; the backup's devices produced nothing", outputWho(ev.Kind, int(ev.Device)))
 		default:
 			return vm.Input{}, false, fmt.Errorf("the primary logged %v at this exit; the backup's devices did not ask for it", ev.Type)
 		}

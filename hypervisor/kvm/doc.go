@@ -11,7 +11,8 @@
 // It knows nothing of devices, boot, or replay. The one policy it does encode
 // is the one the determinism contract depends on: VCPU.Run performs exactly
 // one KVM_RUN and never retries it on EINTR, so a kick (see Kicker) always
-// surfaces to the caller as an ExitInterrupted exit.
+// surfaces to the caller as an ExitInterrupted exit. Every other ioctl is
+// issued again when a signal interrupts it.
 //
 // The vCPU exit loop is the hot path: Run and exit decoding do not allocate,
 // take no locks, and hand out I/O and MMIO data as slices that alias the

@@ -65,12 +65,25 @@ const (
 	kvmSetXCRs             = iocWrite<<iocDirShift | uintptr(unsafe.Sizeof(XCRs{}))<<iocSizeShift | kvmio<<iocTypeShift | 0xa7
 )
 
-// ioctl issues a request whose argument is a plain integer.
+// ioctl issues a request whose argument is a plain integer, again if a
+// signal interrupted it: KVM_CREATE_VM and friends can return EINTR when
+// any signal arrives (seen with a test's signal storm), and nothing but
+// KVM_RUN has a reason to stop for one.
+func ioctl(fd int, req uintptr, arg uintptr) (int, error) {
+	for {
+		r, err := runIoctl(fd, req, arg)
+		if err != unix.EINTR {
+			return r, err
+		}
+	}
+}
+
+// runIoctl issues a request once and returns EINTR as is: KVM_RUN's way,
+// so a kick always stops it (never put it in a retry loop).
 //
 // It uses unix.Syscall rather than RawSyscall so a long KVM_RUN releases its P
-// to the scheduler, and it returns EINTR as is: retrying is the caller's
-// decision, and for KVM_RUN the answer is always no.
-func ioctl(fd int, req uintptr, arg uintptr) (int, error) {
+// to the scheduler.
+func runIoctl(fd int, req uintptr, arg uintptr) (int, error) {
 	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
 	if errno != 0 {
 		return int(r), errno
@@ -79,13 +92,18 @@ func ioctl(fd int, req uintptr, arg uintptr) (int, error) {
 }
 
 // ioctlPtr issues a request whose argument points at memory the kernel reads
-// or writes. The pointer-to-uintptr conversion sits in the Syscall call
-// expression itself so the compiler keeps the object alive and in place for
-// the duration of the call.
+// or writes, again if a signal interrupted it. The pointer-to-uintptr
+// conversion sits in the Syscall call expression itself so the compiler
+// keeps the object alive and in place for the duration of the call.
 func ioctlPtr(fd int, req uintptr, arg unsafe.Pointer) (int, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
-	if errno != 0 {
+	for {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+		switch errno {
+		case 0:
+			return int(r), nil
+		case unix.EINTR:
+			continue
+		}
 		return int(r), errno
 	}
-	return int(r), nil
 }

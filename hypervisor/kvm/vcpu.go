@@ -76,7 +76,7 @@ func (v *VCPU) Close() error {
 // write the result into the exit's Data; KVM completes the instruction with
 // it on re-entry.
 func (v *VCPU) Run() (Exit, error) {
-	_, err := ioctl(v.fd, kvmRun, 0)
+	_, err := runIoctl(v.fd, kvmRun, 0)
 	if err != nil {
 		if err == unix.EINTR {
 			return Exit{Kind: ExitInterrupted}, nil

@@ -239,6 +239,9 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 	l.haltTimer.Stop()
 	l.nextDeadline.Store(-1)
 
+	// resume: a backup's KVM_RUN was interrupted by a signal, not by the
+	// guest, and goes back in where it stopped, deciding nothing.
+	resume := false
 	for {
 		switch {
 		case l.powerOff:
@@ -248,27 +251,32 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		case ctx.Err() != nil:
 			return StoppedCancelled, nil
 		}
-		if l.rec != nil {
-			if err := l.rec.BeforeRun(l.syncExits, l.guest); err != nil {
-				return 0, fmt.Errorf("record after exit #%d: %w", l.syncExits, err)
+		if resume {
+			// Straight back into the guest: nothing happened here.
+			resume = false
+		} else {
+			if l.rec != nil {
+				if err := l.rec.BeforeRun(l.syncExits, l.guest); err != nil {
+					return 0, fmt.Errorf("record after exit #%d: %w", l.syncExits, err)
+				}
 			}
-		}
-		if err := l.deliverInterrupt(); err != nil {
-			return 0, err
-		}
-		if l.rep != nil {
-			// The log may go on at this exit after the injection: the
-			// primary was kicked here and shipped its state. Apply it and
-			// go round again instead of running.
-			more, err := l.rep.MoreAt(l.syncExits)
-			if err != nil {
-				return l.replayStop(err)
+			if err := l.deliverInterrupt(); err != nil {
+				return 0, err
 			}
-			if more {
-				if err := l.replayInputs(); err != nil {
+			if l.rep != nil {
+				// The log may go on at this exit after the injection: the
+				// primary was kicked here and shipped its state. Apply it and
+				// go round again instead of running.
+				more, err := l.rep.MoreAt(l.syncExits)
+				if err != nil {
 					return l.replayStop(err)
 				}
-				continue
+				if more {
+					if err := l.replayInputs(); err != nil {
+						return l.replayStop(err)
+					}
+					continue
+				}
 			}
 		}
 		l.inRunSince.Store(int64(max(l.clock.Now(), 1)))
@@ -310,9 +318,19 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		case kvm.ExitIRQWindowOpen:
 			// The injection happens at the top of the loop.
 		case kvm.ExitInterrupted:
-			// A kick (Ctrl-C or the watchdog). Clear immediate_exit before
-			// looking at why, so a kick arriving meanwhile is not lost.
+			// A kick (Ctrl-C or the watchdog) or any other signal to this
+			// thread. Clear immediate_exit before looking at why, so a
+			// kick arriving meanwhile is not lost.
 			l.vcpu.SetImmediateExit(false)
+			if l.rep != nil {
+				// The primary logged nothing here: a backup must neither
+				// expire timers by wall time nor inject at a point where
+				// the primary had no exit (kvm_run's readiness flags now
+				// describe this point). Seen under load: a stray signal
+				// made a backup inject a timer interrupt early.
+				resume = true
+				continue
+			}
 			if l.rec != nil && ctx.Err() == nil {
 				if err := l.rec.Kicked(l.syncExits, l.guest); err != nil {
 					return 0, fmt.Errorf("checkpoint after a kick at exit #%d: %w", l.syncExits, err)
@@ -342,8 +360,8 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 			if err := l.afterExit(&exit); err != nil {
 				return l.replayStop(err)
 			}
-		} else if !counted {
-			l.expireTimers()
+		} else if !counted && l.rep == nil {
+			l.expireTimers() // a backup's timers fire only from the log
 		}
 		l.feedConsole()
 		l.feedFrames()
