@@ -20,6 +20,7 @@ func TestCommittedPatches(t *testing.T) {
 	want := map[string][]string{
 		"0001-x86-tsc-no-rdtsc-for-entropy-without-tsc.patch": {"arch/x86/include/asm/timex.h", "arch/x86/include/asm/tsc.h"},
 		"0002-x86-traps-emulate-user-rdtsc-without-tsc.patch": {"arch/x86/include/asm/tsc.h", "arch/x86/kernel/cpu/common.c", "arch/x86/kernel/process.c", "arch/x86/kernel/traps.c"},
+		"0003-clocksource-acpi-pm-accept-late-wrap.patch":     {"drivers/clocksource/acpi_pm.c"},
 	}
 	if len(ps) != len(want) {
 		t.Fatalf("%d patches: %v", len(ps), patchNames(ps))
