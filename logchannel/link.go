@@ -3,6 +3,7 @@ package logchannel
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -65,6 +66,16 @@ type Config struct {
 	AckEvery int
 	AckDelay time.Duration
 
+	// Auth authenticates both ends with mutual TLS (see LoadAuth). Dial
+	// and Listen refuse TCP without it unless InsecureTCP is set, which
+	// only tests and benchmarks on loopback do. Unix sockets need neither.
+	Auth        *Auth
+	InsecureTCP bool
+	// HandshakeTimeout bounds Dial's connecting and handshake and each of
+	// Accept's handshakes, so a peer that connects and stays silent cannot
+	// hold a listener (default 10s).
+	HandshakeTimeout time.Duration
+
 	// Logger (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -84,6 +95,7 @@ func (c Config) withDefaults() Config {
 	def(&c.Timeout, 500*time.Millisecond)
 	def(&c.Linger, 200*time.Microsecond)
 	def(&c.AckDelay, 100*time.Microsecond)
+	def(&c.HandshakeTimeout, 10*time.Second)
 	defInt(&c.MaxBatchBytes, 64<<10)
 	defInt(&c.MaxBatchEntries, 1024)
 	defInt(&c.Window, 8<<20)
@@ -168,10 +180,7 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, role Role) error 
 	}
 	var err error
 	if rerr != nil {
-		err = rerr
-		if !errors.Is(rerr, ErrVersion) && !errors.Is(rerr, ErrHandshake) {
-			err = fmt.Errorf("%w: reading peer hello: %w", ErrHandshake, rerr)
-		}
+		err = helloReadError(conn, buf[:5], rerr)
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w: %w", err, ctx.Err())
 		}
@@ -201,10 +210,40 @@ func handshake(ctx context.Context, conn net.Conn, cfg Config, role Role) error 
 	return nil
 }
 
+// helloReadError says why the peer's hello could not be read. On TLS,
+// the peer refusing our certificate shows up here; on a plain conn, a
+// peer that answers in TLS, or hangs up, may want credentials.
+func helloReadError(conn net.Conn, prefix []byte, err error) error {
+	if _, isTLS := conn.(*tls.Conn); isTLS {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "remote error" {
+			return tlsFailure(err)
+		}
+	} else if errors.Is(err, ErrHandshake) && looksLikeTLS(prefix) {
+		return &authError{err: errors.New("the peer speaks TLS and this end has no credentials (Config.Auth)")}
+	}
+	if errors.Is(err, ErrVersion) || errors.Is(err, ErrHandshake) {
+		return err
+	}
+	err = fmt.Errorf("%w: reading peer hello: %w", ErrHandshake, err)
+	if _, isTLS := conn.(*tls.Conn); !isTLS && conn.RemoteAddr() != nil && conn.RemoteAddr().Network() == "tcp" {
+		err = fmt.Errorf("%w (if the peer requires authentication, give this end the pair's credentials, Config.Auth)", err)
+	}
+	return err
+}
+
 func newLink(ctx context.Context, conn net.Conn, cfg Config, role Role) (*link, error) {
 	cfg = cfg.withDefaults()
-	if err := handshake(ctx, conn, cfg, role); err != nil {
+	conn, err := secure(ctx, conn, cfg, role)
+	if err == nil {
+		err = handshake(ctx, conn, cfg, role)
+	}
+	if err != nil {
 		conn.Close()
+		if ae := (*authError)(nil); errors.As(err, &ae) {
+			ae.role, ae.peer = role, conn.RemoteAddr()
+			return nil, ae
+		}
 		return nil, fmt.Errorf("logchannel: %v with %v: %w", role, conn.RemoteAddr(), err)
 	}
 	// The link's lifetime is its own (until Close or failure), not the

@@ -46,6 +46,14 @@ func testCfg() Config {
 	}
 }
 
+// plainTCPCfg is testCfg for tests of the channel itself over loopback
+// TCP without TLS (auth_test.go covers authentication).
+func plainTCPCfg() Config {
+	c := testCfg()
+	c.InsecureTCP = true
+	return c
+}
+
 func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -83,10 +91,12 @@ func checkEntry(seq uint64, e []byte) error {
 	return nil
 }
 
-func roundTrip(t *testing.T, network, addr string) {
+// roundTrip sends entries from a primary with pcfg to a backup with bcfg
+// and checks each arrives, is acked and reported replayed.
+func roundTrip(t *testing.T, network, addr string, bcfg, pcfg Config) {
 	noLeaks(t)
 	ctx := ctxT(t)
-	ln, err := Listen(ctx, network, addr, testCfg())
+	ln, err := Listen(ctx, network, addr, bcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,6 +110,10 @@ func roundTrip(t *testing.T, network, addr string) {
 			return
 		}
 		defer r.Close()
+		if err := checkTLS(r.l.conn, bcfg.Auth); err != nil {
+			recvErr <- err
+			return
+		}
 		for i := uint64(1); i <= n; i++ {
 			seq, e, err := r.Next(ctx)
 			if err != nil {
@@ -127,8 +141,11 @@ func roundTrip(t *testing.T, network, addr string) {
 		}
 		recvErr <- nil
 	}()
-	s, err := Dial(ctx, network, ln.Addr().String(), testCfg())
+	s, err := Dial(ctx, network, ln.Addr().String(), pcfg)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkTLS(s.l.conn, pcfg.Auth); err != nil {
 		t.Fatal(err)
 	}
 	for i := uint64(1); i <= n; i++ {
@@ -164,10 +181,11 @@ func roundTrip(t *testing.T, network, addr string) {
 	}
 }
 
-func TestRoundTripTCP(t *testing.T) { roundTrip(t, "tcp", "127.0.0.1:0") }
+func TestRoundTripTCP(t *testing.T) { roundTrip(t, "tcp", "127.0.0.1:0", plainTCPCfg(), plainTCPCfg()) }
 
+// TestRoundTripUnix: unix sockets need no credentials.
 func TestRoundTripUnix(t *testing.T) {
-	roundTrip(t, "unix", filepath.Join(t.TempDir(), "log.sock"))
+	roundTrip(t, "unix", filepath.Join(t.TempDir(), "log.sock"), testCfg(), testCfg())
 }
 
 func TestBatchingAndAcks(t *testing.T) {
@@ -626,7 +644,7 @@ func TestOversizedFrameHeader(t *testing.T) {
 
 func TestAcceptCancel(t *testing.T) {
 	noLeaks(t)
-	ln, err := Listen(context.Background(), "tcp", "127.0.0.1:0", testCfg())
+	ln, err := Listen(context.Background(), "tcp", "127.0.0.1:0", plainTCPCfg())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -639,7 +657,7 @@ func TestAcceptCancel(t *testing.T) {
 	// The listener still works after a cancelled Accept.
 	ctx2 := ctxT(t)
 	go func() {
-		if s, err := Dial(ctx2, "tcp", ln.Addr().String(), testCfg()); err == nil {
+		if s, err := Dial(ctx2, "tcp", ln.Addr().String(), plainTCPCfg()); err == nil {
 			<-s.Done()
 			s.Close()
 		}
@@ -771,61 +789,84 @@ func FuzzDecodeFrame(f *testing.F) {
 	})
 }
 
+// BenchmarkThroughput appends entries as fast as the channel takes them
+// over loopback TCP, without and with TLS, and reports the cost of TLS as
+// the ratio of their rates (tls/plain).
 func BenchmarkThroughput(b *testing.B) {
+	pc, err := NewPairCredentials("bench", time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pcfg, bcfg := plainTCPCfg(), plainTCPCfg()
+	pcfg.Auth, bcfg.Auth = mustAuth(b, pc, RoleSender), mustAuth(b, pc, RoleReceiver)
 	for _, size := range []int{64, 4096} {
-		b.Run(fmt.Sprintf("entry=%dB", size), func(b *testing.B) {
-			ctx := context.Background()
-			cfg := testCfg()
-			ln, err := Listen(ctx, "tcp", "127.0.0.1:0", cfg)
-			if err != nil {
-				b.Fatal(err)
+		var plain float64 // entries/s of the last plain run of this size
+		b.Run(fmt.Sprintf("entry=%dB/plain", size), func(b *testing.B) {
+			plain = throughput(b, size, plainTCPCfg(), plainTCPCfg())
+		})
+		b.Run(fmt.Sprintf("entry=%dB/tls", size), func(b *testing.B) {
+			rate := throughput(b, size, bcfg, pcfg)
+			if plain > 0 {
+				b.ReportMetric(rate/plain, "tls/plain")
 			}
-			defer ln.Close()
-			rc := make(chan *Receiver, 1)
-			go func() {
-				r, err := ln.Accept(ctx)
-				if err != nil {
-					b.Error(err)
-				}
-				rc <- r
-			}()
-			s, err := Dial(ctx, "tcp", ln.Addr().String(), cfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			r := <-rc
-			defer r.Close()
-			defer s.Close()
-			go func() {
-				for {
-					seq, _, err := r.Next(ctx)
-					if err != nil {
-						return
-					}
-					if seq%256 == 0 {
-						r.ReportReplayed(seq)
-					}
-				}
-			}()
-			entry := make([]byte, size)
-			b.SetBytes(int64(size))
-			b.ResetTimer()
-			var last uint64
-			for range b.N {
-				if last, err = s.Append(ctx, entry); err != nil {
-					b.Fatal(err)
-				}
-			}
-			s.Flush()
-			if err := s.WaitAcked(ctx, last); err != nil {
-				b.Fatal(err)
-			}
-			b.StopTimer()
-			st := s.Stats()
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
-			b.ReportMetric(float64(st.Entries)/float64(max(st.Batches, 1)), "entries/batch")
 		})
 	}
+}
+
+// throughput runs one benchmark of entries of size bytes from a primary
+// with pcfg to a backup with bcfg and returns the entries per second.
+func throughput(b *testing.B, size int, bcfg, pcfg Config) float64 {
+	ctx := context.Background()
+	ln, err := Listen(ctx, "tcp", "127.0.0.1:0", bcfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	rc := make(chan *Receiver, 1)
+	go func() {
+		r, err := ln.Accept(ctx)
+		if err != nil {
+			b.Error(err)
+		}
+		rc <- r
+	}()
+	s, err := Dial(ctx, "tcp", ln.Addr().String(), pcfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := <-rc
+	defer r.Close()
+	defer s.Close()
+	go func() {
+		for {
+			seq, _, err := r.Next(ctx)
+			if err != nil {
+				return
+			}
+			if seq%256 == 0 {
+				r.ReportReplayed(seq)
+			}
+		}
+	}()
+	entry := make([]byte, size)
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	var last uint64
+	for range b.N {
+		if last, err = s.Append(ctx, entry); err != nil {
+			b.Fatal(err)
+		}
+	}
+	s.Flush()
+	if err := s.WaitAcked(ctx, last); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	st := s.Stats()
+	rate := float64(b.N) / b.Elapsed().Seconds()
+	b.ReportMetric(rate, "entries/s")
+	b.ReportMetric(float64(st.Entries)/float64(max(st.Batches, 1)), "entries/batch")
+	return rate
 }
 
 // slowFailingConn reads late and, once armed, fails every write with EPIPE:

@@ -2,15 +2,23 @@ package logchannel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"time"
 )
 
 // Dial connects to a backup listening on network ("tcp", "unix", ...) and
-// addr and returns the primary's Sender. ctx bounds dialing and the
+// addr and returns the primary's Sender. On TCP it needs cfg.Auth (see
+// Config.Auth). ctx and cfg.HandshakeTimeout bound connecting and the
 // handshake.
 func Dial(ctx context.Context, network, addr string, cfg Config) (*Sender, error) {
+	cfg = cfg.withDefaults()
+	if err := checkCredentials(network, cfg, RoleSender); err != nil {
+		return nil, fmt.Errorf("logchannel: dial %s %s: %w", network, addr, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, network, addr)
 	if err != nil {
@@ -26,8 +34,13 @@ type Listener struct {
 	cfg Config
 }
 
-// Listen opens a listening socket for Accept.
+// Listen opens a listening socket for Accept. On TCP it needs cfg.Auth
+// (see Config.Auth).
 func Listen(ctx context.Context, network, addr string, cfg Config) (*Listener, error) {
+	cfg = cfg.withDefaults()
+	if err := checkCredentials(network, cfg, RoleReceiver); err != nil {
+		return nil, fmt.Errorf("logchannel: listen %s %s: %w", network, addr, err)
+	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, network, addr)
 	if err != nil {
@@ -43,8 +56,28 @@ func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 func (l *Listener) Close() error { return l.ln.Close() }
 
 // Accept waits for a primary, performs the handshake and returns the
-// Receiver. ctx bounds the wait and the handshake.
+// Receiver. ctx bounds the wait; cfg.HandshakeTimeout bounds each
+// handshake. A peer that fails authentication (ErrAuth) was never this
+// backup's primary: Accept logs it as a warning and keeps waiting, so that
+// whoever can reach the port cannot stop the backup. Any other handshake
+// failure is returned.
 func (l *Listener) Accept(ctx context.Context) (*Receiver, error) {
+	for {
+		conn, err := l.acceptConn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		hctx, cancel := context.WithTimeout(ctx, l.cfg.HandshakeTimeout)
+		r, err := NewReceiver(hctx, conn, l.cfg)
+		cancel()
+		if err == nil || !errors.Is(err, ErrAuth) || ctx.Err() != nil {
+			return r, err
+		}
+		l.cfg.Logger.Warn("log channel: refused a peer; still waiting for the primary", "listen", l.ln.Addr().String(), "err", err)
+	}
+}
+
+func (l *Listener) acceptConn(ctx context.Context) (net.Conn, error) {
 	if d, ok := l.ln.(interface{ SetDeadline(time.Time) error }); ok {
 		stop := context.AfterFunc(ctx, func() { d.SetDeadline(time.Unix(1, 0)) })
 		defer func() {
@@ -60,7 +93,7 @@ func (l *Listener) Accept(ctx context.Context) (*Receiver, error) {
 		}
 		return nil, fmt.Errorf("logchannel: accept on %v: %w", l.ln.Addr(), err)
 	}
-	return NewReceiver(ctx, conn, l.cfg)
+	return conn, nil
 }
 
 // Pipe connects a Sender and a Receiver in memory (net.Pipe), for tests
