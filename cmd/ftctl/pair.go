@@ -18,9 +18,13 @@ import (
 // runPrimary runs the VM as the primary of a pair (ftctl run --role primary).
 func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, silence time.Duration, stats bool) error {
 	ctx := cmd.Context()
+	lcfg, err := logChannelConfig(cmd, logchannel.RoleSender, "--peer", peer, silence)
+	if err != nil {
+		return err
+	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	p, err := replication.NewPrimary(ctx, replication.PrimaryConfig{
-		Instance: cfg, Peer: peer, Log: logchannel.Config{Timeout: silence},
+		Instance: cfg, Peer: peer, Log: lcfg,
 		StatusEvery: every, Logger: log,
 	})
 	if err != nil {
@@ -45,9 +49,13 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, silence time.Duration) error {
 	ctx := cmd.Context()
 	cfg.ConsoleInput = nil // the primary's console input arrives in the log
+	lcfg, err := logChannelConfig(cmd, logchannel.RoleReceiver, "--listen", listen, silence)
+	if err != nil {
+		return err
+	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	res, err := replication.RunBackup(ctx, replication.BackupConfig{
-		Instance: cfg, Listen: listen, Log: logchannel.Config{Timeout: silence},
+		Instance: cfg, Listen: listen, Log: lcfg,
 		StatusEvery: every, Logger: log,
 		Listening: func(addr net.Addr) {
 			fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: backup listening on %s; start the primary with --role primary --peer %s\n", addr, listen)

@@ -169,6 +169,7 @@ was lost (the log ended without a clean close).`,
 	f.StringVar(&listen, "listen", "", "backup: where to accept the primary, unix:/path/to.sock or host:port")
 	f.DurationVar(&every, "status-every", 10*time.Second, "primary/backup: print a status line this often (0: never)")
 	f.DurationVar(&silence, "peer-timeout", 3*time.Second, "primary/backup: declare the peer lost after this long without hearing from it")
+	addLogAuthFlags(f)
 	return cmd
 }
 
