@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 )
 
@@ -59,23 +60,74 @@ func (l *Listener) Close() error { return l.ln.Close() }
 // Receiver. ctx bounds the wait; cfg.HandshakeTimeout bounds each
 // handshake. A peer that fails authentication (ErrAuth) was never this
 // backup's primary: Accept logs it as a warning and keeps waiting, so that
-// whoever can reach the port cannot stop the backup. Any other handshake
-// failure is returned.
+// whoever can reach the port cannot stop the backup. Handshakes run side by
+// side (up to maxHandshakes), so peers that connect and stay silent do not
+// delay the primary behind them. Any other handshake failure is returned.
 func (l *Listener) Accept(ctx context.Context) (*Receiver, error) {
-	for {
-		conn, err := l.acceptConn(ctx)
-		if err != nil {
-			return nil, err
+	actx, cancel := context.WithCancel(ctx)
+	type outcome struct {
+		r   *Receiver
+		err error
+	}
+	outcomes := make(chan outcome)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		slots := make(chan struct{}, maxHandshakes)
+		for {
+			select {
+			case slots <- struct{}{}:
+			case <-actx.Done():
+				return
+			}
+			conn, err := l.acceptConn(actx)
+			if err != nil {
+				select {
+				case outcomes <- outcome{err: err}:
+				case <-actx.Done():
+				}
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				hctx, hcancel := context.WithTimeout(actx, l.cfg.HandshakeTimeout)
+				r, err := NewReceiver(hctx, conn, l.cfg)
+				hcancel()
+				<-slots
+				select {
+				case outcomes <- outcome{r, err}:
+				case <-actx.Done(): // Accept has returned
+					if r != nil {
+						r.Close()
+					}
+				}
+			}()
 		}
-		hctx, cancel := context.WithTimeout(ctx, l.cfg.HandshakeTimeout)
-		r, err := NewReceiver(hctx, conn, l.cfg)
+	}()
+	// Accept returns only once its goroutines are gone: the next Accept
+	// must have the listener to itself.
+	end := func(o outcome) (*Receiver, error) {
 		cancel()
-		if err == nil || !errors.Is(err, ErrAuth) || ctx.Err() != nil {
-			return r, err
+		wg.Wait()
+		return o.r, o.err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return end(outcome{err: fmt.Errorf("logchannel: accept on %v: %w", l.ln.Addr(), ctx.Err())})
+		case o := <-outcomes:
+			if o.err == nil || !errors.Is(o.err, ErrAuth) {
+				return end(o)
+			}
+			l.cfg.Logger.Warn("log channel: refused a peer; still waiting for the primary", "listen", l.ln.Addr().String(), "err", o.err)
 		}
-		l.cfg.Logger.Warn("log channel: refused a peer; still waiting for the primary", "listen", l.ln.Addr().String(), "err", err)
 	}
 }
+
+// maxHandshakes bounds the handshakes one Accept runs at once.
+const maxHandshakes = 16
 
 func (l *Listener) acceptConn(ctx context.Context) (net.Conn, error) {
 	if d, ok := l.ln.(interface{ SetDeadline(time.Time) error }); ok {
