@@ -9,7 +9,8 @@
 //
 // The primary holds a [Sender] ([Dial], or [NewSender] on any net.Conn) and
 // the backup a [Receiver] ([Listen] + [Listener.Accept], or [NewReceiver]).
-// [Pipe] connects both in memory. A connection starts with a handshake that
+// [Pipe] connects both in memory. On TCP both ends first authenticate
+// each other (see Authentication). A connection starts with a handshake that
 // carries a magic, the protocol version, the sender's role, and the
 // session and generation IDs; any mismatch fails the handshake with
 // [ErrVersion] or [ErrHandshake] naming both values.
@@ -43,6 +44,40 @@
 // the failure, so a backup going live can replay the whole log. The
 // channel never decides anything about failover itself; that is package
 // failover's job.
+//
+// # Authentication
+//
+// Whoever can reach a backup's TCP port could otherwise feed it entries as
+// its primary, and whoever can answer at the backup's address could ack a
+// primary's outputs (releasing them) as its backup. So on TCP both ends authenticate with mutual TLS
+// 1.3 ([Config.Auth], loaded with [LoadAuth] from a directory holding
+// ca.pem, cert.pem and key.pem). Each pair has a CA of its own
+// ([NewPairCredentials], [WritePairCredentials]; `ftctl pair certs`),
+// whose key signs the primary's and the backup's certificates and is then
+// dropped. A certificate names its pair and role in a URI SAN
+// (ftvm-logchannel:PAIR/primary or .../backup) and carries its side's key
+// usage (client for the primary, server for the backup). Each end checks
+// the other's certificate against the pair's CA, the pair name and the
+// other role: a backup's certificate (taken from its host) cannot feed a
+// backup, a primary's cannot pose as a backup to collect entries. Host names play
+// no part. The hello that follows runs inside TLS.
+//
+// [Dial] and [Listen] refuse TCP without Config.Auth ([ErrNoAuth]) unless
+// [Config.InsecureTCP] is set, which only this package's tests and
+// benchmarks do, on loopback. Unix sockets need no credentials (the
+// socket file's permissions guard them); Config.Auth works on them and on
+// any conn given to [NewSender], [NewReceiver] or [Connect] too.
+//
+// A failed authentication wraps [ErrAuth] on both ends, naming the peer
+// and the reason: "peer ADDR not authenticated: ..." on the end that
+// refused the other's certificate (or got none, or a peer that does not
+// speak TLS), "peer ADDR refused this end's credentials: ..." on the other.
+// [Listener.Accept] logs such a peer as a warning and keeps waiting for
+// its primary, so that reaching the port is not enough to stop a backup;
+// it runs handshakes side by side, each bounded by
+// [Config.HandshakeTimeout], so peers that connect and stay silent neither
+// hang it nor delay the primary. BenchmarkThroughput measures what TLS
+// costs (tls-vs-plain: rate and CPU ratios).
 //
 // # Wire format
 //
