@@ -24,9 +24,10 @@ type Replayer struct {
 	mark   *Event // an ExitMark met before its exit was checked
 	dec    Decoder
 
-	next  func() ([]byte, error) // the stream; nil for a whole log
-	ended bool                   // no more batches will come
-	err   error                  // a broken or garbled stream
+	next    func() ([]byte, error) // the stream; nil for a whole log
+	batches int                    // batches decoded, to name one that does not
+	ended   bool                   // no more batches will come
+	err     error                  // a broken or garbled stream
 
 	exits uint64 // the last exit checked
 	// For Progress from other goroutines: the last exit the log reaches
@@ -63,9 +64,9 @@ var _ vm.Replayer = (*Replayer)(nil)
 // NewReplayer decodes a whole recording (batches in order).
 func NewReplayer(batches [][]byte) (*Replayer, error) {
 	r := &Replayer{ended: true}
-	for bi, b := range batches {
+	for _, b := range batches {
 		if err := r.decode(b); err != nil {
-			return nil, fmt.Errorf("replay log batch %d: %w", bi, err)
+			return nil, err
 		}
 	}
 	return r, nil
@@ -78,9 +79,12 @@ func NewStreamReplayer(next func() ([]byte, error)) *Replayer {
 	return &Replayer{next: next}
 }
 
+// decode appends the events of the next batch; an error names the batch
+// (counting from 1) and the offset of the entry in it.
 func (r *Replayer) decode(b []byte) error {
+	r.batches++
 	if err := r.dec.Reset(b); err != nil {
-		return err
+		return fmt.Errorf("batch %d: %w", r.batches, err)
 	}
 	for {
 		var ev Event
@@ -89,7 +93,7 @@ func (r *Replayer) decode(b []byte) error {
 			return nil
 		}
 		if err != nil {
-			return err
+			return fmt.Errorf("batch %d: %w", r.batches, err)
 		}
 		ev.Data = append([]byte(nil), ev.Data...) // Data aliases the batch
 		r.events = append(r.events, ev)
@@ -119,7 +123,7 @@ func (r *Replayer) fill() bool {
 		r.i = 0
 	}
 	if err := r.decode(b); err != nil {
-		r.err = fmt.Errorf("replay log: %w", err)
+		r.err = err
 		return false
 	}
 	return true
@@ -308,7 +312,9 @@ func (r *Replayer) Next(n uint64, g vm.GuestState) (vm.Input, bool, error) {
 		case InterruptInjected:
 			return vm.Input{}, false, nil
 		case ExitMark:
-			return vm.Input{}, false, fmt.Errorf("internal: unchecked mark for exit #%d", ev.Exit)
+			// The exit's own mark was checked (or set aside) before its
+			// inputs; this one is a second mark, or one after the inputs.
+			return vm.Input{}, false, fmt.Errorf("ExitMark at exit #%d out of place: after the exit's inputs, or a second one", ev.Exit)
 		case Output:
 			return vm.Input{}, false, fmt.Errorf("the primary's %s at this exit; the backup's devices produced nothing", outputWho(ev.Kind, int(ev.Device)))
 		default:
@@ -366,7 +372,7 @@ func (r *Replayer) loadCheckpoint(n uint64, g vm.GuestState) error {
 	}
 	r.consume()
 	if err := r.state.cpu.UnmarshalBinary(ev.Data); err != nil {
-		return fmt.Errorf("checkpoint at exit #%d: %w", n, err)
+		return fmt.Errorf("CheckpointCPU at exit #%d: %w", n, err)
 	}
 	// Collect what the backup itself wrote so far first: the digest set
 	// must include it, and the checkpoint's pages come on top.
@@ -381,8 +387,11 @@ func (r *Replayer) loadCheckpoint(n uint64, g vm.GuestState) error {
 			break
 		}
 		r.consume()
-		if ev.Value+PageSize > int64(len(mem)) {
-			return fmt.Errorf("checkpoint page %#x outside the %d-byte memory", ev.Value, len(mem))
+		// Compared without computing the page's end: the decoder accepts
+		// addresses up to MaxInt64-PageSize+1, where Value+PageSize
+		// overflows.
+		if ev.Value < 0 || ev.Value > int64(len(mem))-PageSize {
+			return fmt.Errorf("%v at exit #%d: address %#x outside the %d-byte guest memory", ev.Type, n, ev.Value, len(mem))
 		}
 		page := mem[ev.Value : ev.Value+PageSize]
 		if ev.Type == CheckpointZero {
