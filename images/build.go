@@ -120,10 +120,15 @@ func Build(ctx context.Context, opts Options) (Manifest, error) {
 		return Manifest{}, fmt.Errorf("build image: %w", err)
 	}
 
+	workloads, err := listWorkloads(ctx, initBin)
+	if err != nil {
+		return Manifest{}, fmt.Errorf("build image: %w", err)
+	}
 	m := Manifest{
 		Format: ManifestFormat, Kernel: VmlinuxName, BzImage: BzImageName, Initrd: InitrdName,
 		Cmdline: DefaultCmdline, SHA256: map[string]string{},
 		KernelConfigHash: k.ConfigHash, LinuxSourceVersion: k.SourceVersion, FTVMVersion: sourceVersion(ctx, root),
+		Workloads: workloads,
 	}
 	out := func(name string) string { return filepath.Join(opts.OutDir, name) }
 	if err := installFile(out(VmlinuxName), func(w io.Writer) error { return copyFrom(w, k.Vmlinux) }); err != nil {
@@ -151,6 +156,25 @@ func Build(ctx context.Context, opts Options) (Manifest, error) {
 		return Manifest{}, fmt.Errorf("build image: %w", err)
 	}
 	return m, nil
+}
+
+// listWorkloads asks the built /init which workloads it has. The binary is
+// linux/amd64; on another host it cannot run here and the image lists none.
+func listWorkloads(ctx context.Context, initBin string) ([]string, error) {
+	if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
+		return nil, nil
+	}
+	cmd := exec.CommandContext(ctx, initBin)
+	cmd.Env = append(os.Environ(), "FTVM_GUEST_ROLE=list-workloads")
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("ask the guest /init for its workloads: %w", err)
+	}
+	names := strings.Fields(string(out))
+	if len(names) == 0 {
+		return nil, errors.New("the guest /init lists no workloads")
+	}
+	return names, nil
 }
 
 // WriteInitrd writes the gzip'd newc initramfs: /init (the file at

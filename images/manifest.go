@@ -12,7 +12,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -43,6 +45,10 @@ type Manifest struct {
 	KernelConfigHash   string `json:"kernel_config_hash"`
 	LinuxSourceVersion string `json:"linux_source_version"`
 	FTVMVersion        string `json:"ftvm_version"`
+	// Workloads are the names /init accepts in ftvm.workload=, sorted;
+	// empty for an image whose /init could not be asked (built for another
+	// architecture than the builder's), which then goes unchecked.
+	Workloads []string `json:"workloads,omitempty"`
 }
 
 // files lists the manifest's files with their roles.
@@ -90,10 +96,31 @@ func DecodeManifest(data []byte) (Manifest, error) {
 	if strings.TrimSpace(m.Cmdline) == "" {
 		errs = append(errs, errors.New("empty default cmdline"))
 	}
+	for _, w := range m.Workloads {
+		if w == "" || strings.ContainsAny(w, " \t\n=\"") {
+			errs = append(errs, fmt.Errorf("workload name %q is not a command-line value", w))
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return Manifest{}, err
 	}
 	return m, nil
+}
+
+// CheckWorkload says whether cmdline's workload (its last ftvm.workload=,
+// "none" without one) is one this image's /init has. An image that does not
+// list its workloads accepts any.
+func (m Manifest) CheckWorkload(cmdline string) error {
+	name := "none"
+	for _, f := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(f, "ftvm.workload="); ok {
+			name = v
+		}
+	}
+	if len(m.Workloads) == 0 || slices.Contains(m.Workloads, name) {
+		return nil
+	}
+	return fmt.Errorf("ftvm.workload=%s: this image's /init has no such workload; it has %s", name, strings.Join(m.Workloads, ", "))
 }
 
 // Encode renders the manifest as indented JSON with a final newline.
@@ -274,4 +301,27 @@ func (m Manifest) Summary() string {
 	}
 	fmt.Fprintf(&b, "kernel config hash: %s\nlinux-source: %s\nftvm: %s\n", m.KernelConfigHash, m.LinuxSourceVersion, m.FTVMVersion)
 	return b.String()
+}
+
+// guestExitPrefix starts the line the image's /init prints just before it
+// powers the guest off: "ftvm-guest exit status=N".
+const guestExitPrefix = "ftvm-guest exit status="
+
+// GuestExitStatus finds the last exit line of the image's /init in console
+// output and returns its status; ok is false when there is none (another
+// init, or a guest that died before it).
+func GuestExitStatus(console string) (status int, ok bool) {
+	i := strings.LastIndex(console, guestExitPrefix)
+	if i < 0 || (i > 0 && console[i-1] != '\n') {
+		return 0, false
+	}
+	rest := console[i+len(guestExitPrefix):]
+	if j := strings.IndexAny(rest, "\r\n"); j >= 0 {
+		rest = rest[:j]
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil {
+		return 0, false
+	}
+	return n, true
 }

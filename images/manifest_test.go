@@ -201,3 +201,42 @@ func TestInspectErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestGuestExitStatus(t *testing.T) {
+	for _, tc := range []struct {
+		console string
+		status  int
+		ok      bool
+	}{
+		{"ftvm-guest ready\nftvm-guest exit status=0\n", 0, true},
+		{"boot\nftvm-guest exit status=3\r\n[ 1.0] reboot: Power down\n", 3, true},
+		{"ftvm-guest exit status=1\nftvm-guest exit status=2", 2, true},
+		{"no init line at all\n", 0, false},
+		{"echo ftvm-guest exit status=1 from a user\n", 0, false}, // not at a line start
+		{"ftvm-guest exit status=x\n", 0, false},
+	} {
+		s, ok := GuestExitStatus(tc.console)
+		if s != tc.status || ok != tc.ok {
+			t.Errorf("GuestExitStatus(%q) = %d, %v; want %d, %v", tc.console, s, ok, tc.status, tc.ok)
+		}
+	}
+}
+
+func TestCheckWorkload(t *testing.T) {
+	m := Manifest{Workloads: []string{"cpu", "kv", "none"}}
+	for cmdline, want := range map[string]string{
+		"console=ttyS0":                        "",
+		"ftvm.workload=kv":                     "",
+		"ftvm.workload=bogus ftvm.workload=kv": "", // the last one wins, as in /init
+		"ftvm.workload=kv ftvm.workload=kvv":   "ftvm.workload=kvv: this image's /init has no such workload; it has cpu, kv, none",
+		"quiet ftvm.workload= console=ttyS0":   "ftvm.workload=: this image's /init has no such workload",
+	} {
+		err := m.CheckWorkload(cmdline)
+		if (err == nil) != (want == "") || err != nil && !strings.Contains(err.Error(), want) {
+			t.Errorf("CheckWorkload(%q) = %v, want %q", cmdline, err, want)
+		}
+	}
+	if err := (Manifest{}).CheckWorkload("ftvm.workload=anything"); err != nil {
+		t.Errorf("an image without a workload list refused: %v", err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -191,6 +192,55 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 	return inst, nil
 }
 
+// Check validates cfg without creating anything: the boot files exist and
+// are readable, the memory size is possible, the MAC parses, and every disk
+// exists in the storage directory. Callers that would otherwise wait (a
+// backup listening for its primary, a primary dialing its backup) check
+// first, so a bad flag fails at once.
+func Check(cfg Config) error {
+	boot, err := ResolveBoot(cfg)
+	if err != nil {
+		return err
+	}
+	for what, path := range map[string]string{"kernel": boot.Kernel, "initrd": boot.Initrd} {
+		if path == "" {
+			continue
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		f.Close()
+	}
+	if err := vm.CheckMemory(cfg.MemoryMiB); err != nil {
+		return err
+	}
+	if cfg.NetSocket != "" {
+		if _, err := parseMAC(cfg.MAC); err != nil {
+			return err
+		}
+	}
+	if len(cfg.Disks) == 0 {
+		return nil
+	}
+	dir := cfg.StorageDir
+	if dir == "" {
+		if dir, err = storage.DefaultDir(); err != nil {
+			return err
+		}
+	}
+	store, err := storage.Open(dir)
+	if err != nil {
+		return err
+	}
+	for _, name := range cfg.Disks {
+		if _, err := store.Metadata(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func parseMAC(mac string) (net.HardwareAddr, error) {
 	if mac == "" {
 		mac = DefaultMAC
@@ -213,6 +263,7 @@ type Boot struct {
 // ResolveBoot works out the kernel, initrd and command line cfg boots.
 func ResolveBoot(cfg Config) (Boot, error) {
 	b := Boot{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline}
+	var manifest *images.Manifest
 	if cfg.Image != "" {
 		if cfg.Kernel != "" {
 			return Boot{}, errors.New("give an image or a kernel, not both")
@@ -221,6 +272,7 @@ func ResolveBoot(cfg Config) (Boot, error) {
 		if err != nil {
 			return Boot{}, err
 		}
+		manifest = &m
 		b.Kernel = filepath.Join(cfg.Image, m.Kernel)
 		b.Initrd = filepath.Join(cfg.Image, m.Initrd)
 		b.KernelSHA256, b.InitrdSHA256 = m.SHA256[m.Kernel], m.SHA256[m.Initrd]
@@ -236,6 +288,11 @@ func ResolveBoot(cfg Config) (Boot, error) {
 		return Boot{}, err
 	}
 	b.Cmdline = strings.Join(strings.Fields(b.Cmdline+" "+extra+" "+cfg.Append), " ")
+	if manifest != nil {
+		if err := manifest.CheckWorkload(b.Cmdline); err != nil {
+			return Boot{}, fmt.Errorf("%w (image %s)", err, cfg.Image)
+		}
+	}
 	return b, nil
 }
 

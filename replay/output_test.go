@@ -2,8 +2,10 @@ package replay
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ftvm/ftvm/hypervisor/kvm"
 	"github.com/ftvm/ftvm/hypervisor/vm"
@@ -126,4 +128,58 @@ func TestReplayerOutputNoAllocs(t *testing.T) {
 		t.Fatalf("recent entries: %q", recent)
 	}
 	t.Logf("last consumed: %s", recent[15])
+}
+
+// TestLazyOutputsAreHandedOnWithinTheirDelay: console bytes (a lazy output)
+// do not flush the log at their own exit, but the first BeforeRun after
+// LazyOutputDelay does, and an ordinary output flushes both at once.
+func TestLazyOutputsAreHandedOnWithinTheirDelay(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		delay time.Duration
+		also  bool // an ordinary output at exit 9
+		want  []uint64
+	}{
+		{"waits for its delay", time.Hour, false, nil},
+		{"flushed at the first BeforeRun past its delay", time.Nanosecond, false, []uint64{7}},
+		{"flushed with an ordinary output", time.Hour, true, []uint64{9}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls []uint64
+			var cur uint64
+			var batches int
+			var rec *Recorder
+			rec = NewRecorder(func([]byte) error { batches++; return nil }, RecorderOptions{
+				DigestInterval: -1, LazyOutputDelay: tc.delay,
+				OutputsLogged: func() { calls = append(calls, cur) },
+			})
+			rip := func() uint64 { return 0x1000 }
+			cur = 7
+			rec.NoteLazyOutput()
+			rec.Exit(7, kvm.ExitIO, 0x3f8, rip)
+			if err := rec.BeforeRun(7, nil); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Millisecond)
+			cur = 8
+			rec.Exit(8, kvm.ExitIO, 0x3f8, rip)
+			if err := rec.BeforeRun(8, nil); err != nil {
+				t.Fatal(err)
+			}
+			cur = 9
+			if tc.also {
+				rec.NoteOutput()
+			}
+			rec.Exit(9, kvm.ExitIO, 0x3f8, rip)
+			if err := rec.BeforeRun(9, nil); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(calls, tc.want) {
+				t.Fatalf("OutputsLogged at exits %v, want %v", calls, tc.want)
+			}
+			if len(tc.want) > 0 && batches == 0 {
+				t.Fatal("OutputsLogged without a batch handed on")
+			}
+		})
+	}
 }

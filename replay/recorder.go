@@ -28,6 +28,10 @@ type RecorderOptions struct {
 	// once the entries through the exit that produced outputs (see
 	// NoteOutput) have been handed to emit: the output rule's cue.
 	OutputsLogged func()
+	// LazyOutputDelay bounds how long an output noted with NoteLazyOutput
+	// (console bytes) waits before the log through its exit is handed on
+	// and OutputsLogged called. Default 5 ms.
+	LazyOutputDelay time.Duration
 }
 
 // RecorderStats counts what a Recorder logged.
@@ -58,7 +62,10 @@ type Recorder struct {
 	marked  bool // cur's ExitMark is in the log
 	err     error
 
-	outputs    bool // an output was produced since the last BeforeRun
+	outputs bool // an output was produced since the last BeforeRun
+	// lazySince is when the oldest output noted with NoteLazyOutput and
+	// not yet handed on was produced (zero: none).
+	lazySince  time.Time
 	state      stateTracker
 	lastDigest uint64
 	digestAt   time.Time
@@ -81,6 +88,9 @@ func NewRecorder(emit func(batch []byte) error, opts RecorderOptions) *Recorder 
 	}
 	if opts.DigestInterval == 0 {
 		opts.DigestInterval = time.Second
+	}
+	if opts.LazyOutputDelay == 0 {
+		opts.LazyOutputDelay = 5 * time.Millisecond
 	}
 	r := &Recorder{opts: opts, emit: emit, digestAt: time.Now()}
 	r.begin()
@@ -239,6 +249,19 @@ func (r *Recorder) NoteOutput() {
 	r.mu.Unlock()
 }
 
+// NoteLazyOutput says the exit being handled produced an output that may
+// wait a little (console bytes: one exit per byte, and flushing the log at
+// each would cost a batch per byte): the first BeforeRun at least
+// LazyOutputDelay after it hands the log on and calls OutputsLogged, and so
+// does any earlier one that flushes for a NoteOutput. vCPU goroutine.
+func (r *Recorder) NoteLazyOutput() {
+	r.mu.Lock()
+	if r.lazySince.IsZero() {
+		r.lazySince = time.Now()
+	}
+	r.mu.Unlock()
+}
+
 // BeforeRun implements vm.Recorder: a StateDigest when one is due, and the
 // flush the output rule waits for.
 func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
@@ -248,6 +271,9 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 		return r.err
 	}
 	due := r.digestDue(n)
+	if !r.lazySince.IsZero() && time.Since(r.lazySince) >= r.opts.LazyOutputDelay {
+		r.outputs = true
+	}
 	if due || r.outputs {
 		// Mark first: reading the vCPU state completes a pending port
 		// I/O, which moves RIP past the instruction the mark names.
@@ -265,7 +291,7 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 		r.stats.LastDigestExit = n
 	}
 	if r.outputs {
-		r.outputs = false
+		r.outputs, r.lazySince = false, time.Time{}
 		r.flushLocked()
 		if r.err == nil && r.opts.OutputsLogged != nil {
 			r.opts.OutputsLogged()

@@ -72,6 +72,14 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// Check this side's machine before anyone can connect: a missing image
+	// or disk or a bad memory size is this side's mistake, said at once.
+	if err := instance.Check(cfg.Instance); err != nil {
+		return nil, fmt.Errorf("the backup's machine: %w", err)
+	}
+	if _, err := newHeader(cfg.Instance, time.Time{}); err != nil {
+		return nil, fmt.Errorf("the backup's machine: %w", err)
+	}
 	ln := cfg.Listener
 	if ln == nil {
 		network, addr, err := splitAddr(cfg.Listen)

@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -16,6 +17,7 @@ const (
 	OutputFrame     = vm.OutputFrame
 	OutputDiskWrite = vm.OutputDiskWrite
 	OutputDiskFlush = vm.OutputDiskFlush
+	OutputConsole   = vm.OutputConsole
 )
 
 // Released describes one output as it left the primary; tests check the
@@ -65,7 +67,10 @@ type Gate struct {
 	acks    acks
 	send    func(frame []byte)
 	disks   []blockWriter
+	console io.Writer
 	onLeave func(Released)
+	// onFail is told of the first failed release, once: the VM must stop.
+	onFail func(error)
 
 	mu     sync.Mutex
 	open   []output      // produced since the last Seal
@@ -73,7 +78,10 @@ type Gate struct {
 	wake   chan struct{}
 	lost   bool // the log channel failed: nothing will be acked
 	stats  GateStats
-	failed error // a release that failed (a disk error)
+	// failed is the first release that failed (a disk error). Nothing
+	// after it leaves: the guest was told that write was done, so every
+	// later output may depend on data that is not on the disk.
+	failed error
 }
 
 // blockWriter is where released disk outputs go.
@@ -84,35 +92,56 @@ type blockWriter interface {
 
 // GateStats counts outputs.
 type GateStats struct {
-	HeldOutputs, HeldBytes   int
-	OldestHeld               time.Duration
-	ReleasedFrames           uint64
-	ReleasedWrites           uint64
-	ReleasedFlushes          uint64
-	ReleasedBytes            uint64
-	MaxHold, TotalHold       time.Duration
-	Paused                   bool // the guest waits at an output: backup lost
-	LastReleaseSeq, LastSeal uint64
+	HeldOutputs, HeldBytes int
+	// Held by kind (they add up to HeldOutputs).
+	HeldFrames, HeldWrites, HeldFlushes, HeldConsole int
+	OldestHeld                                       time.Duration
+	ReleasedFrames                                   uint64
+	ReleasedWrites                                   uint64
+	ReleasedFlushes                                  uint64
+	ReleasedConsoleBytes                             uint64
+	ReleasedBytes                                    uint64
+	MaxHold, TotalHold                               time.Duration
+	Paused                                           bool // the guest waits at an output: backup lost
+	LastReleaseSeq, LastSeal                         uint64
 }
 
 func newGate(a acks, send func([]byte), onLeave func(Released)) *Gate {
 	return &Gate{acks: a, send: send, onLeave: onLeave, wake: make(chan struct{}, 1)}
 }
 
-// add holds an output produced now. When the backup is lost it waits (the
-// guest pauses at this output) until ctx ends.
+// add holds an output produced now. When the backup is lost, or a release
+// failed, it waits (the guest pauses at this output) until ctx ends.
 func (g *Gate) add(ctx context.Context, o output) {
 	o.produced = time.Now()
 	g.mu.Lock()
 	g.open = append(g.open, o)
-	lost := g.lost
-	if lost {
+	g.pauseLocked(ctx)
+}
+
+// addConsole holds console bytes printed now. Bytes printed during one
+// exit, or in a row with no other output between, share one output, so a
+// line costs one held output rather than one per byte.
+func (g *Gate) addConsole(ctx context.Context, p []byte) {
+	g.mu.Lock()
+	if n := len(g.open); n > 0 && g.open[n-1].kind == OutputConsole {
+		g.open[n-1].data = append(g.open[n-1].data, p...)
+	} else {
+		g.open = append(g.open, output{kind: OutputConsole, data: append([]byte(nil), p...), produced: time.Now()})
+	}
+	g.pauseLocked(ctx)
+}
+
+// pauseLocked unlocks g.mu and, if nothing will be released any more (the
+// backup is lost or a release failed), waits until ctx ends: the output
+// just added stays held (counted in Stats) and the vCPU waits here.
+func (g *Gate) pauseLocked(ctx context.Context) {
+	stuck := g.lost || g.failed != nil
+	if stuck {
 		g.stats.Paused = true
 	}
 	g.mu.Unlock()
-	if lost {
-		// Held (counted in Stats) and never released: nothing will be
-		// acknowledged any more. The vCPU waits here.
+	if stuck {
 		<-ctx.Done()
 	}
 }
@@ -168,7 +197,11 @@ func (g *Gate) run(ctx context.Context) {
 			}
 		case <-g.acks.AckNotify(next.seq):
 		}
-		g.release(next.seq)
+		if !g.release(next.seq) {
+			// A disk output failed: everything after it stays held.
+			<-ctx.Done()
+			return
+		}
 	}
 }
 
@@ -178,9 +211,11 @@ func (g *Gate) markLost() {
 	g.mu.Unlock()
 }
 
-// release lets the oldest sealed group out. Held disk writes stay visible
-// to reads until they are on the disk.
-func (g *Gate) release(seq uint64) {
+// release lets the oldest sealed group out, in order, and reports whether
+// all of it left. At the first disk output that fails it stops: that output
+// and everything after it stay held, and the gate fails. Held disk writes
+// stay visible to reads until they are on the disk.
+func (g *Gate) release(seq uint64) bool {
 	g.mu.Lock()
 	group := g.sealed[0]
 	g.mu.Unlock()
@@ -191,17 +226,12 @@ func (g *Gate) release(seq uint64) {
 	}
 	for i := range group.outputs {
 		o := &group.outputs[i]
-		switch o.kind {
-		case OutputFrame:
-			g.send(o.data)
-		case OutputDiskWrite:
-			if _, err := g.disks[o.disk].WriteAt(o.data, o.off); err != nil {
-				g.fail(fmt.Errorf("release a held write of %d bytes at %d to disk %d: %w", len(o.data), o.off, o.disk, err))
-			}
-		case OutputDiskFlush:
-			if err := g.disks[o.disk].Flush(); err != nil {
-				g.fail(fmt.Errorf("release a held flush of disk %d: %w", o.disk, err))
-			}
+		if err := g.emit(o); err != nil {
+			g.mu.Lock()
+			g.sealed[0].outputs = group.outputs[i:]
+			g.mu.Unlock()
+			g.fail(err)
+			return false
 		}
 		now := time.Now()
 		hold := now.Sub(o.produced)
@@ -213,6 +243,8 @@ func (g *Gate) release(seq uint64) {
 			g.stats.ReleasedWrites++
 		case OutputDiskFlush:
 			g.stats.ReleasedFlushes++
+		case OutputConsole:
+			g.stats.ReleasedConsoleBytes += uint64(len(o.data))
 		}
 		g.stats.ReleasedBytes += uint64(len(o.data))
 		g.stats.TotalHold += hold
@@ -226,14 +258,42 @@ func (g *Gate) release(seq uint64) {
 	g.sealed = g.sealed[1:]
 	g.stats.LastReleaseSeq = seq
 	g.mu.Unlock()
+	return true
+}
+
+// emit lets one output out of the primary.
+func (g *Gate) emit(o *output) error {
+	switch o.kind {
+	case OutputFrame:
+		g.send(o.data)
+	case OutputConsole:
+		// A console that cannot be written (a closed terminal) loses
+		// nothing the guest depends on: it is not a reason to stop.
+		if g.console != nil {
+			g.console.Write(o.data)
+		}
+	case OutputDiskWrite:
+		if _, err := g.disks[o.disk].WriteAt(o.data, o.off); err != nil {
+			return fmt.Errorf("release a held write of %d bytes at %d to disk %d: %w", len(o.data), o.off, o.disk, err)
+		}
+	case OutputDiskFlush:
+		if err := g.disks[o.disk].Flush(); err != nil {
+			return fmt.Errorf("release a held flush of disk %d: %w", o.disk, err)
+		}
+	}
+	return nil
 }
 
 func (g *Gate) fail(err error) {
 	g.mu.Lock()
-	if g.failed == nil {
+	first := g.failed == nil
+	if first {
 		g.failed = err
 	}
 	g.mu.Unlock()
+	if first && g.onFail != nil {
+		g.onFail(err)
+	}
 }
 
 // Stats reports the gate's counters and what it holds now.
@@ -245,6 +305,16 @@ func (g *Gate) Stats() GateStats {
 	count := func(os []output) {
 		for _, o := range os {
 			st.HeldOutputs++
+			switch o.kind {
+			case OutputFrame:
+				st.HeldFrames++
+			case OutputDiskWrite:
+				st.HeldWrites++
+			case OutputDiskFlush:
+				st.HeldFlushes++
+			case OutputConsole:
+				st.HeldConsole++
+			}
 			st.HeldBytes += len(o.data)
 			st.OldestHeld = max(st.OldestHeld, now.Sub(o.produced))
 		}

@@ -3,6 +3,9 @@ package replication
 import (
 	"bytes"
 	"context"
+	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -218,3 +221,154 @@ func TestSplitAddr(t *testing.T) {
 		}
 	}
 }
+
+// failingDisk fails every write or flush after the first okWrites writes.
+type failingDisk struct {
+	memDisk
+	okWrites  int
+	failFlush bool
+}
+
+func (d *failingDisk) WriteAt(p []byte, off int64) (int, error) {
+	d.mu.Lock()
+	ok := d.okWrites > 0
+	d.okWrites--
+	d.mu.Unlock()
+	if !ok {
+		return 0, errors.New("injected: no space left on device")
+	}
+	return d.memDisk.WriteAt(p, off)
+}
+
+func (d *failingDisk) Flush() error {
+	if d.failFlush {
+		return errors.New("injected: flush failed")
+	}
+	return d.memDisk.Flush()
+}
+
+// TestGateStopsAtFirstFailedDiskOutput: the guest was told a write was done;
+// when writing it fails, nothing produced after it may leave (a client could
+// otherwise get an answer for data that is not on the disk), the gate fails
+// once, and the guest waits at its next output.
+func TestGateStopsAtFirstFailedDiskOutput(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		disk *failingDisk
+	}{
+		{"write", &failingDisk{memDisk: memDisk{data: make([]byte, 64)}, okWrites: 1}},
+		{"flush", &failingDisk{memDisk: memDisk{data: make([]byte, 64)}, okWrites: 99, failFlush: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			acks := newFakeAcks()
+			var mu sync.Mutex
+			var sent []string
+			var console bytes.Buffer
+			g := newGate(acks, func(f []byte) {
+				mu.Lock()
+				sent = append(sent, string(f))
+				mu.Unlock()
+			}, nil)
+			g.disks = []blockWriter{tc.disk}
+			g.console = &console
+			fails := make(chan error, 4)
+			g.onFail = func(err error) { fails <- err }
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			runDone := make(chan struct{})
+			go func() { g.run(ctx); close(runDone) }()
+
+			g.add(ctx, output{kind: OutputFrame, data: []byte("before")})
+			g.add(ctx, output{kind: OutputDiskWrite, off: 0, data: []byte("ok")})
+			if tc.name == "write" {
+				g.add(ctx, output{kind: OutputDiskWrite, off: 8, data: []byte("LOST")})
+			} else {
+				g.add(ctx, output{kind: OutputDiskFlush})
+			}
+			g.add(ctx, output{kind: OutputFrame, data: []byte("OK to the client")})
+			g.seal(1)
+			g.addConsole(ctx, []byte("committed\n"))
+			g.add(ctx, output{kind: OutputFrame, data: []byte("later")})
+			g.seal(2)
+			acks.ack(2)
+
+			var err error
+			select {
+			case err = <-fails:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the gate did not report the failed disk output")
+			}
+			if !strings.Contains(err.Error(), "injected") || !errors.Is(g.Err(), err) && g.Err() != err {
+				t.Fatalf("failure %v, Err %v", err, g.Err())
+			}
+			time.Sleep(20 * time.Millisecond) // anything wrongly released would show by now
+			mu.Lock()
+			if len(sent) != 1 || sent[0] != "before" {
+				t.Fatalf("sent %q after the failed disk output; want only [before]", sent)
+			}
+			mu.Unlock()
+			if console.Len() != 0 {
+				t.Fatalf("console bytes left after the failed disk output: %q", console.String())
+			}
+			st := g.Stats()
+			if st.HeldOutputs != 4 || st.HeldFrames != 2 || st.HeldConsole != 1 {
+				t.Fatalf("held after the failure: %+v (want the failed output, the frame after it, the console line and the later frame)", st)
+			}
+			// The guest waits at its next output; the VM is being stopped.
+			returned := make(chan struct{})
+			go func() { g.add(ctx, output{kind: OutputFrame, data: []byte("next")}); close(returned) }()
+			select {
+			case <-returned:
+				t.Fatal("add returned after a failed release")
+			case <-time.After(30 * time.Millisecond):
+			}
+			cancel()
+			<-returned
+			<-runDone
+			select {
+			case err := <-fails:
+				t.Fatalf("onFail called twice (second: %v)", err)
+			default:
+			}
+		})
+	}
+}
+
+// TestGateHoldsConsoleBytes: console bytes leave only once acked, in order
+// with the other outputs, and bytes printed in a row share one output.
+func TestGateHoldsConsoleBytes(t *testing.T) {
+	acks := newFakeAcks()
+	var mu sync.Mutex
+	var order []string
+	g := newGate(acks, func(f []byte) { mu.Lock(); order = append(order, "frame:"+string(f)); mu.Unlock() }, nil)
+	g.console = writerFunc(func(p []byte) { mu.Lock(); order = append(order, "console:"+string(p)); mu.Unlock() })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go g.run(ctx)
+	for _, b := range "ready\n" {
+		g.addConsole(ctx, []byte(string(b)))
+	}
+	g.add(ctx, output{kind: OutputFrame, data: []byte("f")})
+	g.addConsole(ctx, []byte("bye\n"))
+	g.seal(7)
+	if st := g.Stats(); st.HeldOutputs != 3 || st.HeldConsole != 2 {
+		t.Fatalf("held %+v, want 3 outputs of which 2 console (one per run of bytes)", st)
+	}
+	time.Sleep(20 * time.Millisecond)
+	mu.Lock()
+	if len(order) != 0 {
+		t.Fatalf("released before the ack: %q", order)
+	}
+	mu.Unlock()
+	acks.ack(7)
+	waitUntil(t, "the console bytes", func() bool { return g.Stats().ReleasedConsoleBytes == 10 })
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"console:ready\n", "frame:f", "console:bye\n"}; !slices.Equal(order, want) {
+		t.Fatalf("released %q, want %q", order, want)
+	}
+}
+
+type writerFunc func(p []byte)
+
+func (f writerFunc) Write(p []byte) (int, error) { f(p); return len(p), nil }

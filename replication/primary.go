@@ -37,6 +37,11 @@ type PrimaryConfig struct {
 	Logger      *slog.Logger
 	// OnRelease, if set, is told of every output as it leaves (tests).
 	OnRelease func(Released)
+	// ConsoleLive lets the guest's console bytes out as they are printed,
+	// not held under the output rule: for debugging a guest that hangs
+	// before the backup acks anything. A console line may then announce
+	// what a failover loses.
+	ConsoleLive bool
 	// Connected, if set, is called once the log channel is up.
 	Connected func()
 }
@@ -71,6 +76,10 @@ type Primary struct {
 	rec    *replay.Recorder
 	gate   *Gate
 	inst   *instance.Instance
+	// runCtx is the VM's lifetime; stopVM ends it with a cause (a failed
+	// disk release).
+	runCtx context.Context
+	stopVM context.CancelCauseFunc
 
 	mu      sync.Mutex
 	lastSeq uint64 // the last log entry appended; under the recorder's lock
@@ -111,6 +120,9 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 			p.Close()
 		}
 	}()
+	if err := instance.Check(cfg.Instance); err != nil {
+		return nil, fmt.Errorf("the primary's machine: %w", err)
+	}
 	wall := time.Now()
 	hdr, err := newHeader(cfg.Instance, wall)
 	if err != nil {
@@ -131,6 +143,12 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 		return nil, fmt.Errorf("send the start header: %w", err)
 	}
 	p.gate = newGate(p.sender, nil, cfg.OnRelease)
+	runCtx, stopVM := context.WithCancelCause(ctx)
+	p.runCtx, p.stopVM = runCtx, stopVM
+	p.gate.onFail = func(err error) {
+		p.log.Error("a held disk output failed: nothing after it is released; stopping the VM", "err", err)
+		stopVM(err)
+	}
 
 	ropts := cfg.Recorder
 	ropts.OutputsLogged = func() { p.gate.seal(p.lastSeq) }
@@ -138,10 +156,17 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 
 	icfg := cfg.Instance
 	icfg.Record, icfg.Backup, icfg.WallTime = p.rec, false, wall
+	if !cfg.ConsoleLive && icfg.Console != nil {
+		p.gate.console = icfg.Console
+		icfg.Console = consoleOutput(func(b []byte) {
+			p.gate.addConsole(runCtx, b)
+			p.rec.NoteLazyOutput()
+		})
+	}
 	icfg.WrapTransmit = func(send func([]byte)) func([]byte) {
 		p.gate.send = send
 		return func(frame []byte) {
-			p.gate.add(ctx, output{kind: OutputFrame, data: append([]byte(nil), frame...)})
+			p.gate.add(runCtx, output{kind: OutputFrame, data: append([]byte(nil), frame...)})
 			p.rec.NoteOutput()
 		}
 	}
@@ -150,7 +175,7 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 			p.gate.disks = append(p.gate.disks, nil)
 		}
 		p.gate.disks[i] = d
-		return &gatedDisk{ctx: ctx, disk: d, index: i, gate: p.gate, noted: p.rec.NoteOutput}
+		return &gatedDisk{ctx: runCtx, disk: d, index: i, gate: p.gate, noted: p.rec.NoteOutput}
 	}
 	if p.inst, err = instance.New(ctx, icfg); err != nil {
 		return nil, err
@@ -223,9 +248,9 @@ func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
 	go func() { defer wg.Done(); p.gate.run(bg) }()
 	go func() { defer wg.Done(); p.background(bg) }()
 
-	reason, runErr := p.inst.Run(ctx)
+	reason, runErr := p.inst.Run(p.runCtx)
 	closeErr := p.rec.Close()
-	if p.lostErr() == nil && p.sender.Err() == nil {
+	if p.lostErr() == nil && p.sender.Err() == nil && p.gate.Err() == nil {
 		// Let the last outputs out: everything is flushed and sealed.
 		p.gate.seal(p.lastSeq)
 		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -245,17 +270,58 @@ func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
 	}
 	res := &PrimaryResult{Reason: reason, Stats: p.inst.VM.Stats(), Final: p.Status()}
 	res.Final.State = "stopped"
-	if runErr != nil {
-		return res, runErr
-	}
+	var errs []error
 	if err := p.gate.Err(); err != nil {
-		return res, err
+		errs = append(errs, err)
+	}
+	if runErr != nil && !errors.Is(runErr, context.Cause(p.runCtx)) {
+		errs = append(errs, runErr)
 	}
 	if closeErr != nil {
-		return res, fmt.Errorf("log: %w", closeErr)
+		errs = append(errs, fmt.Errorf("log: %w", closeErr))
 	}
-	return res, nil
+	if held := res.Final.Outputs; held.HeldOutputs > 0 {
+		errs = append(errs, &HeldOutputsError{Stats: held, Why: p.heldWhy()})
+	}
+	return res, errors.Join(errs...)
 }
+
+// heldWhy says why outputs could not be released.
+func (p *Primary) heldWhy() string {
+	if err := p.gate.Err(); err != nil {
+		return "a disk output before them failed"
+	}
+	if err := p.lostErr(); err != nil {
+		return fmt.Sprintf("the backup was lost (%v), so nothing was acknowledged", err)
+	}
+	if err := p.sender.Err(); err != nil && !errors.Is(err, logchannel.ErrClosed) {
+		return fmt.Sprintf("the log channel failed (%v)", err)
+	}
+	return "the backup did not acknowledge their log within 10 s of the stop"
+}
+
+// HeldOutputsError says a primary stopped while outputs were still held:
+// they never left. The guest was told its held disk writes and flushes were
+// done, so its disk lacks data the guest may have acknowledged to a client;
+// held frames and console bytes were never seen outside. A backup that goes
+// live re-executes from the log and produces them again (failover).
+type HeldOutputsError struct {
+	Stats GateStats
+	Why   string
+}
+
+func (e *HeldOutputsError) Error() string {
+	s := e.Stats
+	return fmt.Sprintf("stopped with %d outputs held and never released (%d frames, %d disk writes, %d disk flushes, %d console pieces; %d bytes; oldest held %v) because %s: "+
+		"the guest was told those disk writes were done, so this disk may lack data the guest acknowledged; only the backup, going live, can produce them again",
+		s.HeldOutputs, s.HeldFrames, s.HeldWrites, s.HeldFlushes, s.HeldConsole, s.HeldBytes, s.OldestHeld.Round(time.Millisecond), e.Why)
+}
+
+// consoleOutput is the guest console as the primary sees it: every write is
+// an output for the gate.
+type consoleOutput func([]byte)
+
+func (c consoleOutput) Write(p []byte) (int, error) { c(p); return len(p), nil }
 
 // background flushes the recorder on a timer, notices a lost backup, and
 // logs status lines.
@@ -287,6 +353,9 @@ func (p *Primary) background(ctx context.Context) {
 
 // Close releases the VM and the log channel.
 func (p *Primary) Close() error {
+	if p.stopVM != nil {
+		p.stopVM(nil)
+	}
 	var errs []error
 	if p.inst != nil {
 		errs = append(errs, p.inst.Close())

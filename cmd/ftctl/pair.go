@@ -16,7 +16,7 @@ import (
 )
 
 // runPrimary runs the VM as the primary of a pair (ftctl run --role primary).
-func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, silence time.Duration, stats bool) error {
+func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, silence time.Duration, stats, consoleLive bool) error {
 	ctx := cmd.Context()
 	lcfg, err := logChannelConfig(cmd, logchannel.RoleSender, "--peer", peer, silence)
 	if err != nil {
@@ -25,12 +25,15 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	p, err := replication.NewPrimary(ctx, replication.PrimaryConfig{
 		Instance: cfg, Peer: peer, Log: lcfg,
-		StatusEvery: every, Logger: log,
+		StatusEvery: every, Logger: log, ConsoleLive: consoleLive,
 	})
 	if err != nil {
 		return err
 	}
 	defer p.Close()
+	if consoleLive {
+		fmt.Fprintln(cmd.ErrOrStderr(), "ftctl: --console-live: console output is shown as printed, not held until the backup has the log")
+	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: primary connected to the backup at %s; replicating\n", peer)
 	res, err := p.Run(ctx)
 	if res != nil {

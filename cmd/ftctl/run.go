@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ftvm/ftvm/hypervisor/vm"
+	"github.com/ftvm/ftvm/images"
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/network"
 )
@@ -27,6 +28,9 @@ func newRunCommand() *cobra.Command {
 		listen   string
 		every    time.Duration
 		silence  time.Duration
+		// consoleLive: the primary's console is not held under the
+		// output rule (debugging).
+		consoleLive bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run (--image DIR | --kernel FILE [--initrd FILE] [--cmdline ARGS]) [--role primary --peer ADDR | --role backup --listen ADDR]",
@@ -64,7 +68,8 @@ VM exits.
 Exit status: 0 when the guest powers off; 2 when it resets (a reboot, or a
 panic with panic=N); 3 when it halts for good instead of powering off; 1 on a
 VM failure (triple fault, KVM internal error), with the vCPU registers and the
-last console lines; 130 after Ctrl-C. A backup exits 0 when the primary's log
+last console lines; 6 when the image's /init powered off after its workload
+failed (it prints "ftvm-guest exit status=N"); 130 after Ctrl-C. A backup exits 0 when the primary's log
 ended cleanly and it replayed all of it, 4 when it diverged from the primary
 (with the first differing exit and the last log entries), 5 when the primary
 was lost (the log ended without a clean close).`,
@@ -83,19 +88,8 @@ was lost (the log ended without a clean close).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			switch console {
-			case "stdio":
-				cfg.Console, cfg.ConsoleInput = cmd.OutOrStdout(), os.Stdin
-			case "none":
-				cfg.Console = io.Discard
-			default:
-				f, err := os.Create(console)
-				if err != nil {
-					return fmt.Errorf("--console: %w", err)
-				}
-				defer f.Close()
-				cfg.Console = f
-			}
+			// Every flag is checked before anything is opened, created or
+			// listened on: a mistyped flag must not cost a file.
 			switch role {
 			case "", "none":
 				if peer != "" || listen != "" {
@@ -113,9 +107,26 @@ was lost (the log ended without a clean close).`,
 					// The backup's NIC is not attached: frames come from the log.
 					forwards = nil
 				}
-				return runBackup(cmd, cfg, listen, every, silence)
 			default:
 				return fmt.Errorf("--role %q: want primary, backup or none", role)
+			}
+			if consoleLive && role != "primary" {
+				return errors.New("--console-live is for --role primary (only a primary holds console output)")
+			}
+			if err := instance.Check(cfg); err != nil {
+				return err
+			}
+			out, closeConsole, err := openConsole(cmd, console)
+			if err != nil {
+				return err
+			}
+			defer closeConsole()
+			cfg.Console = out
+			if console == "stdio" {
+				cfg.ConsoleInput = os.Stdin
+			}
+			if role == "backup" {
+				return runBackup(cmd, cfg, listen, every, silence)
 			}
 			if len(forwards) > 0 && cfg.NetSocket != "auto" {
 				return errors.New("--forward needs --net auto; with a separate switch, give the forwards to 'ftctl net serve'")
@@ -129,7 +140,7 @@ was lost (the log ended without a clean close).`,
 				cfg.NetSocket = sock
 			}
 			if role == "primary" {
-				return runPrimary(cmd, cfg, peer, every, silence, stats)
+				return runPrimary(cmd, cfg, peer, every, silence, stats, consoleLive)
 			}
 			inst, err := instance.New(ctx, cfg)
 			if err != nil {
@@ -154,7 +165,8 @@ was lost (the log ended without a clean close).`,
 	f.StringVar(&cfg.Initrd, "initrd", "", "initial ramdisk")
 	f.StringVar(&cfg.Cmdline, "cmdline", "", "kernel command line (default: the image's)")
 	f.StringVar(&cfg.Append, "append", "", "arguments appended to the kernel command line")
-	f.StringVar(&console, "console", "stdio", "where the serial console goes: stdio, none, or a file path")
+	f.StringVar(&console, "console", "stdio", "where the serial console goes: stdio, none, or a file path (appended to, never truncated)")
+	f.BoolVar(&consoleLive, "console-live", false, "primary: show console output as the guest prints it instead of holding it until the backup has the log (debugging; a console line may then announce what a failover loses)")
 	f.IntVar(&cfg.MemoryMiB, "mem", 256, "guest memory in MiB")
 	f.StringVar(&cfg.NetSocket, "net", "", "attach a NIC to the switch at this unix socket, or 'auto' for a switch inside this process")
 	f.StringArrayVar(&forwards, "forward", nil, "with --net auto: expose a guest TCP port, HOST:PORT=GUEST:PORT (repeatable)")
@@ -173,9 +185,38 @@ was lost (the log ended without a clean close).`,
 	return cmd
 }
 
+// openConsole opens where --console sends the guest's serial output. A
+// file is appended to, never truncated: a mistyped path must not empty a
+// disk image or a log someone needs.
+func openConsole(cmd *cobra.Command, console string) (io.Writer, func(), error) {
+	switch console {
+	case "stdio":
+		return cmd.OutOrStdout(), func() {}, nil
+	case "none":
+		return io.Discard, func() {}, nil
+	case "":
+		return nil, nil, errors.New("--console: give stdio, none, or a file path")
+	}
+	if fi, err := os.Stat(console); err == nil && !fi.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("--console %s: not a regular file (%v); give a file path, stdio or none", console, fi.Mode().Type())
+	}
+	f, err := os.OpenFile(console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--console: %w", err)
+	}
+	if fi, err := f.Stat(); err == nil && fi.Size() > 0 {
+		fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: appending the console to %s (%d bytes already there)\n", console, fi.Size())
+	}
+	return f, func() { f.Close() }, nil
+}
+
 // stopError turns how a VM stopped into ftctl's exit status.
 func stopError(reason vm.StopReason, v *vm.VM) error {
 	switch reason {
+	case vm.StoppedPowerOff:
+		if status, ok := images.GuestExitStatus(v.ConsoleOutput()); ok && status != 0 {
+			return &exitError{code: 6, err: v.Report(fmt.Errorf("the guest powered off after its workload failed (ftvm-guest exit status=%d: 1 workload error, 2 bad command line, 3 workload panic, 4 guest setup failed)", status))}
+		}
 	case vm.StoppedReset:
 		return &exitError{code: 2, err: v.Report(errors.New("the guest reset the machine (a reboot, or a panic with panic=N)"))}
 	case vm.StoppedHalted:

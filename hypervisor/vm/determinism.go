@@ -119,6 +119,10 @@ const (
 	// OutputDiskFlush: a block device made its writes durable. A primary
 	// holds flushes under the output rule too; they carry no data to hash.
 	OutputDiskFlush
+	// OutputConsole: the serial console printed bytes. A primary holds
+	// them like frames (a console reaches people and log collectors); they
+	// are not hashed into the log.
+	OutputConsole
 )
 
 func (k OutputKind) String() string {
@@ -129,6 +133,8 @@ func (k OutputKind) String() string {
 		return "disk write"
 	case OutputDiskFlush:
 		return "disk flush"
+	case OutputConsole:
+		return "console bytes"
 	}
 	return fmt.Sprintf("output kind %d", uint8(k))
 }

@@ -66,6 +66,14 @@ const (
 // devices will live; larger guests need a second memory slot above 4 GiB.
 const maxMemoryMiB = 3072
 
+// CheckMemory says whether a guest can have mib MiB of RAM (0: the default).
+func CheckMemory(mib int) error {
+	if mib != 0 && (mib < 16 || mib > maxMemoryMiB) {
+		return fmt.Errorf("memory %d MiB: must be between 16 and %d MiB", mib, maxMemoryMiB)
+	}
+	return nil
+}
+
 // VM is one virtual machine with a single vCPU.
 type VM struct {
 	cfg     Config
@@ -89,8 +97,8 @@ func New(cfg Config) (_ *VM, err error) {
 	if cfg.MemoryMiB == 0 {
 		cfg.MemoryMiB = 256
 	}
-	if cfg.MemoryMiB < 16 || cfg.MemoryMiB > maxMemoryMiB {
-		return nil, fmt.Errorf("memory %d MiB: must be between 16 and %d MiB", cfg.MemoryMiB, maxMemoryMiB)
+	if err := CheckMemory(cfg.MemoryMiB); err != nil {
+		return nil, err
 	}
 	if (cfg.Kernel == "") == (cfg.RawCode == nil) {
 		return nil, errors.New("VM config: give exactly one of a kernel or raw code")

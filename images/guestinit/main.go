@@ -62,6 +62,9 @@
 // ftvm.port with its log in /data/kv.log, fsync'd before every OK, or in
 // memory when no disk is mounted.
 //
+// With FTVM_GUEST_ROLE=list-workloads it prints the workload names, one a
+// line, and exits (the image builder records them in the manifest).
+//
 // Run as an ordinary process (not PID 1, for tests) it mounts nothing,
 // configures no network, reads the command line from $FTVM_GUEST_CMDLINE if
 // set and the data directory from $FTVM_GUEST_DATADIR, and exits with the
@@ -92,8 +95,17 @@ const (
 )
 
 func main() {
-	if os.Getenv(roleEnv) == "workload" {
+	switch os.Getenv(roleEnv) {
+	case "workload":
 		os.Exit(workloadMain(os.Stdout))
+	case "list-workloads":
+		// The image builder runs the built /init on the host this way and
+		// records the names in the manifest, so ftctl can refuse an
+		// unknown ftvm.workload= before booting anything.
+		for _, name := range workloadNames(registry()) {
+			fmt.Println(name)
+		}
+		os.Exit(0)
 	}
 	pid1 := os.Getpid() == 1
 	status := supervise(pid1, os.Stdout)
