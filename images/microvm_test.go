@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/internal/hostsetup"
+	"github.com/ftvm/ftvm/internal/testenv"
 )
 
 // qemuVM is a QEMU guest running in the background, its console captured.
@@ -140,7 +141,7 @@ func testMicrovmNetDisk(t *testing.T, dir string, m Manifest) {
 	}
 	for _, tool := range []string{"mkfs.ext4", "e2fsck"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
+			testenv.Skipf(t, "needs %s", tool)
 		}
 	}
 	disk := filepath.Join(t.TempDir(), "disk.img")

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/internal/testenv"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -22,11 +23,9 @@ import (
 // makes Go discard the thread instead of reusing it in the wrong namespace.
 func inNewNetns(t *testing.T, fn func() error) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces and tap devices")
-	}
+	testenv.NeedRoot(t, "network namespaces and tap devices")
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("no /dev/net/tun: %v", err)
+		testenv.Skipf(t, "no /dev/net/tun: %v", err)
 	}
 	errc := make(chan error, 1)
 	go func() {

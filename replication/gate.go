@@ -33,6 +33,12 @@ type Released struct {
 	// it released: above Seq, the guest kept running while it was held.
 	LogAtRelease uint64
 	Bytes        int
+	// Device, Offset and Data say what left (a NIC or disk index, a
+	// disk offset, the bytes): a test can hash it as the log does and
+	// find the entry that logged it. Data must not be modified.
+	Device int
+	Offset int64
+	Data   []byte
 }
 
 // acks is the part of the log channel's sender the gate needs.
@@ -251,7 +257,8 @@ func (g *Gate) release(seq uint64) bool {
 		g.stats.MaxHold = max(g.stats.MaxHold, hold)
 		g.mu.Unlock()
 		if g.onLeave != nil {
-			g.onLeave(Released{Kind: o.kind, Produced: o.produced, Released: now, Seq: seq, AckedThrough: acked, LogAtRelease: appended, Bytes: len(o.data)})
+			g.onLeave(Released{Kind: o.kind, Produced: o.produced, Released: now, Seq: seq, AckedThrough: acked, LogAtRelease: appended,
+				Bytes: len(o.data), Device: o.disk, Offset: o.off, Data: o.data})
 		}
 	}
 	g.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,9 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/hypervisor/vm"
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/network"
+	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/replication"
 	"github.com/ftvm/ftvm/storage"
 	"github.com/ftvm/ftvm/testbench/guesttest"
@@ -179,7 +182,9 @@ type kvClient struct {
 	ops  int
 }
 
-func (c *kvClient) do(t testing.TB, req, want string) string {
+// do sends req and checks the answer: the whole line when exact, else its
+// start (a PUT's sequence number is the server's to choose).
+func (c *kvClient) do(t testing.TB, req, want string, exact bool) string {
 	t.Helper()
 	// Wide: every answer waits for the backup's ack, and a backup loading
 	// its first checkpoint on a loaded machine lags tens of seconds.
@@ -191,30 +196,38 @@ func (c *kvClient) do(t testing.TB, req, want string) string {
 	if err != nil {
 		t.Fatalf("%s: %v", req, err)
 	}
-	if want != "" && !strings.HasPrefix(line, want) {
-		t.Fatalf("%s: got %q, want %q...", req, line, want)
+	if exact && line != want+"\n" || !exact && !strings.HasPrefix(line, want) {
+		t.Fatalf("%s: got %q, want %q", req, line, want)
 	}
 	c.ops++
 	return line
 }
 
 // mixed does one round of mixed traffic: an ECHO of random bytes, a PUT
-// (fsync'd on the guest's disk), a GET of an earlier key.
+// (fsync'd on the guest's disk), a GET of an earlier key; ECHO and GET
+// answers are compared byte for byte.
 func (c *kvClient) mixed(t testing.TB, i int) {
 	b := make([]byte, 1+i%200)
 	rand.Read(b)
 	msg := hex.EncodeToString(b)
-	c.do(t, "ECHO "+msg, msg)
+	c.do(t, "ECHO "+msg, msg, true)
 	k, v := "k"+strconv.Itoa(i%500), "v"+strconv.Itoa(i)+"-"+msg[:min(len(msg), 16)]
-	c.do(t, "PUT "+k+" "+v, "OK ")
+	c.do(t, "PUT "+k+" "+v, "OK ", false)
 	c.puts[k] = v
 	if i > 0 {
 		k := "k" + strconv.Itoa((i*7)%min(i, 500))
 		if v, ok := c.puts[k]; ok {
-			c.do(t, "GET "+k, "VALUE "+v)
+			c.do(t, "GET "+k, "VALUE "+v, true)
 		}
 	}
 }
+
+// The soak's fixed minimum, whatever $FTVM_SOAK says: requests answered
+// and state digests the backup checked.
+const (
+	minSoakRequests = 150
+	minSoakDigests  = 10
+)
 
 func soakDuration() time.Duration {
 	if d, err := time.ParseDuration(os.Getenv("FTVM_SOAK")); err == nil {
@@ -246,7 +259,10 @@ func TestBackupFollowsPrimaryUnderKVTraffic(t *testing.T) {
 	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
 	soak := soakDuration()
 	start := time.Now()
-	for i := 0; time.Since(start) < soak; i++ {
+	// The soak runs for $FTVM_SOAK and at least minSoakRequests requests,
+	// then on until the backup has checked minSoakDigests digests (one a
+	// second of wall time).
+	for i := 0; time.Since(start) < soak || c.ops < minSoakRequests || pr.p.Status().Recorder.Digests < minSoakDigests+1; i++ {
 		c.mixed(t, i)
 	}
 	mid := pr.p.Status()
@@ -260,6 +276,17 @@ func TestBackupFollowsPrimaryUnderKVTraffic(t *testing.T) {
 	b := <-backup
 	if b.err != nil {
 		t.Fatalf("backup: %v\nprimary console:\n%s", b.err, pr.console.String())
+	}
+	// The log ended because the primary closed it (not a lost peer), and
+	// the primary stopped because it was asked to.
+	if b.res.PrimaryErr != nil {
+		t.Fatalf("the backup's log ended with %v, want the primary's clean close", b.res.PrimaryErr)
+	}
+	if pd.res.Reason != vm.StoppedCancelled {
+		t.Fatalf("the primary stopped with %v, want cancelled by the test", pd.res.Reason)
+	}
+	if c.ops < minSoakRequests {
+		t.Fatalf("only %d requests answered, want at least %d", c.ops, minSoakRequests)
 	}
 	ps, bs := pd.res.Final, b.res.Final
 	t.Logf("primary: %d exits, %d kicks, log %d bytes in %d batches (%.3f Mbit/s over %v), %d digests, %d checkpoints (%d bytes)",
@@ -282,8 +309,11 @@ func TestBackupFollowsPrimaryUnderKVTraffic(t *testing.T) {
 	if bs.Replayer.Digests != ps.Recorder.Digests {
 		t.Fatalf("backup checked %d digests, the primary logged %d", bs.Replayer.Digests, ps.Recorder.Digests)
 	}
-	if min := uint64(soak / (2 * time.Second)); bs.Replayer.Digests < min {
+	if min := max(uint64(soak/(2*time.Second)), minSoakDigests); bs.Replayer.Digests < min {
 		t.Fatalf("only %d digests in a %v soak, want at least %d", bs.Replayer.Digests, soak, min)
+	}
+	if bs.Replayer.Outputs == 0 || ps.Outputs.ReleasedFrames < uint64(c.ops) {
+		t.Fatalf("%d frames released for %d answers, %d output hashes matched", ps.Outputs.ReleasedFrames, c.ops, bs.Replayer.Outputs)
 	}
 	if bs.Replayer.Checkpoints != ps.Recorder.Checkpoints {
 		t.Fatalf("backup loaded %d checkpoints, the primary sent %d", bs.Replayer.Checkpoints, ps.Recorder.Checkpoints)
@@ -293,16 +323,65 @@ func TestBackupFollowsPrimaryUnderKVTraffic(t *testing.T) {
 	}
 }
 
+// ackAtPrimary is an ack frame the proxy passed on to the primary: Acked,
+// and when the proxy started writing it (the primary cannot have read it
+// before).
+type ackAtPrimary struct {
+	sent  time.Time
+	acked uint64
+}
+
+// logWatch is what a delayingProxy saw on the wire, decoded on its own:
+// the log entries that logged each output hash (in log order), and the acks
+// it handed to the primary.
+type logWatch struct {
+	mu      sync.Mutex
+	outputs map[[32]byte][]uint64 // output hash -> seqs of the entries logging it, in order
+	acks    []ackAtPrimary
+}
+
+// frameStream cuts one direction of a log channel connection into frames:
+// the handshake hello, then frames.
+type frameStream struct {
+	buf   []byte
+	hello bool
+}
+
+func (fs *frameStream) feed(b []byte, each func(logchannel.Frame)) error {
+	fs.buf = append(fs.buf, b...)
+	if !fs.hello {
+		n := len(logchannel.AppendHello(nil, logchannel.Hello{}))
+		if len(fs.buf) < n {
+			return nil
+		}
+		fs.buf, fs.hello = fs.buf[n:], true
+	}
+	for len(fs.buf) > 0 {
+		f, n, err := logchannel.DecodeFrame(fs.buf)
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		each(f)
+		fs.buf = fs.buf[n:]
+	}
+	return nil
+}
+
 // delayingProxy accepts on its own socket, connects each connection to
 // target, passes primary-to-backup bytes at once and delays every
-// backup-to-primary byte (acks, heartbeats) by delay.
-func delayingProxy(t testing.TB, target string, delay time.Duration) string {
+// backup-to-primary byte (acks, heartbeats) by delay. It decodes both
+// directions into w.
+func delayingProxy(t testing.TB, target string, delay time.Duration, w *logWatch) string {
 	sock := filepath.Join(t.TempDir(), "proxy.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	w.outputs = map[[32]byte][]uint64{}
 	go func() {
 		for {
 			in, err := ln.Accept()
@@ -314,7 +393,25 @@ func delayingProxy(t testing.TB, target string, delay time.Duration) string {
 				in.Close()
 				return
 			}
-			go func() { _, _ = io.Copy(out, in); out.Close() }()
+			go func() {
+				defer out.Close()
+				var fs frameStream
+				b := make([]byte, 64<<10)
+				for {
+					n, err := in.Read(b)
+					if n > 0 {
+						if werr := fs.feed(b[:n], w.noteEntries); werr != nil {
+							t.Errorf("proxy: primary to backup: %v", werr)
+						}
+						if _, err := out.Write(b[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
 			type chunk struct {
 				at time.Time
 				b  []byte
@@ -335,8 +432,19 @@ func delayingProxy(t testing.TB, target string, delay time.Duration) string {
 			}()
 			go func() {
 				defer in.Close()
+				var fs frameStream
 				for c := range q {
 					time.Sleep(time.Until(c.at))
+					sent := time.Now()
+					if err := fs.feed(c.b, func(f logchannel.Frame) {
+						if f.Type == logchannel.FrameAck {
+							w.mu.Lock()
+							w.acks = append(w.acks, ackAtPrimary{sent, f.Acked})
+							w.mu.Unlock()
+						}
+					}); err != nil {
+						t.Errorf("proxy: backup to primary: %v", err)
+					}
 					if _, err := in.Write(c.b); err != nil {
 						return
 					}
@@ -347,13 +455,47 @@ func delayingProxy(t testing.TB, target string, delay time.Duration) string {
 	return sock
 }
 
+// noteEntries records the output hashes each entry of a batch frame logs.
+func (w *logWatch) noteEntries(f logchannel.Frame) {
+	if f.Type != logchannel.FrameBatch {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i, e := range f.Entries {
+		evs, err := replay.DecodeBatch(e)
+		if err != nil {
+			continue // the start header is JSON, not a batch
+		}
+		for _, ev := range evs {
+			if ev.Type == replay.Output {
+				w.outputs[ev.Hash] = append(w.outputs[ev.Hash], f.FirstSeq+uint64(i))
+			}
+		}
+	}
+}
+
+// ackedBefore is the highest ack the proxy had started handing to the
+// primary by t.
+func (w *logWatch) ackedBefore(t time.Time) uint64 {
+	var best uint64
+	for _, a := range w.acks {
+		if !a.sent.After(t) {
+			best = max(best, a.acked)
+		}
+	}
+	return best
+}
+
 // TestOutputRuleHoldsOutputsUntilAcked puts a proxy between primary and
-// backup that delivers every ack 300 ms late. An ack for an entry can only
-// leave the backup after the entry arrived there, so no output may leave
-// the primary less than 300 ms after it was produced: the test checks that
-// from the timestamps of every released frame and disk write, checks that
-// the backup had acknowledged each output's entry at release, and that the
-// primary went on executing (appending log) while outputs were held.
+// backup that delivers every ack 300 ms late and decodes the traffic both
+// ways on its own. For every frame and disk write that left the primary the
+// test hashes the bytes that left as the log does, finds the log entry that
+// logged that output at its exit (seen on the wire), and checks that the
+// proxy had begun handing the primary an ack covering that entry before the
+// output left; it also checks that no output left less than 300 ms after it
+// was produced, and that the primary went on executing (appending log) while
+// outputs were held.
 func TestOutputRuleHoldsOutputsUntilAcked(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
@@ -363,7 +505,8 @@ func TestOutputRuleHoldsOutputsUntilAcked(t *testing.T) {
 	bctx, bcancel := context.WithCancel(context.Background())
 	defer bcancel()
 	backup := s.startBackup(t, bctx, pairLog)
-	proxy := delayingProxy(t, s.logSock, ackDelay)
+	var watch logWatch
+	proxy := delayingProxy(t, s.logSock, ackDelay, &watch)
 
 	var mu sync.Mutex
 	var released []replication.Released
@@ -394,24 +537,40 @@ func TestOutputRuleHoldsOutputsUntilAcked(t *testing.T) {
 
 	mu.Lock()
 	defer mu.Unlock()
+	watch.mu.Lock()
+	defer watch.mu.Unlock()
 	kinds := map[replication.OutputKind]int{}
-	ranOn := 0
+	ranOn, traced := 0, 0
+	used := map[[32]byte]int{} // how many logged occurrences of a hash the releases so far matched
 	for _, r := range released {
 		kinds[r.Kind]++
-		if r.AckedThrough < r.Seq {
-			t.Fatalf("%v released with the backup's acks at %d, below its entry %d", r.Kind, r.AckedThrough, r.Seq)
-		}
 		if hold := r.Released.Sub(r.Produced); hold < ackDelay {
 			t.Fatalf("%v held only %v with acks delayed %v", r.Kind, hold, ackDelay)
 		}
 		if r.LogAtRelease > r.Seq {
 			ranOn++
 		}
+		if r.Kind != replication.OutputFrame && r.Kind != replication.OutputDiskWrite {
+			continue // flushes and console bytes are not hashed into the log
+		}
+		h := replay.OutputHash(uint8(r.Kind), uint8(r.Device), r.Offset, r.Data)
+		seqs := watch.outputs[h]
+		k := used[h]
+		if k >= len(seqs) {
+			t.Fatalf("a %v of %d bytes left the primary, but the proxy saw no (further) log entry with its hash", r.Kind, len(r.Data))
+		}
+		used[h]++
+		entry := seqs[k]
+		if acked := watch.ackedBefore(r.Released); acked < entry {
+			t.Fatalf("a %v left at %v; its exit was logged in entry %d, but the proxy had handed the primary acks only through %d by then",
+				r.Kind, r.Released.Format(time.StampMicro), entry, acked)
+		}
+		traced++
 	}
-	t.Logf("%d outputs released (%d frames, %d disk writes, %d flushes), each after its ack; in %d of them the primary had logged more meanwhile; status then: %v",
-		len(released), kinds[replication.OutputFrame], kinds[replication.OutputDiskWrite], kinds[replication.OutputDiskFlush], ranOn, st)
-	if kinds[replication.OutputFrame] == 0 || kinds[replication.OutputDiskWrite] == 0 {
-		t.Fatal("the traffic should have released frames and disk writes")
+	t.Logf("%d outputs released (%d frames, %d disk writes, %d flushes, %d console pieces), each after its ack; %d frames and writes traced to their log entry and an ack the proxy passed on before they left; in %d the primary had logged more meanwhile; status then: %v",
+		len(released), kinds[replication.OutputFrame], kinds[replication.OutputDiskWrite], kinds[replication.OutputDiskFlush], kinds[replication.OutputConsole], traced, ranOn, st)
+	if kinds[replication.OutputFrame] < 20 || kinds[replication.OutputDiskWrite] == 0 || kinds[replication.OutputConsole] == 0 {
+		t.Fatal("the traffic should have released at least 20 frames, disk writes and console output")
 	}
 	if ranOn == 0 {
 		t.Fatal("the primary never logged anything while an output was held: it did not keep executing")
@@ -464,9 +623,9 @@ func TestKilledBackupLeavesPrimaryHoldingOutputs(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	log := pairLog
-	log.Timeout = 3 * time.Second
-	pr := s.startPrimary(t, replication.PrimaryConfig{Log: log})
+	// The kill is seen at once (the connection resets); the silence timeout
+	// stays wide so a loaded machine cannot trip it before the kill.
+	pr := s.startPrimary(t, replication.PrimaryConfig{Log: pairLog})
 	conn, r := guesttest.DialKV(t, s.fwd)
 	defer conn.Close()
 	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
@@ -490,8 +649,8 @@ func TestKilledBackupLeavesPrimaryHoldingOutputs(t *testing.T) {
 	// A request now gets no answer: its reply is an output nobody acks.
 	conn.SetDeadline(time.Now().Add(3 * time.Second))
 	fmt.Fprintf(conn, "ECHO after-the-backup-died\n")
-	if line, err := r.ReadString('\n'); err == nil {
-		t.Fatalf("got an answer %q with no backup to ack its log", line)
+	if line, err := r.ReadString('\n'); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("got %q, %v with no backup to ack its log; want the read to time out (no answer, connection open)", line, err)
 	}
 	select {
 	case <-pr.finished:
@@ -512,9 +671,11 @@ func TestKilledBackupLeavesPrimaryHoldingOutputs(t *testing.T) {
 		t.Logf("the primary has not stopped 15 s after cancel; goroutines:\n%s", buf[:runtime.Stack(buf, true)])
 	}
 	pd := pr.wait()
-	t.Logf("the primary stopped %v after cancel", time.Since(cancelled).Round(time.Millisecond))
-	if pd.err != nil {
-		t.Fatalf("primary after cancel: %v", pd.err)
+	t.Logf("the primary stopped %v after cancel: %v", time.Since(cancelled).Round(time.Millisecond), pd.err)
+	// Stopping with outputs held loses them: the primary must say so.
+	var held *replication.HeldOutputsError
+	if !errors.As(pd.err, &held) || held.Stats.HeldOutputs == 0 || !strings.Contains(pd.err.Error(), "the backup was lost") {
+		t.Fatalf("primary after cancel: %v, want a HeldOutputsError naming the lost backup", pd.err)
 	}
 }
 

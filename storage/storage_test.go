@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/internal/hostsetup"
+	"github.com/ftvm/ftvm/internal/testenv"
 )
 
 // Environment variables that turn the test binary into a lock-holding
@@ -194,7 +195,7 @@ func TestCreateDiskExt4(t *testing.T) {
 	if err := hostsetup.Ensure(ctx, io.Discard,
 		hostsetup.Requirement{Path: "mkfs.ext4", Package: "e2fsprogs"},
 		hostsetup.Requirement{Path: "dumpe2fs", Package: "e2fsprogs"}); err != nil {
-		t.Skipf("no e2fsprogs: %v", err)
+		testenv.Skipf(t, "no e2fsprogs: %v", err)
 	}
 	s := newStore(t)
 	m, err := s.CreateDisk(ctx, "root", 64<<20, CreateOptions{Filesystem: FilesystemExt4})

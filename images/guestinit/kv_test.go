@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftvm/ftvm/internal/testenv"
 )
 
 // startKV runs the kv workload in-process on a free port and returns its
@@ -100,17 +102,16 @@ func TestKVWorkloadMemory(t *testing.T) {
 // TestMountDisk mounts an ext4 image through a loop device the way PID 1
 // mounts /dev/vda, and unmounts it.
 func TestMountDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount")
-	}
+	testenv.NeedRoot(t, "mount")
+	testenv.NeedTools(t, "mkfs.ext4", "losetup")
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "16M").CombinedOutput(); err != nil {
-		t.Skipf("mkfs.ext4: %v %s", err, out)
+		t.Fatalf("mkfs.ext4: %v %s", err, out)
 	}
 	out, err := exec.Command("losetup", "--find", "--show", img).CombinedOutput()
 	if err != nil {
-		t.Skipf("no loop devices here: %v %s", err, out)
+		testenv.Skipf(t, "no loop devices here: %v %s", err, out)
 	}
 	dev := strings.TrimSpace(string(out))
 	defer exec.Command("losetup", "-d", dev).Run()

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftvm/ftvm/internal/testenv"
 )
 
 func TestBroadcast(t *testing.T) {
@@ -198,14 +200,8 @@ func inNetns(t *testing.T, ns netns, f func()) {
 // guest one and "srv0" with 192.168.127.1/24 in the host one.
 func guestAndHost(t *testing.T) (guest, host netns) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	for _, tool := range []string{"ip", "busybox"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s", tool)
-		}
-	}
+	testenv.NeedRoot(t, "network namespaces")
+	testenv.NeedTools(t, "ip", "busybox")
 	guest, host = newNetns(t, "g"), newNetns(t, "h")
 	run(t, "ip", "link", "add", "eth0", "netns", guest.name, "type", "veth", "peer", "name", "srv0", "netns", host.name)
 	run(t, "ip", "-n", host.name, "addr", "add", "192.168.127.1/24", "dev", "srv0")
@@ -306,9 +302,7 @@ opt dns 192.168.127.1 192.168.127.53
 // TestNetMissingLink: ftvm.ip without a NIC fails with a line that says
 // what to check.
 func TestNetMissingLink(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
+	testenv.NeedRoot(t, "network namespaces")
 	ns := newNetns(t, "empty")
 	var err error
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)

@@ -117,7 +117,7 @@ func TestDialWaitsForServer(t *testing.T) {
 	if refused.Load() != 2 || time.Since(start) < 2*retryPause {
 		t.Errorf("dial went through after %d closed connections in %v", refused.Load(), time.Since(start))
 	}
-	if reply, err := c.Do(context.Background(), "ECHO hi there", time.Second); err != nil || reply != "hi there" {
+	if reply, err := c.Do(context.Background(), "ECHO hi there", 30*time.Second); err != nil || reply != "hi there" {
 		t.Errorf("ECHO: %q %v", reply, err)
 	}
 }
@@ -131,8 +131,10 @@ func TestDialGivesUp(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no kv server answers at "+addr) {
 		t.Fatalf("err = %v", err)
 	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("gave up after %v", d)
+	// Generous on purpose: this checks that it gives up at all (it would
+	// retry for a minute given a minute), not how fast.
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("gave up after %v with a budget of 1.2 s", d)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -199,7 +201,8 @@ func TestRunCatchesWrongAnswers(t *testing.T) {
 // TestRunStopsOnStalledServer: a request that gets no answer fails after
 // the request timeout, and a cancelled context stops Run at once.
 func TestRunStopsOnStalledServer(t *testing.T) {
-	stall := func([]byte) []byte { time.Sleep(2 * time.Second); return nil }
+	const stallFor = 5 * time.Second
+	stall := func([]byte) []byte { time.Sleep(stallFor); return nil }
 	c := dial(t, liar(t, 5, stall))
 	_, err := Run(context.Background(), c, Options{Duration: time.Minute, RequestTimeout: 300 * time.Millisecond})
 	if err == nil || !strings.Contains(err.Error(), "request 4: ") {
@@ -212,7 +215,9 @@ func TestRunStopsOnStalledServer(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	res, err := Run(ctx, c, Options{Duration: time.Minute})
-	if !errors.Is(err, context.DeadlineExceeded) || res.Requests != 1 || time.Since(start) > time.Second {
+	// Causal, not a speed claim: Run must return before the stalled answer
+	// could have arrived.
+	if !errors.Is(err, context.DeadlineExceeded) || res.Requests != 1 || time.Since(start) >= stallFor {
 		t.Fatalf("after %v: %+v %v", time.Since(start), res, err)
 	}
 }

@@ -140,16 +140,14 @@ func RanElsewhere(tb testing.TB) bool {
 		Argv: argv, Dir: cwd, Env: forwardedEnv(), Timeout: timeout + 5*time.Second, Stdout: &out, Stderr: &out,
 	})
 	tb.Logf("ran inside the nested KVM host (kernel %s) in %v:\n%s", testHost.host.Kernel(), res.Duration.Round(time.Millisecond), indent(out.String()))
-	switch {
-	case err != nil:
+	if err != nil {
 		tb.Fatalf("%s in the nested KVM host: %v", tb.Name(), err)
-	case res.TimedOut:
-		tb.Fatalf("%s timed out in the nested KVM host after %v", tb.Name(), res.Duration)
-	case res.ExitCode != 0:
-		tb.Fatalf("%s failed in the nested KVM host (exit status %d)", tb.Name(), res.ExitCode)
-	case strings.Contains(out.String(), "testing: warning: no tests to run"):
-		tb.Fatalf("%s: pattern %q matched no test in the nested KVM host", tb.Name(), runPattern(tb.Name()))
-	case strings.Contains(out.String(), "--- SKIP: "+tb.Name()+" "):
+	}
+	skipped, verr := innerVerdict(tb.Name(), isBench, out.String(), res)
+	if verr != nil {
+		tb.Fatal(verr)
+	}
+	if skipped {
 		tb.Skipf("%s was skipped in the nested KVM host", tb.Name())
 	}
 	if isBench {
@@ -162,6 +160,34 @@ func RanElsewhere(tb testing.TB) bool {
 		reportBenchmark(b, out.String())
 	}
 	return true
+}
+
+// innerVerdict reads how the inner run of test (or benchmark) name went. It
+// passes only with evidence: exit status 0 and the test's own "--- PASS"
+// line (a benchmark's result line); an inner binary that exits 0 without
+// running the test (a TestMain that returns early, a pattern that matches
+// nothing) fails.
+func innerVerdict(name string, isBench bool, out string, res Result) (skipped bool, err error) {
+	switch {
+	case res.TimedOut:
+		return false, fmt.Errorf("%s timed out in the nested KVM host after %v", name, res.Duration)
+	case res.ExitCode != 0:
+		return false, fmt.Errorf("%s failed in the nested KVM host (exit status %d)", name, res.ExitCode)
+	case strings.Contains(out, "testing: warning: no tests to run"):
+		return false, fmt.Errorf("%s: pattern %q matched no test in the nested KVM host", name, runPattern(name))
+	case strings.Contains(out, "--- SKIP: "+name+" "):
+		return true, nil
+	case isBench:
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) >= 3 && (f[0] == name || strings.HasPrefix(f[0], name+"-")) {
+				return false, nil
+			}
+		}
+		return false, fmt.Errorf("%s: the nested KVM host's run exited 0 without the benchmark's result line", name)
+	case !strings.Contains(out, "--- PASS: "+name+" ("):
+		return false, fmt.Errorf("%s: the nested KVM host's run exited 0 without a \"--- PASS: %s\" line: the test did not run there", name, name)
+	}
+	return false, nil
 }
 
 // reportBenchmark copies the metrics of the inner run's result line
