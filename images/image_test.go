@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -39,6 +40,15 @@ func TestImage(t *testing.T) {
 		}
 		if got.Cmdline != DefaultCmdline || got.KernelConfigHash != m.KernelConfigHash || got.LinuxSourceVersion == "" {
 			t.Fatalf("manifest %+v", got)
+		}
+		// The builder asked the real /init for its workloads.
+		for _, w := range []string{"none", "kv", "sleep", "crash"} {
+			if !slices.Contains(got.Workloads, w) {
+				t.Errorf("manifest workloads %q lack %q", got.Workloads, w)
+			}
+		}
+		if err := got.CheckWorkload("ftvm.workload=nosuch"); err == nil {
+			t.Error("the built image accepts an unknown workload")
 		}
 		for _, name := range []string{VmlinuxName, BzImageName, InitrdName} {
 			sum, err := fileSHA256(filepath.Join(dir, name))

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/hypervisor/vm"
+	"github.com/ftvm/ftvm/images"
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/network"
 	"github.com/ftvm/ftvm/storage"
@@ -166,4 +167,31 @@ func TestGuestGetsAddressByDHCP(t *testing.T) {
 	}
 	conn, _ := guesttest.DialKV(t, fwd)
 	conn.Close()
+}
+
+// TestFailedWorkloadIsSeenOnTheHost: a workload that fails makes the image's
+// /init power off after printing its exit status; the host reads that status
+// from the console (ftctl run turns it into exit status 6).
+func TestFailedWorkloadIsSeenOnTheHost(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	console := guesttest.NewConsole()
+	inst, err := instance.New(context.Background(), instance.Config{
+		Image: testimage.Dir(t), Console: console, Append: "ftvm.workload=crash", MemoryMiB: 128,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inst.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	reason, err := inst.Run(ctx)
+	if err != nil || reason != vm.StoppedPowerOff {
+		t.Fatalf("guest stopped with %v, %v; want a power-off; console:\n%s", reason, err, console.String())
+	}
+	status, ok := images.GuestExitStatus(inst.VM.ConsoleOutput())
+	if !ok || status != 3 {
+		t.Fatalf("exit status %d (found %v), want 3 (workload panic); console:\n%s", status, ok, console.String())
+	}
 }
