@@ -1,5 +1,5 @@
 # ftvm: common tasks. Every target installs what it needs first.
-.PHONY: setup demo test ftctl clean
+.PHONY: setup demo test fuzz ftctl clean
 
 setup:
 	scripts/setup.sh
@@ -16,6 +16,13 @@ demo: ftctl
 
 test:
 	scripts/test.sh
+
+# Every fuzz test for FUZZTIME seconds each, one after another (the test
+# target gives each 10 s). A failing input lands in its package's
+# testdata/fuzz/ and the run stops there.
+FUZZTIME ?= 60
+fuzz: setup
+	scripts/fuzz.sh $(FUZZTIME)
 
 clean:
 	rm -rf out
