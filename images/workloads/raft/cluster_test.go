@@ -275,21 +275,27 @@ func (c *cluster) checkNoLeader(connected []bool) {
 	}
 }
 
-// checkTerms returns the term all live peers agree on.
+// checkTerms waits until all live peers agree on the term (a peer whose
+// vote request lost a race may be one ahead for a moment) and returns it.
 func (c *cluster) checkTerms() uint64 {
 	c.t.Helper()
-	var term uint64
-	for i := range c.n {
-		if rf := c.peer(i); rf != nil {
-			t, _ := rf.State()
-			if term == 0 {
-				term = t
-			} else if t != term {
-				c.t.Fatalf("peers disagree on the term: %d vs %d", t, term)
+	var terms map[uint64]bool
+	for range 20 {
+		terms = map[uint64]bool{}
+		var term uint64
+		for i := range c.n {
+			if rf := c.peer(i); rf != nil {
+				term, _ = rf.State()
+				terms[term] = true
 			}
 		}
+		if len(terms) == 1 {
+			return term
+		}
+		time.Sleep(testElection / 2)
 	}
-	return term
+	c.t.Fatalf("peers disagree on the term: %v", terms)
+	return 0
 }
 
 // nCommitted returns how many live peers applied index, and the command.

@@ -119,6 +119,10 @@ type Raft struct {
 	deadline        time.Time
 	nextIndex       []int
 	matchIndex      []int
+	// heardFrom[p] is when peer p last answered this leader in its term;
+	// leaderSince when it took office.
+	heardFrom   []time.Time
+	leaderSince time.Time
 }
 
 // New starts a peer from what cfg.Persister holds. It runs until ctx ends
@@ -140,6 +144,7 @@ func New(ctx context.Context, cfg Config) (*Raft, error) {
 		log_:       []Entry{{}},
 		nextIndex:  make([]int, cfg.Peers),
 		matchIndex: make([]int, cfg.Peers),
+		heardFrom:  make([]time.Time, cfg.Peers),
 		rng:        rand.New(rand.NewPCG(cfg.Seed, uint64(cfg.ID))),
 	}
 	rf.applyCond = sync.NewCond(&rf.mu)
@@ -346,8 +351,33 @@ func (rf *Raft) ticker() {
 		if rf.stopped == nil && rf.role != leader && time.Now().After(rf.deadline) {
 			rf.startElection()
 		}
+		if rf.stopped == nil && rf.role == leader && !rf.hasQuorum() {
+			rf.log.Debug("no quorum; stepping down", "term", rf.term)
+			rf.role = follower
+			rf.resetElectionTimer()
+		}
 		rf.mu.Unlock()
 	}
+}
+
+// hasQuorum reports whether a majority answered this leader within the
+// last two election timeouts (two: a slow but connected majority must not
+// make leaders step down). A leader cut off from its majority steps down
+// (without changing its term) instead of taking proposals it cannot
+// commit, so clients move on to the majority's leader sooner: the
+// CheckQuorum optimization, not part of Figure 2, and harmless to safety.
+func (rf *Raft) hasQuorum() bool {
+	since := time.Now().Add(-2 * rf.cfg.ElectionTimeout)
+	if rf.leaderSince.After(since) {
+		return true
+	}
+	n := 1
+	for p, t := range rf.heardFrom {
+		if p != rf.me && t.After(since) {
+			n++
+		}
+	}
+	return n*2 > rf.cfg.Peers
 }
 
 func (rf *Raft) startElection() {
@@ -396,6 +426,7 @@ func (rf *Raft) startElection() {
 
 func (rf *Raft) becomeLeader() {
 	rf.role = leader
+	rf.leaderSince = time.Now()
 	rf.log.Debug("leader", "term", rf.term, "last", rf.lastIndex())
 	for p := range rf.nextIndex {
 		rf.nextIndex[p] = rf.lastIndex() + 1
@@ -478,6 +509,7 @@ func (rf *Raft) handleAppendEntriesReply(peer int, args *AppendEntriesArgs, repl
 	if !rf.leadingAfterReply(args.Term, reply.Term) {
 		return
 	}
+	rf.heardFrom[peer] = time.Now()
 	if reply.Success {
 		match := args.PrevLogIndex + len(args.Entries)
 		rf.matchIndex[peer] = max(rf.matchIndex[peer], match)
@@ -541,6 +573,7 @@ func (rf *Raft) handleInstallSnapshotReply(peer int, args *InstallSnapshotArgs, 
 	if !rf.leadingAfterReply(args.Term, reply.Term) {
 		return
 	}
+	rf.heardFrom[peer] = time.Now()
 	rf.matchIndex[peer] = max(rf.matchIndex[peer], args.LastIncludedIndex)
 	rf.nextIndex[peer] = max(rf.nextIndex[peer], args.LastIncludedIndex+1)
 	rf.advanceCommit()

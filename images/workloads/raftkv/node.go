@@ -1,0 +1,63 @@
+package raftkv
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/ftvm/ftvm/images/workloads/raft"
+)
+
+// NodeConfig is one replica as a guest runs it: one TCP port for both
+// its peers and its clients, a data directory for Raft's state.
+type NodeConfig struct {
+	ID           int
+	Addrs        []string // every replica's address, indexed by ID
+	Listen       string   // address to listen on ("" = Addrs[ID])
+	Dir          string
+	MaxRaftState int
+	Logger       *slog.Logger
+}
+
+// RunNode runs a replica until ctx ends: Raft peer, state machine and the
+// TCP server answering both peers and clerks.
+func RunNode(ctx context.Context, cfg NodeConfig) error {
+	if cfg.ID < 0 || cfg.ID >= len(cfg.Addrs) {
+		return fmt.Errorf("run kv node: id %d of %d addresses", cfg.ID, len(cfg.Addrs))
+	}
+	listen := cfg.Listen
+	if listen == "" {
+		listen = cfg.Addrs[cfg.ID]
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", listen)
+	if err != nil {
+		return fmt.Errorf("run kv node %d: %w", cfg.ID, err)
+	}
+	return ServeNode(ctx, cfg, ln)
+}
+
+// ServeNode is RunNode on an open listener.
+func ServeNode(ctx context.Context, cfg NodeConfig, ln net.Listener) error {
+	p, err := raft.OpenFilePersister(cfg.Dir)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("run kv node %d: %w", cfg.ID, err)
+	}
+	tr := raft.NewTCPTransport(cfg.Addrs)
+	defer tr.Close()
+	s, err := StartServer(ctx, Config{
+		Raft:         raft.Config{ID: cfg.ID, Peers: len(cfg.Addrs), Transport: tr, Persister: p, Logger: cfg.Logger},
+		MaxRaftState: cfg.MaxRaftState,
+	})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("run kv node %d: %w", cfg.ID, err)
+	}
+	defer s.Kill()
+	if err := raft.ServeTCP(ctx, ln, s); err != nil {
+		return fmt.Errorf("run kv node %d: %w", cfg.ID, err)
+	}
+	return nil
+}
