@@ -84,6 +84,10 @@ type Gate struct {
 	wake   chan struct{}
 	lost   bool // the log channel failed: nothing will be acked
 	stats  GateStats
+	// alone: the backup is gone and this primary won the arbiter: outputs
+	// leave as soon as they are produced. aloneCh is closed then.
+	alone   bool
+	aloneCh chan struct{}
 	// failed is the first release that failed (a disk error). Nothing
 	// after it leaves: the guest was told that write was done, so every
 	// later output may depend on data that is not on the disk.
@@ -113,7 +117,7 @@ type GateStats struct {
 }
 
 func newGate(a acks, send func([]byte), onLeave func(Released)) *Gate {
-	return &Gate{acks: a, send: send, onLeave: onLeave, wake: make(chan struct{}, 1)}
+	return &Gate{acks: a, send: send, onLeave: onLeave, wake: make(chan struct{}, 1), aloneCh: make(chan struct{})}
 }
 
 // add holds an output produced now. When the backup is lost, or a release
@@ -138,17 +142,36 @@ func (g *Gate) addConsole(ctx context.Context, p []byte) {
 	g.pauseLocked(ctx)
 }
 
-// pauseLocked unlocks g.mu and, if nothing will be released any more (the
-// backup is lost or a release failed), waits until ctx ends: the output
-// just added stays held (counted in Stats) and the vCPU waits here.
+// pauseLocked unlocks g.mu and, if nothing can be released now, waits with
+// the output just added held (counted in Stats): after a failed release
+// until ctx ends; with the backup lost until the primary goes on alone or
+// ctx ends. The vCPU waits here.
 func (g *Gate) pauseLocked(ctx context.Context) {
-	stuck := g.lost || g.failed != nil
+	failed := g.failed != nil
+	stuck := g.lost && !g.alone || failed
 	if stuck {
 		g.stats.Paused = true
 	}
+	alone := g.alone && !failed
+	if alone && len(g.open) > 0 {
+		// No log to wait for: out as soon as the releaser gets to it.
+		g.sealed = append(g.sealed, sealedGroup{outputs: g.open})
+		g.open = nil
+	}
 	g.mu.Unlock()
-	if stuck {
+	if alone {
+		g.poke()
+	}
+	switch {
+	case failed:
 		<-ctx.Done()
+	case stuck:
+		// Until the primary wins the arbiter (goAlone releases this
+		// output with the rest) or stops.
+		select {
+		case <-ctx.Done():
+		case <-g.aloneCh:
+		}
 	}
 }
 
@@ -162,10 +185,7 @@ func (g *Gate) seal(seq uint64) {
 		g.stats.LastSeal = seq
 	}
 	g.mu.Unlock()
-	select {
-	case g.wake <- struct{}{}:
-	default:
-	}
+	g.poke()
 }
 
 // run releases sealed outputs in order as their entries are acked, until
@@ -178,36 +198,88 @@ func (g *Gate) run(ctx context.Context) {
 		if len(g.sealed) > 0 {
 			next = &g.sealed[0]
 		}
+		alone := g.alone
 		g.mu.Unlock()
 		if next == nil {
+			var lost <-chan struct{}
+			if !alone {
+				lost = g.acks.Done()
+			}
 			select {
 			case <-ctx.Done():
 				return
-			case <-g.acks.Done():
-				g.markLost()
-				<-ctx.Done()
-				return
+			case <-lost:
+				if !g.waitAlone(ctx) {
+					return
+				}
 			case <-g.wake:
 			}
 			continue
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-g.acks.Done():
-			// A final ack may have landed just before the failure.
-			if g.acks.AckedThrough() < next.seq {
-				g.markLost()
-				<-ctx.Done()
+		if !alone {
+			select {
+			case <-ctx.Done():
 				return
+			case <-g.acks.Done():
+				// A final ack may have landed just before the failure.
+				if g.acks.AckedThrough() < next.seq && !g.waitAlone(ctx) {
+					return
+				}
+			case <-g.acks.AckNotify(next.seq):
+			case <-g.aloneCh:
 			}
-		case <-g.acks.AckNotify(next.seq):
 		}
 		if !g.release(next.seq) {
 			// A disk output failed: everything after it stays held.
 			<-ctx.Done()
 			return
 		}
+	}
+}
+
+// waitAlone marks the gate lost (nothing will be acked any more) and waits
+// until the primary won the arbiter and goes on alone (true) or ctx ends.
+func (g *Gate) waitAlone(ctx context.Context) bool {
+	g.markLost()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-g.aloneCh:
+		return true
+	}
+}
+
+// goAlone releases every held output, in order, without waiting for acks,
+// and lets every later output out as soon as it is produced: the primary
+// won the arbiter's record after losing its backup, so nobody else will
+// produce these outputs, and holding them would only stall the guest.
+func (g *Gate) goAlone() {
+	g.mu.Lock()
+	if g.alone {
+		g.mu.Unlock()
+		return
+	}
+	g.alone = true
+	g.stats.Paused = false
+	if len(g.open) > 0 {
+		g.sealed = append(g.sealed, sealedGroup{outputs: g.open})
+		g.open = nil
+	}
+	g.mu.Unlock()
+	close(g.aloneCh)
+	g.poke()
+}
+
+func (g *Gate) isAlone() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.alone
+}
+
+func (g *Gate) poke() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
 	}
 }
 

@@ -372,3 +372,55 @@ func TestGateHoldsConsoleBytes(t *testing.T) {
 type writerFunc func(p []byte)
 
 func (f writerFunc) Write(p []byte) (int, error) { f(p); return len(p), nil }
+
+// TestGateGoesAlone: with the backup lost, outputs stay held and the guest
+// waits at its next one; once the primary wins the arbiter (goAlone) every
+// held output leaves in order without an ack, the waiting guest goes on,
+// and later outputs leave as soon as they are produced.
+func TestGateGoesAlone(t *testing.T) {
+	acks := newFakeAcks()
+	var mu sync.Mutex
+	var sent []string
+	g := newGate(acks, func(f []byte) { mu.Lock(); sent = append(sent, string(f)); mu.Unlock() }, nil)
+	disk := &memDisk{data: make([]byte, 64)}
+	g.disks = []blockWriter{disk}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go g.run(ctx)
+
+	g.add(ctx, output{kind: OutputFrame, data: []byte("a")})
+	g.add(ctx, output{kind: OutputDiskWrite, off: 4, data: []byte("held")})
+	g.seal(1)
+	close(acks.done) // the backup is gone; nothing was acked
+	waitUntil(t, "the gate to notice", func() bool { g.mu.Lock(); defer g.mu.Unlock(); return g.lost })
+	resumed := make(chan struct{})
+	go func() { g.add(ctx, output{kind: OutputFrame, data: []byte("b")}); close(resumed) }()
+	waitUntil(t, "the guest to pause", func() bool { return g.Stats().Paused })
+	time.Sleep(20 * time.Millisecond)
+	mu.Lock()
+	if len(sent) != 0 {
+		t.Fatalf("released %q with the backup lost and no arbiter decision", sent)
+	}
+	mu.Unlock()
+
+	g.goAlone()
+	select {
+	case <-resumed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the guest stayed paused after the primary went on alone")
+	}
+	waitUntil(t, "the held outputs", func() bool { return g.Stats().ReleasedFrames == 2 })
+	if got := string(disk.snapshot()[4:8]); got != "held" {
+		t.Fatalf("disk after going alone: %q", got)
+	}
+	g.add(ctx, output{kind: OutputFrame, data: []byte("c")}) // no seal, no ack
+	waitUntil(t, "an output produced alone", func() bool { return g.Stats().ReleasedFrames == 3 })
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(sent, []string{"a", "b", "c"}) {
+		t.Fatalf("sent %q, want [a b c]", sent)
+	}
+	if st := g.Stats(); st.HeldOutputs != 0 || st.Paused {
+		t.Fatalf("after going alone: %+v", st)
+	}
+}

@@ -26,6 +26,7 @@ import (
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/replication"
 	"github.com/ftvm/ftvm/storage"
+	"github.com/ftvm/ftvm/storage/arbiter"
 	"github.com/ftvm/ftvm/testbench/guesttest"
 	"github.com/ftvm/ftvm/testbench/kvmhost"
 	"github.com/ftvm/ftvm/testbench/testimage"
@@ -598,6 +599,79 @@ func backupProcess(spec string) int {
 	return 0
 }
 
+// startBackupProcess runs a backup in a child process (one the test can
+// SIGKILL) and returns once it listens.
+func (s *pairSetup) startBackupProcess(t *testing.T) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), backupProcessEnv+"="+strings.Join([]string{s.logSock, s.inst.Image, s.storeDir, s.sock}, "|"))
+	var berr strings.Builder
+	cmd.Stderr = &berr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for i := 0; ; i++ {
+		if _, err := os.Stat(s.logSock); err == nil {
+			return cmd
+		}
+		if i > 600 {
+			t.Fatalf("backup process never listened: %s", berr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestKilledBackupPrimaryWinsTheArbiter: with an arbiter, a primary whose
+// backup is SIGKILLed claims the pair's record, wins generation 1, lets its
+// held outputs out (the request sent after the kill is answered on the
+// same connection) and runs on unprotected; a clean stop then loses nothing.
+func TestKilledBackupPrimaryWinsTheArbiter(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	s := newPairSetup(t)
+	arb, err := arbiter.OpenDir(filepath.Join(t.TempDir(), "arbiter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := s.startBackupProcess(t)
+	pr := s.startPrimary(t, replication.PrimaryConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "the test's primary"})
+	conn, r := guesttest.DialKV(t, s.fwd)
+	defer conn.Close()
+	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	for i := 0; i < 10; i++ {
+		c.mixed(t, i)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	// Sent right after the kill: its answer is held until the primary wins.
+	c.do(t, "ECHO after-the-backup-died", "after-the-backup-died", true)
+	answered := time.Since(killed)
+	for i := 10; i < 20; i++ {
+		c.mixed(t, i)
+	}
+	st := pr.p.Status()
+	t.Logf("backup killed; answered %v later; status: %v", answered.Round(time.Millisecond), st)
+	if st.Generation != 1 || !strings.HasPrefix(st.State, "unprotected") {
+		t.Fatalf("status after winning: generation %d, state %q", st.Generation, st.State)
+	}
+	rec, err := arb.Read(context.Background(), "kv")
+	if err != nil || rec.Generation != 1 || rec.Owner != "the test's primary" {
+		t.Fatalf("arbiter record %v, %v; want generation 1 owned by the primary", rec, err)
+	}
+	for k, v := range c.puts {
+		c.do(t, "GET "+k, "VALUE "+v, true)
+	}
+	pr.cancel()
+	pd := pr.wait()
+	if pd.err != nil || pd.res.Final.Outputs.HeldOutputs != 0 {
+		t.Fatalf("primary after a clean stop, unprotected: %v (held %d)", pd.err, pd.res.Final.Outputs.HeldOutputs)
+	}
+}
+
 // TestKilledBackupLeavesPrimaryHoldingOutputs SIGKILLs the backup process:
 // the primary notices, keeps running (no crash), holds every output (a
 // request gets no answer) and says so in its status.
@@ -606,23 +680,7 @@ func TestKilledBackupLeavesPrimaryHoldingOutputs(t *testing.T) {
 		return
 	}
 	s := newPairSetup(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), backupProcessEnv+"="+strings.Join([]string{s.logSock, s.inst.Image, s.storeDir, s.sock}, "|"))
-	var berr strings.Builder
-	cmd.Stderr = &berr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	for i := 0; ; i++ {
-		if _, err := os.Stat(s.logSock); err == nil {
-			break
-		}
-		if i > 600 {
-			t.Fatalf("backup process never listened: %s", berr.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	cmd := s.startBackupProcess(t)
 	// The kill is seen at once (the connection resets); the silence timeout
 	// stays wide so a loaded machine cannot trip it before the kill.
 	pr := s.startPrimary(t, replication.PrimaryConfig{Log: pairLog})

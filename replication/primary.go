@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/storage"
+	"github.com/ftvm/ftvm/storage/arbiter"
 )
 
 // PrimaryConfig runs a VM as the primary of a pair.
@@ -37,6 +39,17 @@ type PrimaryConfig struct {
 	Logger      *slog.Logger
 	// OnRelease, if set, is told of every output as it leaves (tests).
 	OnRelease func(Released)
+	// Arbiter, if set, decides what happens when the backup is lost: the
+	// primary claims Pair's record from the generation it read at start.
+	// If it wins it releases every held output and runs on unprotected;
+	// if the backup claimed first (it goes live) the primary stops without
+	// releasing anything; while the arbiter cannot be reached it holds its
+	// outputs and retries. Without an Arbiter a lost backup leaves the
+	// outputs held until the primary is stopped.
+	Arbiter arbiter.Arbiter
+	// Pair names the pair's record; Owner this side in it (default
+	// "primary on HOST pid N").
+	Pair, Owner string
 	// ConsoleLive lets the guest's console bytes out as they are printed,
 	// not held under the output rule: for debugging a guest that hangs
 	// before the backup acks anything. A console line may then announce
@@ -52,9 +65,12 @@ type PrimaryStatus struct {
 	// guest paused at its next output" or "stopped".
 	State     string
 	BackupErr error // why the backup was lost
-	Log       logchannel.Stats
-	Recorder  replay.RecorderStats
-	Outputs   GateStats
+	// Generation is the arbiter record's generation this side last saw
+	// or won (0 without an arbiter).
+	Generation uint64
+	Log        logchannel.Stats
+	Recorder   replay.RecorderStats
+	Outputs    GateStats
 }
 
 func (s PrimaryStatus) String() string {
@@ -85,6 +101,11 @@ type Primary struct {
 	lastSeq uint64 // the last log entry appended; under the recorder's lock
 	state   string
 	lost    error
+	gen     uint64 // the arbiter's generation seen at start, or won
+	// arbitrating is closed once, when the backup is first found lost
+	// and the claim starts.
+	arbitrating chan struct{}
+	arbOnce     sync.Once
 }
 
 // PrimaryResult is how a primary's run ended.
@@ -111,7 +132,7 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 	if cfg.FlushInterval == 0 {
 		cfg.FlushInterval = 2 * time.Millisecond
 	}
-	p := &Primary{cfg: cfg, log: cfg.Logger, state: "connecting"}
+	p := &Primary{cfg: cfg, log: cfg.Logger, state: "connecting", arbitrating: make(chan struct{})}
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -122,6 +143,17 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 	}()
 	if err := instance.Check(cfg.Instance); err != nil {
 		return nil, fmt.Errorf("the primary's machine: %w", err)
+	}
+	if cfg.Arbiter != nil {
+		if p.cfg.Owner == "" {
+			host, _ := os.Hostname()
+			p.cfg.Owner = fmt.Sprintf("primary on %s pid %d", host, os.Getpid())
+		}
+		rec, err := cfg.Arbiter.Read(ctx, cfg.Pair)
+		if err != nil {
+			return nil, fmt.Errorf("read the pair's arbiter record: %w", err)
+		}
+		p.gen = rec.Generation
 	}
 	wall := time.Now()
 	hdr, err := newHeader(cfg.Instance, wall)
@@ -196,8 +228,7 @@ func (p *Primary) emit(batch []byte) error {
 	}
 	seq, err := p.sender.Append(context.Background(), batch)
 	if err != nil {
-		p.setState("backup lost: outputs held, guest paused at its next output", p.sender.Err())
-		p.log.Error("log channel to the backup failed; holding outputs", "err", err)
+		p.backupLost(p.sender.Err())
 		return nil
 	}
 	p.lastSeq = seq
@@ -222,7 +253,7 @@ func (p *Primary) lostErr() error {
 // Status reports the primary's state now.
 func (p *Primary) Status() PrimaryStatus {
 	p.mu.Lock()
-	st := PrimaryStatus{State: p.state, BackupErr: p.lost}
+	st := PrimaryStatus{State: p.state, BackupErr: p.lost, Generation: p.gen}
 	p.mu.Unlock()
 	if p.sender != nil {
 		st.Log = p.sender.Stats()
@@ -261,6 +292,12 @@ func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
 		}
 		cancel()
 	}
+	if p.gate.isAlone() && p.gate.Err() == nil {
+		// Unprotected: what is held leaves without acks; let it drain.
+		for deadline := time.Now().Add(10 * time.Second); p.gate.Stats().HeldOutputs > 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	stopBG()
 	wg.Wait()
 	// A clean close tells the backup the log ends here; it replays the
@@ -274,13 +311,17 @@ func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
 	if err := p.gate.Err(); err != nil {
 		errs = append(errs, err)
 	}
+	var lostArb *LostArbitrationError
+	if errors.As(context.Cause(p.runCtx), &lostArb) {
+		errs = append(errs, lostArb)
+	}
 	if runErr != nil && !errors.Is(runErr, context.Cause(p.runCtx)) {
 		errs = append(errs, runErr)
 	}
 	if closeErr != nil {
 		errs = append(errs, fmt.Errorf("log: %w", closeErr))
 	}
-	if held := res.Final.Outputs; held.HeldOutputs > 0 {
+	if held := res.Final.Outputs; held.HeldOutputs > 0 && lostArb == nil {
 		errs = append(errs, &HeldOutputsError{Stats: held, Why: p.heldWhy()})
 	}
 	return res, errors.Join(errs...)
@@ -323,6 +364,70 @@ type consoleOutput func([]byte)
 
 func (c consoleOutput) Write(p []byte) (int, error) { c(p); return len(p), nil }
 
+// backupLost notes that the backup is gone (why) and, once, starts the
+// arbitration. It may run with the recorder's lock held: it only signals.
+func (p *Primary) backupLost(why error) {
+	p.arbOnce.Do(func() {
+		state := "backup lost: outputs held, guest paused at its next output"
+		if p.cfg.Arbiter != nil {
+			state = "backup lost: claiming the arbiter's record; outputs held meanwhile"
+		}
+		p.setState(state, why)
+		p.log.Error("log channel to the backup lost", "err", why, "arbiter", p.cfg.Arbiter != nil)
+		close(p.arbitrating)
+	})
+}
+
+// LostArbitrationError stops a primary whose backup claimed the pair's
+// record first: the backup goes live, so this side must not release
+// anything more. Its held outputs are the backup's to produce.
+type LostArbitrationError struct {
+	Err error // the arbiter's answer (an *arbiter.LostClaimError)
+}
+
+func (e *LostArbitrationError) Error() string {
+	return fmt.Sprintf("the backup won the pair's arbiter record, so it goes live and this primary stops without releasing its held outputs: %v", e.Err)
+}
+
+func (e *LostArbitrationError) Unwrap() error { return e.Err }
+
+// arbitrate claims the pair's record after the backup was lost: a win lets
+// every held output out and the primary runs on unprotected; a loss stops
+// the VM; an unreachable arbiter is asked again, outputs held meanwhile (a
+// side never acts alone on a guess).
+func (p *Primary) arbitrate(ctx context.Context) {
+	pause := 50 * time.Millisecond
+	for {
+		p.mu.Lock()
+		seen := p.gen
+		p.mu.Unlock()
+		rec, err := p.cfg.Arbiter.Claim(ctx, p.cfg.Pair, p.cfg.Owner, seen)
+		switch {
+		case err == nil:
+			p.mu.Lock()
+			p.gen = rec.Generation
+			p.state = fmt.Sprintf("unprotected: the backup was lost and this primary won generation %d; outputs flow without a backup", rec.Generation)
+			p.mu.Unlock()
+			p.log.Warn("won the arbiter's record: running on without a backup", "generation", rec.Generation)
+			p.gate.goAlone()
+			return
+		case errors.Is(err, arbiter.ErrLostClaim):
+			p.setState("halted: the backup won the arbiter's record (it goes live); nothing more leaves this side", nil)
+			p.log.Error("lost the arbiter's record to the backup; stopping", "err", err)
+			p.stopVM(&LostArbitrationError{Err: err})
+			return
+		}
+		p.setState(fmt.Sprintf("backup lost: cannot reach the arbiter (%v); outputs held, asking again", err), nil)
+		p.log.Warn("arbiter unreachable; outputs stay held", "err", err, "retry_in", pause)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 2*time.Second)
+	}
+}
+
 // background flushes the recorder on a timer, notices a lost backup, and
 // logs status lines.
 func (p *Primary) background(ctx context.Context) {
@@ -335,6 +440,7 @@ func (p *Primary) background(ctx context.Context) {
 		status = t.C
 	}
 	done := p.sender.Done()
+	arbitrating := p.arbitrating
 	for {
 		select {
 		case <-ctx.Done():
@@ -343,8 +449,12 @@ func (p *Primary) background(ctx context.Context) {
 			p.rec.Flush()
 		case <-done:
 			done = nil
-			p.setState("backup lost: outputs held, guest paused at its next output", p.sender.Err())
-			p.log.Error("backup lost; outputs are held until failover decides (next issue)", "err", p.sender.Err())
+			p.backupLost(p.sender.Err())
+		case <-arbitrating:
+			arbitrating = nil
+			if p.cfg.Arbiter != nil {
+				go p.arbitrate(ctx)
+			}
 		case <-status:
 			p.log.Info(p.Status().String())
 		}

@@ -22,10 +22,16 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 	if err != nil {
 		return err
 	}
+	arb, pair, closeArb, err := arbiterFromFlags(cmd)
+	if err != nil {
+		return err
+	}
+	defer closeArb()
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	p, err := replication.NewPrimary(ctx, replication.PrimaryConfig{
 		Instance: cfg, Peer: peer, Log: lcfg,
 		StatusEvery: every, Logger: log, ConsoleLive: consoleLive,
+		Arbiter: arb, Pair: pair,
 	})
 	if err != nil {
 		return err
@@ -41,6 +47,10 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 		if stats {
 			fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits (%d synchronous), %d kicks\n", res.Stats.Total(), res.Stats.SyncExits, res.Stats.Kicks)
 		}
+	}
+	var lost *replication.LostArbitrationError
+	if errors.As(err, &lost) {
+		return &exitError{code: 7, err: err}
 	}
 	if err != nil {
 		return err

@@ -53,12 +53,17 @@ input into the log channel; the backup replays them exit for exit, checks the
 primary's register and memory digests and the hash of every frame and disk
 write, and loads a checkpoint after each watchdog kick. The backup refuses a
 primary whose machine differs (image, memory, command line, NIC, disks, or the
-CPUID its host's KVM gives the guest), naming the difference. The primary's frames and disk writes leave only after the
-backup acknowledged the log that produced them (the output rule). The backup
+CPUID its host's KVM gives the guest), naming the difference. The primary's
+frames, disk writes and console output leave only after the backup
+acknowledged the log that produced them (the output rule; --console-live
+shows the console unheld, for debugging). The backup
 does not attach to the network or write the disks; its console shows the
 replayed output. Both print a status line every --status-every. If the backup
 dies, the primary keeps running but holds all outputs (its guest pauses at the
-next one) until failover decides; going live is not implemented yet.
+next one). With --arbiter and --pair the primary then claims the pair's record:
+if it wins it releases what it held and runs on unprotected (status says so);
+if the backup claimed first it stops (exit 7) without releasing anything.
+Without --arbiter it holds them until stopped. A backup does not go live yet.
 
 The VM follows ftvm's determinism contract even without a backup: no in-kernel
 interrupt controller or clocks; a userspace 8259 PIC, 8254 PIT, ACPI PM timer
@@ -69,7 +74,10 @@ Exit status: 0 when the guest powers off; 2 when it resets (a reboot, or a
 panic with panic=N); 3 when it halts for good instead of powering off; 1 on a
 VM failure (triple fault, KVM internal error), with the vCPU registers and the
 last console lines; 6 when the image's /init powered off after its workload
-failed (it prints "ftvm-guest exit status=N"); 130 after Ctrl-C. A backup exits 0 when the primary's log
+failed (it prints "ftvm-guest exit status=N"); 7 when a primary lost the
+arbiter's record to its backup; 130 after Ctrl-C. A primary that stops
+while outputs are still held (its backup lost, no arbiter) says what it
+never released and exits 1. A backup exits 0 when the primary's log
 ended cleanly and it replayed all of it, 4 when it diverged from the primary
 (with the first differing exit and the last log entries), 5 when the primary
 was lost (the log ended without a clean close).`,
@@ -182,6 +190,7 @@ was lost (the log ended without a clean close).`,
 	f.DurationVar(&every, "status-every", 10*time.Second, "primary/backup: print a status line this often (0: never)")
 	f.DurationVar(&silence, "peer-timeout", 3*time.Second, "primary/backup: declare the peer lost after this long without hearing from it")
 	addLogAuthFlags(f)
+	addArbiterFlags(f)
 	return cmd
 }
 
