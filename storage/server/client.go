@@ -217,23 +217,16 @@ func (d *Disk) SetGeneration(gen uint64) { d.gen.Store(gen) }
 
 // ReadAt reads len(p) bytes at off, in requests of at most MaxIO.
 func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("storage server: read disk %q at offset %d: %w", d.name, off, storage.ErrOutOfRange)
-	}
-	done := 0
-	for done < len(p) {
-		n := min(len(p)-done, MaxIO)
-		rep, err := d.c.do(context.Background(), &request{op: opRead, pair: d.pair, name: d.name, off: uint64(off) + uint64(done), n: uint32(n)})
-		if err != nil {
-			return done, err
+	return d.inPieces("read", p, off, func(piece []byte, at uint64) error {
+		rep, err := d.c.do(context.Background(), &request{op: opRead, pair: d.pair, name: d.name, off: at, n: uint32(len(piece))})
+		if err == nil && len(rep.data) != len(piece) {
+			err = fmt.Errorf("storage server: read disk %q: %d bytes back for %d", d.name, len(rep.data), len(piece))
 		}
-		if len(rep.data) != n {
-			return done, fmt.Errorf("storage server: read disk %q: %d bytes back for %d", d.name, len(rep.data), n)
+		if err == nil {
+			copy(piece, rep.data)
 		}
-		copy(p[done:], rep.data)
-		done += n
-	}
-	return done, nil
+		return err
+	})
 }
 
 // WriteAt writes p at off, in requests of at most MaxIO each checked
@@ -241,19 +234,26 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 // between them is left partly done, which the writer that replaced this
 // one overwrites anyway.
 func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
+	return d.inPieces("write", p, off, func(piece []byte, at uint64) error {
+		_, err := d.c.do(context.Background(), &request{op: opWrite, pair: d.pair, name: d.name, gen: d.gen.Load(), off: at, data: piece})
+		return err
+	})
+}
+
+// inPieces calls do for each piece of p of at most MaxIO bytes, with its
+// offset on the disk, and returns how many bytes the pieces done cover.
+func (d *Disk) inPieces(op string, p []byte, off int64, do func(piece []byte, at uint64) error) (int, error) {
 	if off < 0 {
-		return 0, fmt.Errorf("storage server: write disk %q at offset %d: %w", d.name, off, storage.ErrOutOfRange)
+		return 0, fmt.Errorf("storage server: %s disk %q at offset %d: %w", op, d.name, off, storage.ErrOutOfRange)
 	}
-	done := 0
-	for done < len(p) {
-		n := min(len(p)-done, MaxIO)
-		_, err := d.c.do(context.Background(), &request{op: opWrite, pair: d.pair, name: d.name, gen: d.gen.Load(), off: uint64(off) + uint64(done), data: p[done : done+n]})
-		if err != nil {
+	for done := 0; done < len(p); {
+		end := done + min(len(p)-done, MaxIO)
+		if err := do(p[done:end], uint64(off)+uint64(done)); err != nil {
 			return done, err
 		}
-		done += n
+		done = end
 	}
-	return done, nil
+	return len(p), nil
 }
 
 // Flush makes the disk's completed writes durable, if the generation is
