@@ -71,33 +71,70 @@ type Config struct {
 	// WallTime is what the guest's RTC reads at power-on (default now);
 	// both sides of a pair must agree on it.
 	WallTime time.Time
+	// KeepBackupWrite, on a backup, is handed every disk write the guest
+	// makes while the VM replays (p is valid only during the call): the
+	// writes the primary may not have released, to re-issue on going live.
+	KeepBackupWrite func(index int, off int64, p []byte)
+	// GoLive, on a backup, is asked where the log ends whether the VM goes
+	// live (it arbitrates); on yes it calls Instance.GoLive and returns its
+	// inputs (see vm.GoLiveFunc).
+	GoLive vm.GoLiveFunc
 }
 
-// metadataDisk is a backup's disk: its size and ID, and no I/O (the
-// replayer serves reads from the log and drops writes).
-type metadataDisk struct{ m *storage.Metadata }
+// backupDisk is a backup's disk: its size and ID, no I/O while the VM
+// replays (reads come from the log, writes are the primary's to make and
+// are handed to keep, if set), and the real disk once the VM went live.
+type backupDisk struct {
+	m     *storage.Metadata
+	index int
+	keep  func(index int, off int64, p []byte)
+	live  *storage.Disk // set by GoLive, on the vCPU goroutine
+}
 
-func (d metadataDisk) ReadAt([]byte, int64) (int, error) {
+func (d *backupDisk) ReadAt(p []byte, off int64) (int, error) {
+	if d.live != nil {
+		return d.live.ReadAt(p, off)
+	}
 	return 0, errors.New("a backup does not read its disk")
 }
-func (d metadataDisk) WriteAt([]byte, int64) (int, error) {
-	return 0, errors.New("a backup does not write its disk")
+
+func (d *backupDisk) WriteAt(p []byte, off int64) (int, error) {
+	if d.live != nil {
+		return d.live.WriteAt(p, off)
+	}
+	if d.keep != nil {
+		d.keep(d.index, off, p)
+	}
+	return len(p), nil
 }
-func (d metadataDisk) Flush() error { return nil }
-func (d metadataDisk) Size() int64  { return d.m.Size }
-func (d metadataDisk) ID() string   { return d.m.ID }
+
+func (d *backupDisk) Flush() error {
+	if d.live != nil {
+		return d.live.Flush()
+	}
+	return nil
+}
+
+func (d *backupDisk) Size() int64 { return d.m.Size }
+func (d *backupDisk) ID() string  { return d.m.ID }
 
 // Instance is a VM with its network port and disks.
 type Instance struct {
 	VM    *vm.VM
+	cfg   Config
 	port  network.Port
 	disks []*storage.Disk
+	// A backup's: its disks until it goes live, and where the NIC sends
+	// once it does (nil before).
+	store       *storage.Store
+	backupDisks []*backupDisk
+	livePort    network.Port
 }
 
 // New prepares the instance: it opens the disks (locking them), attaches to
 // the network and creates the VM. Close releases all of it.
 func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
-	inst := &Instance{}
+	inst := &Instance{cfg: cfg}
 	defer func() {
 		if err != nil {
 			inst.Close()
@@ -106,7 +143,7 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 	vcfg := vm.Config{
 		MemoryMiB: cfg.MemoryMiB, Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline,
 		Console: cfg.Console, ConsoleInput: cfg.ConsoleInput,
-		Record: cfg.Record, Replay: cfg.Replay, WallTime: cfg.WallTime,
+		Record: cfg.Record, Replay: cfg.Replay, WallTime: cfg.WallTime, GoLive: cfg.GoLive,
 	}
 	if cfg.Backup {
 		vcfg.ConsoleInput = nil // from the log
@@ -128,13 +165,16 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 		if err != nil {
 			return nil, err
 		}
+		inst.store = store
 		for i, name := range cfg.Disks {
 			if cfg.Backup {
 				m, err := store.Metadata(name)
 				if err != nil {
 					return nil, err
 				}
-				vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: metadataDisk{m}})
+				d := &backupDisk{m: m, index: i, keep: cfg.KeepBackupWrite}
+				inst.backupDisks = append(inst.backupDisks, d)
+				vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: d})
 				continue
 			}
 			d, err := store.OpenDisk(name)
@@ -155,28 +195,23 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 		if err != nil {
 			return nil, err
 		}
-		vcfg.Net = &vm.NetConfig{MAC: hw, Transmit: func([]byte) {}}
+		// Frames come from the log and what the guest sends goes nowhere,
+		// until the VM goes live (GoLive attaches the port).
+		vcfg.Net = &vm.NetConfig{MAC: hw, Transmit: func(frame []byte) {
+			if inst.livePort != nil {
+				_ = inst.livePort.Send(frame)
+			}
+		}}
 	} else if cfg.NetSocket != "" {
 		hw, err := parseMAC(cfg.MAC)
 		if err != nil {
 			return nil, err
 		}
-		port, err := network.DialSwitch(ctx, cfg.NetSocket)
+		port, received, err := attachPort(ctx, cfg.NetSocket)
 		if err != nil {
-			return nil, fmt.Errorf("attach to the network at %s (is 'ftctl net serve' running?): %w", cfg.NetSocket, err)
-		}
-		inst.port = port
-		received := make(chan []byte, 256)
-		if err := port.Start(func(frame []byte) bool {
-			select {
-			case received <- append([]byte(nil), frame...):
-				return true
-			default:
-				return false // the guest is not keeping up: drop, like a full NIC ring
-			}
-		}); err != nil {
 			return nil, err
 		}
+		inst.port = port
 		// Send copies and queues; a full queue drops the frame, which
 		// TCP recovers from, rather than stall the vCPU.
 		send := func(frame []byte) { _ = port.Send(frame) }
@@ -239,6 +274,28 @@ func Check(cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// attachPort dials the switch and starts a port whose received frames go
+// to the returned channel.
+func attachPort(ctx context.Context, socket string) (network.Port, <-chan []byte, error) {
+	port, err := network.DialSwitch(ctx, socket)
+	if err != nil {
+		return nil, nil, fmt.Errorf("attach to the network at %s (is 'ftctl net serve' running?): %w", socket, err)
+	}
+	received := make(chan []byte, 256)
+	if err := port.Start(func(frame []byte) bool {
+		select {
+		case received <- append([]byte(nil), frame...):
+			return true
+		default:
+			return false // the guest is not keeping up: drop, like a full NIC ring
+		}
+	}); err != nil {
+		port.Close()
+		return nil, nil, err
+	}
+	return port, received, nil
 }
 
 func parseMAC(mac string) (net.HardwareAddr, error) {
@@ -329,6 +386,65 @@ func guestNetworkArgs(ip, gw string) (string, error) {
 // Run runs the VM until it stops (see vm.VM.Run).
 func (i *Instance) Run(ctx context.Context) (vm.StopReason, error) {
 	return i.VM.Run(ctx)
+}
+
+// GoLive turns a backup's instance into a live one, on the vCPU goroutine
+// (from Config.GoLive): it opens the disks for I/O (taking their locks),
+// writes first what rewrite returns for each disk (the writes the primary
+// may not have released), attaches the NIC to the switch with the same MAC
+// and announces it there, and returns the frames for the guest.
+func (i *Instance) GoLive(ctx context.Context, rewrite func(index int, d *storage.Disk) error) (vm.LiveInputs, error) {
+	for _, bd := range i.backupDisks {
+		d, err := i.store.OpenDisk(i.cfg.Disks[bd.index])
+		if err != nil {
+			return vm.LiveInputs{}, fmt.Errorf("go live: open disk %s: %w", i.cfg.Disks[bd.index], err)
+		}
+		i.disks = append(i.disks, d)
+		if rewrite != nil {
+			if err := rewrite(bd.index, d); err != nil {
+				return vm.LiveInputs{}, fmt.Errorf("go live: disk %s: %w", i.cfg.Disks[bd.index], err)
+			}
+		}
+		bd.live = d
+	}
+	if i.cfg.NetSocket == "" {
+		return vm.LiveInputs{}, nil
+	}
+	hw, err := parseMAC(i.cfg.MAC)
+	if err != nil {
+		return vm.LiveInputs{}, err
+	}
+	port, received, err := attachPort(ctx, i.cfg.NetSocket)
+	if err != nil {
+		return vm.LiveInputs{}, fmt.Errorf("go live: %w", err)
+	}
+	i.port, i.livePort = port, port
+	announce(port, hw)
+	return vm.LiveInputs{Received: received}, nil
+}
+
+// announce tells the switch where the guest's MAC is now, as QEMU does after
+// a migration: RARP broadcasts from that MAC, three times over 150 ms (one
+// may be lost while the switch drops the old port).
+func announce(port network.Port, mac net.HardwareAddr) {
+	frame := make([]byte, 60) // the minimum Ethernet frame, zero padded
+	copy(frame[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(frame[6:12], mac)
+	frame[12], frame[13] = 0x80, 0x35 // RARP
+	arp := frame[14:]
+	arp[0], arp[1] = 0, 1       // Ethernet
+	arp[2], arp[3] = 0x08, 0x00 // IPv4
+	arp[4], arp[5] = 6, 4
+	arp[6], arp[7] = 0, 3 // reverse request
+	copy(arp[8:14], mac)  // sender hardware address; protocol addresses 0
+	copy(arp[18:24], mac) // target hardware address
+	_ = port.Send(frame)
+	go func() {
+		for _, d := range []time.Duration{50 * time.Millisecond, 100 * time.Millisecond} {
+			time.Sleep(d)
+			_ = port.Send(frame)
+		}
+	}()
 }
 
 // Close releases the VM, the network port and the disks (flushing them).

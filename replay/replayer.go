@@ -213,7 +213,10 @@ func (r *Replayer) Progress() (logExit, replayedExit uint64) {
 func (r *Replayer) ClockRead(n uint64) (time.Duration, error) {
 	r.skipMark(n)
 	ev := r.peek()
-	if ev == nil || ev.Type != ClockRead || ev.Exit != n {
+	if ev == nil {
+		return 0, r.endErr()
+	}
+	if ev.Type != ClockRead || ev.Exit != n {
 		return 0, fmt.Errorf("a device read the clock; the log has %s next", describe(ev))
 	}
 	r.consume()
@@ -225,7 +228,9 @@ func (r *Replayer) DiskRead(n uint64, dev int, off int64, p []byte) error {
 	r.skipMark(n)
 	ev := r.peek()
 	switch {
-	case ev != nil && ev.Exit == n && ev.Type == DiskDone && int(ev.Device) == dev:
+	case ev == nil:
+		return r.endErr()
+	case ev.Exit == n && ev.Type == DiskDone && int(ev.Device) == dev:
 		r.consume()
 		return vm.ErrPrimaryReadFailed
 	case ev == nil || ev.Exit != n || ev.Type != DiskRead:
@@ -245,7 +250,9 @@ func (r *Replayer) Output(n uint64, kind vm.OutputKind, dev int, off int64, data
 	ev := r.peek()
 	k := uint8(kind) // the log numbers kinds as vm does (TestOutputKindsMatchVM)
 	switch {
-	case ev == nil || ev.Exit != n || ev.Type != Output:
+	case ev == nil:
+		return r.endErr()
+	case ev.Exit != n || ev.Type != Output:
 		return fmt.Errorf("the backup's %s; the log has %s next", outputWhat(k, dev, off, len(data)), describe(ev))
 	case ev.Kind != k || int(ev.Device) != dev:
 		return fmt.Errorf("the backup's %s; the primary's %s there", outputWhat(k, dev, off, len(data)), outputWho(ev.Kind, int(ev.Device)))
@@ -433,7 +440,10 @@ func (r *Replayer) Stats() ReplayerStats {
 // Injected implements vm.Replayer.
 func (r *Replayer) Injected(n uint64, vector uint8) error {
 	ev := r.peek()
-	if ev == nil || ev.Type != InterruptInjected || ev.Exit != n {
+	if ev == nil {
+		return r.endErr()
+	}
+	if ev.Type != InterruptInjected || ev.Exit != n {
 		return fmt.Errorf("the backup injected vector %#x; the log has %s next", vector, describe(ev))
 	}
 	r.consume()
@@ -441,6 +451,15 @@ func (r *Replayer) Injected(n uint64, vector uint8) error {
 		return fmt.Errorf("the backup injected vector %#x, the primary %#x", vector, ev.Kind)
 	}
 	return nil
+}
+
+// endErr is why peek found nothing: a broken stream, or the end of the log
+// (vm.ErrLogEnd: a backup whose primary was lost may go live here).
+func (r *Replayer) endErr() error {
+	if r.err != nil {
+		return r.err
+	}
+	return vm.ErrLogEnd
 }
 
 func describe(ev *Event) string {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +16,8 @@ import (
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/storage"
+	"github.com/ftvm/ftvm/storage/arbiter"
 )
 
 // BackupConfig runs a VM as the backup of a pair.
@@ -35,12 +38,29 @@ type BackupConfig struct {
 	// Listening, if set, is called with the listener's address once it
 	// accepts connections.
 	Listening func(addr net.Addr)
+	// Arbiter, if set, lets the backup go live when its primary is lost
+	// (not when the primary closes the log cleanly): it replays every
+	// entry it received, claims Pair's record from the generation it read
+	// at start, and if it wins goes live where the log ends (disks opened,
+	// the writes the primary may not have released re-issued, NIC attached
+	// and announced). If the primary won, the backup stops with a
+	// *LostArbitrationError. Without an Arbiter a lost primary ends the
+	// backup's run (PrimaryErr says why).
+	Arbiter arbiter.Arbiter
+	// Pair names the record; Owner this side (default "backup on HOST pid N").
+	Pair, Owner string
 }
 
 // BackupStatus is what a backup reports about itself.
 type BackupStatus struct {
 	State string
-	Log   logchannel.Stats
+	// Generation is the arbiter record's generation this side read at
+	// start, or won going live (0 without an arbiter).
+	Generation uint64
+	// KeptWrites are the replayed disk writes the primary may not have
+	// released yet (re-issued on going live).
+	KeptWrites, KeptBytes int
+	Log                   logchannel.Stats
 	// LogExit is the last exit the primary's log reached so far, Exit the
 	// last one the backup replayed.
 	LogExit, Exit uint64
@@ -62,6 +82,27 @@ type BackupResult struct {
 	// PrimaryErr is why the log ended: nil for a clean close by the
 	// primary, else the lost or silent peer.
 	PrimaryErr error
+	// WentLive: the primary was lost, this backup won the arbiter and ran
+	// the guest on from exit Stats.WentLiveAt; Failover says how it went.
+	WentLive bool
+	Failover FailoverTimeline
+}
+
+// FailoverTimeline is how a backup's go-live went, each step as the time
+// since the primary was found lost.
+type FailoverTimeline struct {
+	PrimaryLost time.Time
+	Why         error
+	// Drained: the backup replayed every entry it had; Claimed: the
+	// arbiter answered; Live: disks open, writes re-issued, NIC attached.
+	Drained, Claimed, Live time.Duration
+	Generation             uint64
+	RewrittenWrites        int
+}
+
+func (f FailoverTimeline) String() string {
+	return fmt.Sprintf("primary lost (%v); log drained +%v, record claimed (generation %d) +%v, live +%v; %d disk writes re-issued",
+		f.Why, f.Drained.Round(time.Millisecond), f.Generation, f.Claimed.Round(time.Millisecond), f.Live.Round(time.Millisecond), f.RewrittenWrites)
 }
 
 // RunBackup accepts the primary, checks its start header against the
@@ -71,6 +112,18 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
+	}
+	var gen uint64
+	if cfg.Arbiter != nil {
+		if cfg.Owner == "" {
+			host, _ := os.Hostname()
+			cfg.Owner = fmt.Sprintf("backup on %s pid %d", host, os.Getpid())
+		}
+		rec, err := cfg.Arbiter.Read(ctx, cfg.Pair)
+		if err != nil {
+			return nil, fmt.Errorf("read the pair's arbiter record: %w", err)
+		}
+		gen = rec.Generation
 	}
 	// Check this side's machine before anyone can connect: a missing image
 	// or disk or a bad memory size is this side's mistake, said at once.
@@ -118,37 +171,97 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	}
 	recv.ReportReplayed(1)
 
-	var lastSeq uint64
-	var primaryErr error
+	// The vCPU goroutine owns these: the replayer pulls the stream there,
+	// and the backup's disks hand their writes over there.
+	var (
+		lastSeq    uint64
+		primaryErr error
+		lostAt     time.Time
+		kept       keptWrites
+	)
 	rep := replay.NewStreamReplayer(func() ([]byte, error) {
-		if lastSeq > 0 {
-			recv.ReportReplayed(lastSeq) // everything before this batch is decoded
-		}
-		seq, entry, err := recv.Next(ctx)
-		if err != nil {
-			if !errors.Is(err, logchannel.ErrPeerClosed) {
-				primaryErr = err
+		for {
+			if lastSeq > 0 {
+				recv.ReportReplayed(lastSeq) // everything before this batch is decoded
 			}
-			return nil, io.EOF // the log ends here either way
+			seq, entry, err := recv.Next(ctx)
+			if err != nil {
+				if !errors.Is(err, logchannel.ErrPeerClosed) {
+					primaryErr, lostAt = err, time.Now()
+				}
+				return nil, io.EOF // the log ends here either way
+			}
+			lastSeq = seq
+			if !isReleased(entry) {
+				return entry, nil
+			}
+			through, err := decodeReleased(entry)
+			if err != nil {
+				return nil, fmt.Errorf("log entry %d: %w", seq, err)
+			}
+			kept.released(through)
 		}
-		lastSeq = seq
-		return entry, nil
 	})
+
+	var statusMu sync.Mutex
+	state := "replaying"
+	var timeline FailoverTimeline
+	var keptN, keptBytes int
+	setState := func(s string) {
+		statusMu.Lock()
+		state = s
+		statusMu.Unlock()
+	}
 	icfg := cfg.Instance
 	icfg.Replay, icfg.Record, icfg.Backup, icfg.WallTime = rep, nil, true, hdr.WallTime
-	inst, err := instance.New(ctx, icfg)
+	icfg.KeepBackupWrite = func(disk int, off int64, p []byte) {
+		kept.keep(lastSeq, disk, off, p)
+		statusMu.Lock()
+		keptN, keptBytes = len(kept.writes), kept.bytes
+		statusMu.Unlock()
+	}
+	var inst *instance.Instance
+	icfg.GoLive = func() (vm.LiveInputs, error) {
+		if primaryErr == nil || cfg.Arbiter == nil {
+			return vm.LiveInputs{}, vm.ErrLogEnd // a clean end, or no say in it
+		}
+		timeline = FailoverTimeline{PrimaryLost: lostAt, Why: primaryErr, Drained: time.Since(lostAt)}
+		setState(fmt.Sprintf("primary lost (%v): claiming the arbiter's record", primaryErr))
+		log.Warn("primary lost; every entry received is replayed; claiming the pair's record", "err", primaryErr, "generation", gen)
+		rec, err := claimUntilAnswered(ctx, cfg.Arbiter, cfg.Pair, cfg.Owner, gen, log, setState)
+		timeline.Claimed = time.Since(lostAt)
+		if err != nil {
+			setState("halted: " + err.Error())
+			return vm.LiveInputs{}, err
+		}
+		gen = rec.Generation
+		timeline.Generation = gen
+		in, err := inst.GoLive(ctx, func(disk int, d *storage.Disk) error {
+			n, err := kept.rewrite(disk, d)
+			timeline.RewrittenWrites += n
+			return err
+		})
+		if err != nil {
+			setState("halted: " + err.Error())
+			return vm.LiveInputs{}, err
+		}
+		timeline.Live = time.Since(lostAt)
+		setState(fmt.Sprintf("live: won generation %d after the primary was lost; unprotected", gen))
+		log.Warn("live: the guest runs on here", "generation", gen, "timeline", timeline.String())
+		return in, nil
+	}
+	inst, err = instance.New(ctx, icfg)
 	if err != nil {
 		return nil, err
 	}
 	defer inst.Close()
 
-	var statusMu sync.Mutex
-	state := "replaying"
 	status := func() BackupStatus {
 		statusMu.Lock()
 		defer statusMu.Unlock()
 		le, e := rep.Progress()
-		return BackupStatus{State: state, Log: recv.Stats(), LogExit: le, Exit: e, Replayer: rep.Stats()}
+		return BackupStatus{State: state, Generation: gen, KeptWrites: keptN, KeptBytes: keptBytes,
+			Log: recv.Stats(), LogExit: le, Exit: e, Replayer: rep.Stats()}
 	}
 	stopStatus := make(chan struct{})
 	var wg sync.WaitGroup
@@ -172,6 +285,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	close(stopStatus)
 	wg.Wait()
 	res := &BackupResult{Reason: reason, Stats: inst.VM.Stats(), PrimaryErr: primaryErr}
+	res.WentLive, res.Failover = res.Stats.WentLive, timeline
 	res.Final = status()
 	res.Final.State = "stopped: " + reason.String()
 	res.Final.Replayer = rep.Stats()
@@ -184,4 +298,29 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		return res, runErr
 	}
 	return res, nil
+}
+
+// claimUntilAnswered claims the pair's record from generation seen, asking
+// again while the arbiter cannot be reached (a side never acts alone on a
+// guess). A lost claim is a *LostArbitrationError.
+func claimUntilAnswered(ctx context.Context, arb arbiter.Arbiter, pair, owner string, seen uint64, log *slog.Logger, setState func(string)) (arbiter.Record, error) {
+	pause := 50 * time.Millisecond
+	for {
+		rec, err := arb.Claim(ctx, pair, owner, seen)
+		switch {
+		case err == nil:
+			return rec, nil
+		case errors.Is(err, arbiter.ErrLostClaim):
+			return arbiter.Record{}, &LostArbitrationError{Err: err}
+		case ctx.Err() != nil:
+			return arbiter.Record{}, fmt.Errorf("claim the pair's record: %w", ctx.Err())
+		}
+		setState(fmt.Sprintf("cannot reach the arbiter (%v): not acting alone, asking again", err))
+		log.Warn("arbiter unreachable; waiting", "err", err, "retry_in", pause)
+		select {
+		case <-ctx.Done():
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 2*time.Second)
+	}
 }

@@ -270,6 +270,13 @@ func (g *Gate) goAlone() {
 	g.poke()
 }
 
+// lastReleased is the log entry through which every output has left.
+func (g *Gate) lastReleased() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.stats.LastReleaseSeq
+}
+
 func (g *Gate) isAlone() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -36,9 +36,16 @@ import (
 // needs one it can SIGKILL): the value is a JSON-free "listen|image|storage".
 const backupProcessEnv = "FTVM_TEST_BACKUP_PROCESS"
 
+// primaryProcessEnv makes the test binary a primary process (the failover
+// test kills one): "peer|image|storage|switch|arbiter".
+const primaryProcessEnv = "FTVM_TEST_PRIMARY_PROCESS"
+
 func TestMain(m *testing.M) {
 	if spec := os.Getenv(backupProcessEnv); spec != "" {
 		os.Exit(backupProcess(spec))
+	}
+	if spec := os.Getenv(primaryProcessEnv); spec != "" {
+		os.Exit(primaryProcess(spec))
 	}
 	var opts []kvmhost.Option
 	if p, err := exec.LookPath("mkfs.ext4"); err == nil && !kvmhost.Inside() {
@@ -86,15 +93,20 @@ type backupRun struct {
 
 // startBackup runs a backup in this process and returns once it listens.
 func (s *pairSetup) startBackup(t testing.TB, ctx context.Context, logCfg logchannel.Config) <-chan backupRun {
+	return s.startBackupWith(t, ctx, replication.BackupConfig{Log: logCfg})
+}
+
+// startBackupWith is startBackup with more of the backup's configuration
+// (an arbiter); the instance, address and Listening are the setup's.
+func (s *pairSetup) startBackupWith(t testing.TB, ctx context.Context, bcfg replication.BackupConfig) <-chan backupRun {
 	done := make(chan backupRun, 1)
 	listening := make(chan struct{})
-	cfg := s.inst
-	cfg.Console = nil
+	bcfg.Instance = s.inst
+	bcfg.Instance.Console = nil
+	bcfg.Listen = "unix:" + s.logSock
+	bcfg.Listening = func(net.Addr) { close(listening) }
 	go func() {
-		res, err := replication.RunBackup(ctx, replication.BackupConfig{
-			Instance: cfg, Listen: "unix:" + s.logSock, Log: logCfg,
-			Listening: func(net.Addr) { close(listening) },
-		})
+		res, err := replication.RunBackup(ctx, bcfg)
 		if err != nil {
 			s.backupFailed <- fmt.Errorf("backup: %w", err)
 		}
@@ -576,6 +588,96 @@ func TestOutputRuleHoldsOutputsUntilAcked(t *testing.T) {
 	if ranOn == 0 {
 		t.Fatal("the primary never logged anything while an output was held: it did not keep executing")
 	}
+}
+
+// primaryProcess runs a primary as this process (spec
+// "peer|image|storage|switch|arbiter") until it is killed or its VM stops.
+func primaryProcess(spec string) int {
+	f := strings.Split(spec, "|")
+	if len(f) != 5 {
+		fmt.Fprintln(os.Stderr, "bad", primaryProcessEnv)
+		return 2
+	}
+	arb, err := arbiter.OpenDir(f[4])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "primary:", err)
+		return 1
+	}
+	cfg := instance.Config{
+		Image: f[1], NetSocket: f[3], IP: "192.168.127.2/24", Disks: []string{"data"}, StorageDir: f[2],
+		Append: "ftvm.workload=kv ftvm.port=7000", MemoryMiB: 128, Console: os.Stderr,
+	}
+	_, err = replication.RunPrimary(context.Background(), replication.PrimaryConfig{
+		Instance: cfg, Peer: "unix:" + f[0], Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "primary process",
+		StatusEvery: 5 * time.Second})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "primary:", err)
+		return 1
+	}
+	return 0
+}
+
+// TestKillPrimaryBackupGoesLive is the kill-the-primary proof: a client
+// talks to the kv guest through the switch's port forward, the primary's
+// process is SIGKILLed, and on the same TCP connection the client's next
+// requests are answered by the backup, which replayed the log, won the
+// arbiter's record and went live; every value PUT before and after reads
+// back, and the record names the backup at generation 1.
+func TestKillPrimaryBackupGoesLive(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	s := newPairSetup(t)
+	arbDir := filepath.Join(t.TempDir(), "arbiter")
+	arb, err := arbiter.OpenDir(arbDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "the test's backup"})
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), primaryProcessEnv+"="+strings.Join([]string{s.logSock, s.inst.Image, s.storeDir, s.sock, arbDir}, "|"))
+	var perr strings.Builder
+	cmd.Stderr = &perr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+
+	conn, r := guesttest.DialKV(t, s.fwd)
+	defer conn.Close()
+	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	for i := 0; i < 20; i++ {
+		c.mixed(t, i)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	c.do(t, "ECHO first-after-the-kill", "first-after-the-kill", true)
+	pause := time.Since(killed)
+	for i := 20; i < 40; i++ {
+		c.mixed(t, i)
+	}
+	for k, v := range c.puts {
+		c.do(t, "GET "+k, "VALUE "+v, true)
+	}
+	rec, err := arb.Read(context.Background(), "kv")
+	if err != nil || rec.Generation != 1 || rec.Owner != "the test's backup" {
+		t.Fatalf("arbiter record %v, %v; want generation 1 owned by the backup", rec, err)
+	}
+	bcancel()
+	b := <-backup
+	if b.err != nil {
+		t.Fatalf("backup: %v\nprimary's stderr:\n%s", b.err, perr.String())
+	}
+	if !b.res.WentLive || b.res.PrimaryErr == nil {
+		t.Fatalf("backup did not go live: %+v", b.res)
+	}
+	t.Logf("primary killed; first reply after %v; backup went live at exit #%d: %v; %d requests in all",
+		pause.Round(time.Millisecond), b.res.Stats.WentLiveAt, b.res.Failover, c.ops)
 }
 
 // backupProcess runs a backup as this process (spec "listen|image|storage")

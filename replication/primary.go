@@ -378,53 +378,41 @@ func (p *Primary) backupLost(why error) {
 	})
 }
 
-// LostArbitrationError stops a primary whose backup claimed the pair's
-// record first: the backup goes live, so this side must not release
-// anything more. Its held outputs are the backup's to produce.
+// LostArbitrationError stops a side of a pair whose peer claimed the
+// pair's record first: the peer acts alone now, so this side must release
+// nothing more. A primary's held outputs are the backup's to produce.
 type LostArbitrationError struct {
 	Err error // the arbiter's answer (an *arbiter.LostClaimError)
 }
 
 func (e *LostArbitrationError) Error() string {
-	return fmt.Sprintf("the backup won the pair's arbiter record, so it goes live and this primary stops without releasing its held outputs: %v", e.Err)
+	return fmt.Sprintf("the other side of the pair won the arbiter's record and acts alone now; this side stops and releases nothing more: %v", e.Err)
 }
 
 func (e *LostArbitrationError) Unwrap() error { return e.Err }
 
 // arbitrate claims the pair's record after the backup was lost: a win lets
 // every held output out and the primary runs on unprotected; a loss stops
-// the VM; an unreachable arbiter is asked again, outputs held meanwhile (a
-// side never acts alone on a guess).
+// the VM; while the arbiter cannot be reached the outputs stay held.
 func (p *Primary) arbitrate(ctx context.Context) {
-	pause := 50 * time.Millisecond
-	for {
+	p.mu.Lock()
+	seen := p.gen
+	p.mu.Unlock()
+	rec, err := claimUntilAnswered(ctx, p.cfg.Arbiter, p.cfg.Pair, p.cfg.Owner, seen, p.log, func(s string) { p.setState("backup lost: "+s, nil) })
+	var lost *LostArbitrationError
+	switch {
+	case errors.As(err, &lost):
+		p.setState("halted: the backup won the arbiter's record (it goes live); nothing more leaves this side", nil)
+		p.log.Error("lost the arbiter's record to the backup; stopping", "err", err)
+		p.stopVM(lost)
+	case err != nil: // stopped meanwhile
+	default:
 		p.mu.Lock()
-		seen := p.gen
+		p.gen = rec.Generation
+		p.state = fmt.Sprintf("unprotected: the backup was lost and this primary won generation %d; outputs flow without a backup", rec.Generation)
 		p.mu.Unlock()
-		rec, err := p.cfg.Arbiter.Claim(ctx, p.cfg.Pair, p.cfg.Owner, seen)
-		switch {
-		case err == nil:
-			p.mu.Lock()
-			p.gen = rec.Generation
-			p.state = fmt.Sprintf("unprotected: the backup was lost and this primary won generation %d; outputs flow without a backup", rec.Generation)
-			p.mu.Unlock()
-			p.log.Warn("won the arbiter's record: running on without a backup", "generation", rec.Generation)
-			p.gate.goAlone()
-			return
-		case errors.Is(err, arbiter.ErrLostClaim):
-			p.setState("halted: the backup won the arbiter's record (it goes live); nothing more leaves this side", nil)
-			p.log.Error("lost the arbiter's record to the backup; stopping", "err", err)
-			p.stopVM(&LostArbitrationError{Err: err})
-			return
-		}
-		p.setState(fmt.Sprintf("backup lost: cannot reach the arbiter (%v); outputs held, asking again", err), nil)
-		p.log.Warn("arbiter unreachable; outputs stay held", "err", err, "retry_in", pause)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(pause):
-		}
-		pause = min(2*pause, 2*time.Second)
+		p.log.Warn("won the arbiter's record: running on without a backup", "generation", rec.Generation)
+		p.gate.goAlone()
 	}
 }
 
@@ -441,12 +429,20 @@ func (p *Primary) background(ctx context.Context) {
 	}
 	done := p.sender.Done()
 	arbitrating := p.arbitrating
+	var releasedSent uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-flush.C:
 			p.rec.Flush()
+			// Tell the backup how far releases got: on going live it
+			// re-issues only the disk writes after that.
+			if r := p.gate.lastReleased(); r > releasedSent && p.lostErr() == nil {
+				if _, err := p.sender.Append(ctx, encodeReleased(r)); err == nil {
+					releasedSent = r
+				}
+			}
 		case <-done:
 			done = nil
 			p.backupLost(p.sender.Err())

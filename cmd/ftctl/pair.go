@@ -66,25 +66,39 @@ func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, si
 	if err != nil {
 		return err
 	}
+	arb, pair, closeArb, err := arbiterFromFlags(cmd)
+	if err != nil {
+		return err
+	}
+	defer closeArb()
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	res, err := replication.RunBackup(ctx, replication.BackupConfig{
 		Instance: cfg, Listen: listen, Log: lcfg,
-		StatusEvery: every, Logger: log,
+		StatusEvery: every, Logger: log, Arbiter: arb, Pair: pair,
 		Listening: func(addr net.Addr) {
 			fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: backup listening on %s; start the primary with --role primary --peer %s\n", addr, listen)
 		},
 	})
 	if res != nil {
 		fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %v\n", res.Final)
+		if res.WentLive {
+			fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: went live at exit #%d: %v\n", res.Stats.WentLiveAt, res.Failover)
+		}
 	}
 	var de *vm.DivergenceError
+	var lost *replication.LostArbitrationError
 	switch {
 	case errors.As(err, &de):
 		return &exitError{code: 4, err: err}
+	case errors.As(err, &lost):
+		return &exitError{code: 7, err: err}
 	case err != nil:
 		return err
+	case res.WentLive:
+		return stopError(res.Reason, nil)
 	case res.PrimaryErr != nil:
-		return &exitError{code: 5, err: fmt.Errorf("the primary was lost (%w); it replayed everything the primary logged up to exit #%d. Going live is the failover issue's job", res.PrimaryErr, res.Stats.SyncExits)}
+		hint := "give both sides --arbiter and --pair to let the backup go live"
+		return &exitError{code: 5, err: fmt.Errorf("the primary was lost (%w); the backup replayed everything it logged up to exit #%d and stops: %s", res.PrimaryErr, res.Stats.SyncExits, hint)}
 	case res.Reason == vm.StoppedCancelled:
 		return &exitError{code: 130, err: errors.New("stopped")}
 	}

@@ -62,6 +62,7 @@ Large downloads and builds are cached in $FTVM_CACHE (default ~/.cache/ftvm).`,
 		newRunCommand(),
 		newDiskCommand(),
 		newNetCommand(),
+		newStorageCommand(),
 		newPairCommand(),
 		newTestbenchCommand(),
 	)

@@ -63,7 +63,13 @@ dies, the primary keeps running but holds all outputs (its guest pauses at the
 next one). With --arbiter and --pair the primary then claims the pair's record:
 if it wins it releases what it held and runs on unprotected (status says so);
 if the backup claimed first it stops (exit 7) without releasing anything.
-Without --arbiter it holds them until stopped. A backup does not go live yet.
+Without --arbiter it holds them until stopped. With the same --arbiter and
+--pair, a backup whose primary is lost (its log channel reset, or silent for
+--peer-timeout) replays everything it received, claims the record, and if it
+wins goes live where the log ends: it opens the disks, re-issues the disk
+writes the primary may not have released, attaches the NIC to the switch with
+the guest's MAC and announces it, and the guest runs on (clients through the
+switch keep their TCP connections). If the primary won, the backup exits 7.
 
 The VM follows ftvm's determinism contract even without a backup: no in-kernel
 interrupt controller or clocks; a userspace 8259 PIC, 8254 PIT, ACPI PM timer
@@ -221,15 +227,26 @@ func openConsole(cmd *cobra.Command, console string) (io.Writer, func(), error) 
 
 // stopError turns how a VM stopped into ftctl's exit status.
 func stopError(reason vm.StopReason, v *vm.VM) error {
+	// v may be nil (a backup that went live reports no VM): no registers
+	// or console then.
+	report := func(err error) error {
+		if v == nil {
+			return err
+		}
+		return v.Report(err)
+	}
 	switch reason {
 	case vm.StoppedPowerOff:
+		if v == nil {
+			return nil
+		}
 		if status, ok := images.GuestExitStatus(v.ConsoleOutput()); ok && status != 0 {
-			return &exitError{code: 6, err: v.Report(fmt.Errorf("the guest powered off after its workload failed (ftvm-guest exit status=%d: 1 workload error, 2 bad command line, 3 workload panic, 4 guest setup failed)", status))}
+			return &exitError{code: 6, err: report(fmt.Errorf("the guest powered off after its workload failed (ftvm-guest exit status=%d: 1 workload error, 2 bad command line, 3 workload panic, 4 guest setup failed)", status))}
 		}
 	case vm.StoppedReset:
-		return &exitError{code: 2, err: v.Report(errors.New("the guest reset the machine (a reboot, or a panic with panic=N)"))}
+		return &exitError{code: 2, err: report(errors.New("the guest reset the machine (a reboot, or a panic with panic=N)"))}
 	case vm.StoppedHalted:
-		return &exitError{code: 3, err: v.Report(errors.New("the guest halted the CPU with interrupts disabled instead of powering off (no ACPI power-off?)"))}
+		return &exitError{code: 3, err: report(errors.New("the guest halted the CPU with interrupts disabled instead of powering off (no ACPI power-off?)"))}
 	case vm.StoppedCancelled:
 		return &exitError{code: 130, err: errors.New("stopped")}
 	}

@@ -226,10 +226,23 @@ type replayClock struct {
 }
 
 func (c *replayClock) Now() time.Duration {
-	v, err := c.l.rep.ClockRead(c.l.syncExits)
-	if err != nil && c.l.replayErr == nil {
-		c.l.replayErr = err
+	l := c.l
+	if l.rep == nil { // live
+		return l.clock.Now()
 	}
+	v, err := l.rep.ClockRead(l.syncExits)
+	if errors.Is(err, ErrLogEnd) {
+		if err = l.tryGoLive(); err == nil {
+			return l.clock.Now()
+		}
+	}
+	if err != nil {
+		if l.replayErr == nil {
+			l.replayErr = err
+		}
+		return l.lastReplayedClock // never backwards, even on the way out
+	}
+	l.lastReplayedClock = v
 	return v
 }
 
@@ -311,28 +324,54 @@ type replayDisk struct {
 }
 
 func (d *replayDisk) ReadAt(p []byte, off int64) (int, error) {
-	if err := d.l.rep.DiskRead(d.l.syncExits, d.dev, off, p); err != nil {
-		if d.l.replayErr == nil && !errors.Is(err, ErrPrimaryReadFailed) {
-			d.l.replayErr = err
+	l := d.l
+	if l.rep == nil { // live
+		return d.BlockBackend.ReadAt(p, off)
+	}
+	err := l.rep.DiskRead(l.syncExits, d.dev, off, p)
+	if errors.Is(err, ErrLogEnd) {
+		if err = l.tryGoLive(); err == nil {
+			return d.BlockBackend.ReadAt(p, off)
+		}
+	}
+	if err != nil {
+		if l.replayErr == nil && !errors.Is(err, ErrPrimaryReadFailed) {
+			l.replayErr = err
 		}
 		return 0, err
 	}
 	return len(p), nil
 }
 
-// WriteAt drops the write after checking it against the primary's.
+// WriteAt checks the write against the primary's and hands it to the
+// backend, which keeps it aside until the VM goes live (a backup does not
+// write its disks: the primary does) and writes it from then on.
 func (d *replayDisk) WriteAt(p []byte, off int64) (int, error) {
 	d.l.checkOutput(OutputDiskWrite, d.dev, off, p)
-	return len(p), nil
+	return d.BlockBackend.WriteAt(p, off)
 }
 
-func (d *replayDisk) Flush() error { return nil }
+// Flush reaches the disk only once the VM is live.
+func (d *replayDisk) Flush() error {
+	if d.l.rep == nil {
+		return d.BlockBackend.Flush()
+	}
+	return nil
+}
 
 // checkOutput compares an output the backup produced with the primary's;
 // a difference is parked in replayErr and stops the backup at the end of
-// the exit (the device cannot be handed an error).
+// the exit (the device cannot be handed an error). Where the log ends the
+// VM may go live, and the output is then a live one.
 func (l *loop) checkOutput(kind OutputKind, dev int, off int64, data []byte) {
-	if err := l.rep.Output(l.syncExits, kind, dev, off, data); err != nil && l.replayErr == nil {
+	if l.rep == nil {
+		return
+	}
+	err := l.rep.Output(l.syncExits, kind, dev, off, data)
+	if errors.Is(err, ErrLogEnd) {
+		err = l.tryGoLive()
+	}
+	if err != nil && l.replayErr == nil {
 		l.replayErr = err
 	}
 }

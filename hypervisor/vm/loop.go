@@ -84,6 +84,9 @@ type Stats struct {
 	Kicks      uint64               // liveness kicks of a guest that did not exit
 	SyncExits  uint64               // synchronous exits: the replay clock
 	HaltedTime time.Duration        // time spent waiting in HLT
+	// WentLive: a backup whose log ended went live at exit WentLiveAt.
+	WentLive   bool
+	WentLiveAt uint64
 	// PortExits counts port I/O exits by port: where the exit budget goes.
 	PortExits map[uint16]uint64
 }
@@ -163,6 +166,14 @@ type loop struct {
 	rec       Recorder
 	rep       Replayer
 	replayErr error
+	// Going live (golive.go): goLive is asked where the log ends; liveErr
+	// is its answer once it said no; lastReplayedClock is the last guest
+	// time the log gave the devices; startWatchdog starts the liveness
+	// watchdog a live VM needs (set by run).
+	goLive            GoLiveFunc
+	liveErr           error
+	lastReplayedClock time.Duration
+	startWatchdog     func()
 	// guest is the VM as the recorder and replayer see it (digests,
 	// checkpoints).
 	guest GuestState
@@ -215,15 +226,18 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 	}()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	if l.rep == nil {
-		// A backup's timers fire when the log says, never by wall time:
-		// it has nothing for a watchdog to rescue.
-		tid := unix.Gettid() // this goroutine's thread is locked: the vCPU thread
+	tid := unix.Gettid() // this goroutine's thread is locked: the vCPU thread
+	l.startWatchdog = func() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			l.watchdog(watchCtx, kicker, tid)
 		}()
+	}
+	if l.rep == nil {
+		// A backup's timers fire when the log says, never by wall time:
+		// it has nothing for a watchdog to rescue until it goes live.
+		l.startWatchdog()
 	}
 	defer func() {
 		stopWatch()
@@ -261,6 +275,9 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 				}
 			}
 			if err := l.deliverInterrupt(); err != nil {
+				if errors.Is(err, ErrLogEnd) {
+					return l.replayStop(err)
+				}
 				return 0, err
 			}
 			if l.rep != nil {
@@ -305,6 +322,12 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 				// in the log at this exit number; apply it, never wait.
 				if err := l.afterExit(&exit); err != nil {
 					return l.replayStop(err)
+				}
+				if l.rep == nil {
+					// The log ended here and the VM went live: halt as a
+					// live VM does.
+					l.halt(ctx)
+					continue
 				}
 				if !l.pic.Pending() && !l.powerOff && !l.reset {
 					return l.replayStop(errors.New("the primary left HLT here; the backup has no interrupt to leave it with"))
@@ -380,13 +403,20 @@ func (l *loop) afterExit(exit *kvm.Exit) error {
 		if err := l.replayErr; err != nil {
 			return err
 		}
-		if err := l.rep.Exit(n, exit.Kind, exitWhere(exit), l.ripFn); err != nil {
+		err := l.rep.Exit(n, exit.Kind, exitWhere(exit), l.ripFn)
+		if err == nil {
+			err = l.replayErr
+		}
+		if err == nil {
+			err = l.replayInputs()
+		}
+		if !errors.Is(err, ErrLogEnd) {
 			return err
 		}
-		if err := l.replayErr; err != nil {
+		if err := l.tryGoLive(); err != nil {
 			return err
 		}
-		return l.replayInputs()
+		// Live from here: this exit's timers by the clock.
 	}
 	l.expireTimers()
 	return nil
@@ -477,7 +507,13 @@ func (l *loop) deliverInterrupt() error {
 	case l.rec != nil:
 		l.rec.Injected(l.syncExits, vector)
 	case l.rep != nil:
-		if err := l.rep.Injected(l.syncExits, vector); err != nil {
+		err := l.rep.Injected(l.syncExits, vector)
+		if errors.Is(err, ErrLogEnd) {
+			// The log ends before the primary's injection record: go live
+			// (the interrupt is in), or stop where the log ends.
+			return l.tryGoLive()
+		}
+		if err != nil {
 			return &DivergenceError{Exit: l.syncExits, Err: err}
 		}
 	}

@@ -46,6 +46,9 @@ type Config struct {
 	// set. Either turns interrupt-window exits off (see loop.noWindows).
 	Record Recorder
 	Replay Replayer
+	// GoLive, with Replay, is asked where the log ends whether this backup
+	// goes live there (golive.go). Without it a backup stops at the end.
+	GoLive GoLiveFunc
 
 	// Clock is the guest's time (default: a LiveClock started at Run).
 	Clock devices.Clock
@@ -155,7 +158,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if clock == nil {
 		clock = NewLiveClock()
 	}
-	v.loop = &loop{vcpu: v.vcpu, clock: clock, rec: cfg.Record, rep: cfg.Replay, guest: v,
+	v.loop = &loop{vcpu: v.vcpu, clock: clock, rec: cfg.Record, rep: cfg.Replay, guest: v, goLive: cfg.GoLive,
 		noWindows: cfg.Record != nil || cfg.Replay != nil, syncRegs: syncRegs}
 	devClock := clock
 	switch {

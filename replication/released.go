@@ -1,0 +1,93 @@
+package replication
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+
+	"github.com/ftvm/ftvm/storage"
+)
+
+// A primary tells its backup, in the log, how far its releases got: a
+// "released" entry says every output of the log entries up to Seq has left
+// the primary. A backup going live re-issues the disk writes it replayed
+// after that point, which the primary may have held when it died (the
+// guest was told they were done). Rewriting a block the primary did write
+// writes the same bytes again, so too many is harmless; too few would
+// lose acknowledged data.
+
+// releasedTag starts a released entry; a replay batch starts with its
+// version byte (1) and the start header with '{', so the three never
+// collide.
+const releasedTag = 0xF0
+
+const releasedSize = 1 + 8
+
+func encodeReleased(seq uint64) []byte {
+	b := make([]byte, releasedSize)
+	b[0] = releasedTag
+	binary.BigEndian.PutUint64(b[1:], seq)
+	return b
+}
+
+// isReleased says whether a log entry is a released entry (of any length:
+// decodeReleased checks it).
+func isReleased(entry []byte) bool { return len(entry) > 0 && entry[0] == releasedTag }
+
+func decodeReleased(entry []byte) (uint64, error) {
+	if len(entry) != releasedSize || entry[0] != releasedTag {
+		return 0, fmt.Errorf("released entry of %d bytes, want %d starting with %#x", len(entry), releasedSize, releasedTag)
+	}
+	return binary.BigEndian.Uint64(entry[1:]), nil
+}
+
+// keptWrite is a disk write a backup replayed, tagged with the last log
+// entry it had received when it did (never below the entry that logged it).
+type keptWrite struct {
+	seq  uint64
+	disk int
+	off  int64
+	data []byte
+}
+
+// keptWrites are the disk writes a backup replayed that the primary may
+// not have released yet, oldest first. vCPU goroutine only.
+type keptWrites struct {
+	writes []keptWrite
+	bytes  int
+}
+
+func (k *keptWrites) keep(seq uint64, disk int, off int64, p []byte) {
+	k.writes = append(k.writes, keptWrite{seq: seq, disk: disk, off: off, data: append([]byte(nil), p...)})
+	k.bytes += len(p)
+}
+
+// released drops the writes of entries up to seq: the primary released
+// them.
+func (k *keptWrites) released(seq uint64) {
+	n := sort.Search(len(k.writes), func(i int) bool { return k.writes[i].seq > seq })
+	for _, w := range k.writes[:n] {
+		k.bytes -= len(w.data)
+	}
+	k.writes = append(k.writes[:0], k.writes[n:]...)
+}
+
+// rewrite writes disk's kept writes to d, in order, and flushes.
+func (k *keptWrites) rewrite(disk int, d *storage.Disk) (int, error) {
+	n := 0
+	for _, w := range k.writes {
+		if w.disk != disk {
+			continue
+		}
+		if _, err := d.WriteAt(w.data, w.off); err != nil {
+			return n, fmt.Errorf("re-issue a write of %d bytes at %d: %w", len(w.data), w.off, err)
+		}
+		n++
+	}
+	if n > 0 {
+		if err := d.Flush(); err != nil {
+			return n, fmt.Errorf("flush the re-issued writes: %w", err)
+		}
+	}
+	return n, nil
+}
