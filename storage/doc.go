@@ -19,5 +19,13 @@
 // exclusively, OpenDiskReadOnly shared. It is advisory and per host in
 // practice (NFS maps flock to byte-range locks, which time out with a dead
 // client's lease); across hosts the guarantee against a stale primary is
-// the generation check that Disk.WriteAt is built to carry.
+// the generation check of the storage server.
+//
+// Sub-packages:
+//
+//	arbiter  the pairs' records (generation, owner) and the atomic claim,
+//	         on this directory (arbiter/PAIR/gen-N files) or on etcd
+//	server   the fencing storage server: the one process that opens the
+//	         disks, refuses writes of an older generation than the pair's
+//	         record, and takes claims in order with those writes
 package storage

@@ -45,7 +45,7 @@ type testServer struct {
 
 // startServer serves dir on a socket; prepare may set test hooks before
 // the server runs.
-func startServer(t *testing.T, dir string, prepare func(*Server)) *testServer {
+func startServer(t testing.TB, dir string, prepare func(*Server)) *testServer {
 	t.Helper()
 	store, err := storage.OpenWithLogger(dir, slog.New(slog.DiscardHandler))
 	if err != nil {
