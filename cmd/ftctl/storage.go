@@ -74,7 +74,7 @@ replaced; a socket a running server answers on is an error.`,
 				}
 				defer e.Close()
 				arb = e
-			} else if arb, err = arbiter.OpenDir(filepath.Join(store.Dir(), "arbiter")); err != nil {
+			} else if arb, err = arbiter.OpenDir(filepath.Join(store.Dir(), arbiter.DirName)); err != nil {
 				return err
 			}
 			srv, err := storageserver.New(storageserver.Config{Store: store, Arbiter: arb, ArbiterTimeout: timeout, Logger: slog.Default()})

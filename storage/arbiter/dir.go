@@ -54,8 +54,12 @@ type Dir struct {
 	root string
 }
 
+// DirName is the Dir backend's root inside a storage directory:
+// STORAGE/arbiter, where the storage server keeps its records.
+const DirName = "arbiter"
+
 // OpenDir returns the Dir backend rooted at root, creating it if needed.
-// For a pair sharing a storage directory, root is usually STORAGE/arbiter.
+// For a pair sharing a storage directory, root is STORAGE/DirName.
 func OpenDir(root string) (*Dir, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {

@@ -70,7 +70,8 @@ type Server struct {
 
 // fence orders one pair's writes against its claims: writes and flushes
 // hold mu shared from the generation check to the end of the I/O, claims
-// and record refreshes hold it exclusively. So a claim completes only
+// hold it exclusively (a refresh from the arbiter holds it only to adopt
+// the record it read, never across the read). So a claim completes only
 // after every write admitted under the old generation has landed, and no
 // write of the old generation is admitted after it.
 type fence struct {
@@ -277,12 +278,7 @@ func (s *Server) Record(ctx context.Context, pair string) (arbiter.Record, error
 	if err != nil {
 		return arbiter.Record{}, err
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := s.refresh(ctx, f, pair); err != nil {
-		return arbiter.Record{}, err
-	}
-	return f.rec, nil
+	return s.refresh(ctx, f, pair)
 }
 
 // adopt moves the fence's record forward, never back: a record that went
@@ -297,16 +293,28 @@ func (s *Server) adopt(f *fence, rec arbiter.Record) {
 	f.rec, f.loaded = rec, true
 }
 
-// refresh reads the record from the arbiter. Called with f.mu held exclusively.
-func (s *Server) refresh(ctx context.Context, f *fence, pair string) error {
+// refresh reads the record from the arbiter and adopts it, returning the
+// fence's record. Writes go on during the read: adopting is monotonic, so
+// a read that raced a claim through this server changes nothing.
+func (s *Server) refresh(ctx context.Context, f *fence, pair string) (arbiter.Record, error) {
+	f.mu.RLock()
+	before := f.rec.Generation
+	f.mu.RUnlock()
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	rec, err := s.arb.Read(ctx, pair)
 	if err != nil {
-		return fmt.Errorf("storage server: read the record of pair %q: %w", pair, err)
+		return arbiter.Record{}, fmt.Errorf("storage server: read the record of pair %q: %w", pair, err)
 	}
-	s.adopt(f, rec)
-	return nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	// A claim through this server that completed during the read is
+	// newer than what was read; only a record older than the one known
+	// before the read went backwards.
+	if !(f.rec.Generation > before && rec.Generation < f.rec.Generation) {
+		s.adopt(f, rec)
+	}
+	return f.rec, nil
 }
 
 func (s *Server) fence(pair string) (*fence, error) {
@@ -353,10 +361,7 @@ func (s *Server) admitted(ctx context.Context, req *request, io func() error) er
 			return fmt.Errorf("storage server: %s of disk %q with generation %d: %w (record of pair %q is at %d)",
 				opNames[req.op], req.name, req.gen, arbiter.ErrAhead, req.pair, cur)
 		}
-		f.mu.Lock()
-		err := s.refresh(ctx, f, req.pair)
-		f.mu.Unlock()
-		if err != nil {
+		if _, err := s.refresh(ctx, f, req.pair); err != nil {
 			return err
 		}
 	}
@@ -405,14 +410,14 @@ func (s *Server) info(ctx context.Context, req *request, rep *reply) error {
 	if err != nil {
 		return err
 	}
-	f.mu.Lock()
-	if !f.loaded || req.gen > f.rec.Generation {
-		err = s.refresh(ctx, f, req.pair)
-	}
-	rep.rec = f.rec
-	f.mu.Unlock()
-	if err != nil {
-		return err
+	f.mu.RLock()
+	rep.rec, err = f.rec, nil
+	stale := !f.loaded || req.gen > f.rec.Generation
+	f.mu.RUnlock()
+	if stale {
+		if rep.rec, err = s.refresh(ctx, f, req.pair); err != nil {
+			return err
+		}
 	}
 	rep.size, rep.id = uint64(d.Size()), d.ID()
 	return nil

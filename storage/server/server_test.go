@@ -505,3 +505,30 @@ func TestHostileRequests(t *testing.T) {
 		t.Fatalf("image file: %v, %v", fi, err)
 	}
 }
+
+// TestRecordNeverGoesBack: a record reset at the arbiter (its files or key
+// deleted by hand) does not re-admit a fenced writer.
+func TestRecordNeverGoesBack(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	ctx := context.Background()
+	c := dial(t, ts)
+	for g := uint64(0); g < 2; g++ {
+		if _, err := c.Claim(ctx, "kv", "side", g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(ts.dir, "arbiter", "kv")); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := c.Read(ctx, "kv"); err != nil || rec.Generation != 2 {
+		t.Fatalf("record after the reset: %v, %v", rec, err)
+	}
+	old := openDisk(t, c, 1)
+	if _, err := old.WriteAt([]byte("x"), 0); !errors.Is(err, ErrFenced) {
+		t.Fatalf("generation 1 write after the reset: %v", err)
+	}
+	old.SetGeneration(2)
+	if _, err := old.WriteAt([]byte("x"), 0); err != nil {
+		t.Fatalf("generation 2 write after the reset: %v", err)
+	}
+}
