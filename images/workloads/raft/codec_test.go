@@ -17,6 +17,7 @@ import (
 func sampleMessages() []message {
 	return []message{
 		&RequestVoteArgs{Term: 7, Candidate: 2, LastLogIndex: 1 << 40, LastLogTerm: 6},
+		&RequestVoteArgs{Term: 8, Candidate: 1, LastLogIndex: 3, LastLogTerm: 6, PreVote: true},
 		&RequestVoteReply{Term: 7, Granted: true},
 		&AppendEntriesArgs{Term: 3, Leader: 1, PrevLogIndex: 9, PrevLogTerm: 2, LeaderCommit: 8,
 			Entries: []Entry{{Term: 3, Command: []byte("put x 1")}, {Term: 3, Command: []byte{}}}},

@@ -7,6 +7,10 @@
 //
 //   - Leader election with randomized timeouts (Section 5.2), the voting
 //     restriction (5.4.1): raft.go startElection, handlers.go requestVote.
+//     Two additions from Ongaro's thesis keep terms stable: PreVote (9.6:
+//     a peer asks before it increments its term, and peers that hear from
+//     a leader refuse) and CheckQuorum (6.2: a leader that has not heard
+//     from a majority for two election timeouts steps down).
 //   - Log replication and the commit rule (5.3, 5.4.2: only entries of the
 //     leader's current term are committed by counting replicas): raft.go
 //     replicator, advanceCommit; handlers.go appendEntries.

@@ -3,6 +3,7 @@ package raft
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // HandleRPC answers an encoded request from another peer. Every reply is
@@ -49,14 +50,19 @@ func (rf *Raft) requestVote(a *RequestVoteArgs) (*RequestVoteReply, error) {
 	if rf.stopped != nil {
 		return nil, rf.stopped
 	}
+	// Section 5.4.1: vote only for a candidate whose log is at least as
+	// up to date as ours.
+	upToDate := a.LastLogTerm > rf.lastTerm() || (a.LastLogTerm == rf.lastTerm() && a.LastLogIndex >= rf.lastIndex())
+	if a.PreVote {
+		// Would we vote in a.Term? Changes nothing here.
+		heardFromLeader := rf.role == leader || time.Since(rf.leaderContact) < rf.cfg.ElectionTimeout
+		return &RequestVoteReply{Term: rf.term, Granted: a.Term > rf.term && upToDate && !heardFromLeader}, nil
+	}
 	current, dirty := rf.observeTerm(a.Term)
 	reply := &RequestVoteReply{Term: rf.term}
 	if !current || a.Candidate < 0 || a.Candidate >= rf.cfg.Peers {
 		return reply, nil
 	}
-	// Section 5.4.1: vote only for a candidate whose log is at least as
-	// up to date as ours.
-	upToDate := a.LastLogTerm > rf.lastTerm() || (a.LastLogTerm == rf.lastTerm() && a.LastLogIndex >= rf.lastIndex())
 	if (rf.votedFor == -1 || rf.votedFor == a.Candidate) && upToDate {
 		if rf.votedFor != a.Candidate {
 			rf.votedFor = a.Candidate
@@ -93,6 +99,7 @@ func (rf *Raft) appendEntriesLocked(a *AppendEntriesArgs, current bool) (reply *
 	}
 	rf.role = follower // a candidate of this term yields to its leader
 	rf.resetElectionTimer()
+	rf.leaderContact = time.Now()
 	prev, prevTerm, entries := a.PrevLogIndex, a.PrevLogTerm, a.Entries
 	if prev < rf.snapIdx {
 		// The prefix through snapIdx is committed here already, and so
@@ -147,6 +154,7 @@ func (rf *Raft) installSnapshot(a *InstallSnapshotArgs) (*InstallSnapshotReply, 
 	if current {
 		rf.role = follower
 		rf.resetElectionTimer()
+		rf.leaderContact = time.Now()
 		// A snapshot covering only committed entries brings nothing.
 		if a.LastIncludedIndex > rf.commitIndex {
 			if a.LastIncludedIndex <= rf.lastIndex() && rf.termAt(a.LastIncludedIndex) == a.LastIncludedTerm {

@@ -16,6 +16,9 @@ type RequestVoteArgs struct {
 	Candidate    int
 	LastLogIndex int
 	LastLogTerm  uint64
+	// PreVote asks "would you vote for me in Term?" without the voter
+	// changing any state (raft.go startPreVote).
+	PreVote bool
 }
 
 type RequestVoteReply struct {
@@ -119,7 +122,8 @@ func (m *RequestVoteArgs) appendTo(b []byte) []byte {
 	b = appendUvarint(b, m.Term)
 	b = appendInt(b, m.Candidate)
 	b = appendInt(b, m.LastLogIndex)
-	return appendUvarint(b, m.LastLogTerm)
+	b = appendUvarint(b, m.LastLogTerm)
+	return appendBool(b, m.PreVote)
 }
 
 func (m *RequestVoteArgs) decodeFrom(d *decoder) {
@@ -127,6 +131,7 @@ func (m *RequestVoteArgs) decodeFrom(d *decoder) {
 	m.Candidate = d.int("candidate", 0)
 	m.LastLogIndex = d.int("last log index", 0)
 	m.LastLogTerm = d.uvarint("last log term")
+	m.PreVote = d.bool("pre-vote")
 }
 
 func (m *RequestVoteReply) appendTo(b []byte) []byte {

@@ -123,6 +123,10 @@ type Raft struct {
 	// leaderSince when it took office.
 	heardFrom   []time.Time
 	leaderSince time.Time
+	// leaderContact is when a current leader last reached this peer;
+	// preVoteRound tells a pre-vote's replies from an older one's.
+	leaderContact time.Time
+	preVoteRound  int
 }
 
 // New starts a peer from what cfg.Persister holds. It runs until ctx ends
@@ -349,7 +353,7 @@ func (rf *Raft) ticker() {
 		}
 		rf.mu.Lock()
 		if rf.stopped == nil && rf.role != leader && time.Now().After(rf.deadline) {
-			rf.startElection()
+			rf.startPreVote()
 		}
 		if rf.stopped == nil && rf.role == leader && !rf.hasQuorum() {
 			rf.log.Debug("no quorum; stepping down", "term", rf.term)
@@ -380,6 +384,21 @@ func (rf *Raft) hasQuorum() bool {
 	return n*2 > rf.cfg.Peers
 }
 
+// startPreVote asks the peers whether they would vote for this peer in
+// the next term before it disrupts anyone by incrementing its term (the
+// PreVote step of Ongaro's thesis, Section 9.6): a peer that heard from a
+// leader within the election timeout refuses, so a follower that was only
+// slow or briefly cut off rejoins without forcing an election.
+func (rf *Raft) startPreVote() {
+	rf.resetElectionTimer()
+	rf.preVoteRound++
+	round := rf.preVoteRound
+	args := &RequestVoteArgs{Term: rf.term + 1, Candidate: rf.me, LastLogIndex: rf.lastIndex(), LastLogTerm: rf.lastTerm(), PreVote: true}
+	rf.canvass(args, func() bool {
+		return rf.role != leader && rf.term+1 == args.Term && rf.preVoteRound == round
+	}, rf.startElection)
+}
+
 func (rf *Raft) startElection() {
 	rf.term++
 	rf.role = candidate
@@ -390,9 +409,15 @@ func (rf *Raft) startElection() {
 	}
 	rf.log.Debug("election", "term", rf.term)
 	args := &RequestVoteArgs{Term: rf.term, Candidate: rf.me, LastLogIndex: rf.lastIndex(), LastLogTerm: rf.lastTerm()}
+	rf.canvass(args, func() bool { return rf.role == candidate && rf.term == args.Term }, rf.becomeLeader)
+}
+
+// canvass sends args to every other peer and calls won, with mu held,
+// once a majority (this peer included) granted it while valid holds.
+func (rf *Raft) canvass(args *RequestVoteArgs, valid func() bool, won func()) {
 	votes := 1
 	if votes*2 > rf.cfg.Peers {
-		rf.becomeLeader()
+		won()
 		return
 	}
 	for p := range rf.cfg.Peers {
@@ -414,11 +439,12 @@ func (rf *Raft) startElection() {
 				rf.persist()
 				return
 			}
-			if rf.role != candidate || rf.term != args.Term || !reply.Granted {
+			if !reply.Granted || !valid() {
 				return
 			}
+			// won changes the state valid checks, so it runs once.
 			if votes++; votes*2 > rf.cfg.Peers {
-				rf.becomeLeader()
+				won()
 			}
 		})
 	}
