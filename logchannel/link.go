@@ -56,10 +56,14 @@ type Config struct {
 	MaxBatchEntries int
 	Linger          time.Duration
 	// Sender: Append blocks while unacked bytes exceed Window (default
-	// 8 MiB) or while appended-minus-replayed entries reach MaxReplayLag
-	// (0: no replay-lag bound).
-	Window       int
-	MaxReplayLag uint64
+	// 8 MiB), while appended-minus-replayed entries reach MaxReplayLag
+	// (0: no bound), or while the oldest entry the backup has not replayed
+	// was appended more than MaxReplayLagTime ago (0: no bound). The last
+	// bounds how far behind a backup can fall, and so how long it takes to
+	// catch up before it can go live.
+	Window           int
+	MaxReplayLag     uint64
+	MaxReplayLagTime time.Duration
 
 	// Receiver: acks go out as soon as AckEvery (default 256) entries are
 	// unacked, else AckDelay (default 100µs) after the first unacked one.

@@ -964,3 +964,54 @@ func TestCleanCloseWinsOverFailedAck(t *testing.T) {
 		t.Fatalf("after the last entry: %v, want ErrPeerClosed", err)
 	}
 }
+
+// TestReplayLagTimeBound: once the oldest entry the backup has not replayed
+// is older than MaxReplayLagTime, Append waits until the backup reports
+// replaying it; acks on receipt do not help.
+func TestReplayLagTimeBound(t *testing.T) {
+	noLeaks(t)
+	ctx := ctxT(t)
+	cfg := testCfg()
+	cfg.MaxReplayLagTime = 50 * time.Millisecond
+	s, r, err := Pipe(ctx, cfg, testCfg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer s.Close()
+	if _, err := s.Append(ctx, entryFor(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(ctx, entryFor(2)); err != nil {
+		t.Fatal("a young lag blocked Append:", err)
+	}
+	if err := s.WaitAcked(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(60 * time.Millisecond) // entry 1 is now older than the bound
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Append(ctx, entryFor(3))
+		done <- err
+	}()
+	waitFor(t, "Append to block on the lag's age", func() bool { return s.Stats().BlockedAppends == 1 })
+	for i := 0; i < 2; i++ {
+		if _, _, err := r.Next(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Append returned (%v) before the backup reported any replay", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	r.ReportReplayed(2)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Append still blocked after the backup replayed everything")
+	}
+}

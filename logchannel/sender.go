@@ -163,7 +163,13 @@ func (s *Sender) mustWait(n int) bool {
 	if s.unackedB > 0 && s.unackedB+uint64(n) > uint64(s.l.cfg.Window) {
 		return true
 	}
-	return s.l.cfg.MaxReplayLag > 0 && s.nextSeq-1-s.replayed >= s.l.cfg.MaxReplayLag
+	lag := s.nextSeq - 1 - s.replayed
+	if s.l.cfg.MaxReplayLag > 0 && lag >= s.l.cfg.MaxReplayLag {
+		return true
+	}
+	// Acks that report replay progress wake a waiting Append to look again.
+	return s.l.cfg.MaxReplayLagTime > 0 && lag > 0 &&
+		time.Duration(s.l.now()-s.recs[s.recHead].at) > s.l.cfg.MaxReplayLagTime
 }
 
 func signal(c chan struct{}) {

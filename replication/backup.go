@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ftvm/ftvm/hypervisor/vm"
@@ -89,12 +90,14 @@ type BackupResult struct {
 }
 
 // FailoverTimeline is how a backup's go-live went, each step as the time
-// since the primary was found lost.
+// since the log channel's failure detector found the primary lost (a reset
+// connection at once, silence after the peer timeout).
 type FailoverTimeline struct {
 	PrimaryLost time.Time
 	Why         error
-	// Drained: the backup replayed every entry it had; Claimed: the
-	// arbiter answered; Live: disks open, writes re-issued, NIC attached.
+	// Drained: the backup had replayed every entry it received (its lag);
+	// Claimed: the arbiter answered; Live: disks open, writes re-issued,
+	// NIC attached.
 	Drained, Claimed, Live time.Duration
 	Generation             uint64
 	RewrittenWrites        int
@@ -171,12 +174,23 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	}
 	recv.ReportReplayed(1)
 
+	// When the channel failed: the failure detector's verdict, before the
+	// backup has replayed what it holds.
+	var detected atomic.Int64
+	watchDone := make(chan struct{})
+	defer close(watchDone)
+	go func() {
+		select {
+		case <-recv.Done():
+			detected.Store(time.Now().UnixNano())
+		case <-watchDone:
+		}
+	}()
 	// The vCPU goroutine owns these: the replayer pulls the stream there,
 	// and the backup's disks hand their writes over there.
 	var (
 		lastSeq    uint64
 		primaryErr error
-		lostAt     time.Time
 		kept       keptWrites
 	)
 	rep := replay.NewStreamReplayer(func() ([]byte, error) {
@@ -187,7 +201,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 			seq, entry, err := recv.Next(ctx)
 			if err != nil {
 				if !errors.Is(err, logchannel.ErrPeerClosed) {
-					primaryErr, lostAt = err, time.Now()
+					primaryErr = err
 				}
 				return nil, io.EOF // the log ends here either way
 			}
@@ -224,6 +238,10 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	icfg.GoLive = func() (vm.LiveInputs, error) {
 		if primaryErr == nil || cfg.Arbiter == nil {
 			return vm.LiveInputs{}, vm.ErrLogEnd // a clean end, or no say in it
+		}
+		lostAt := time.Now()
+		if d := detected.Load(); d != 0 {
+			lostAt = time.Unix(0, d)
 		}
 		timeline = FailoverTimeline{PrimaryLost: lostAt, Why: primaryErr, Drained: time.Since(lostAt)}
 		setState(fmt.Sprintf("primary lost (%v): claiming the arbiter's record", primaryErr))

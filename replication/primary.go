@@ -28,6 +28,13 @@ type PrimaryConfig struct {
 	Peer string
 	// Log tunes the log channel (heartbeats, timeout, window).
 	Log logchannel.Config
+	// MaxLag bounds how far behind the backup may fall, as the age of the
+	// oldest log entry it has not replayed: past it the guest waits at its
+	// next log flush. A backup goes live only after replaying everything
+	// it received, so this bounds the failover pause. Default
+	// DefaultMaxLag; negative: no bound. Log.MaxReplayLagTime, if set,
+	// wins.
+	MaxLag time.Duration
 	// Recorder tunes the recording (digest interval, batch size).
 	Recorder replay.RecorderOptions
 	// FlushInterval bounds how long a log entry waits in the recorder
@@ -58,6 +65,10 @@ type PrimaryConfig struct {
 	// Connected, if set, is called once the log channel is up.
 	Connected func()
 }
+
+// DefaultMaxLag is how far (in time) a backup may fall behind its primary
+// unless configured: a failover replays at most about this much log.
+const DefaultMaxLag = time.Second
 
 // PrimaryStatus is what a primary reports about itself.
 type PrimaryStatus struct {
@@ -131,6 +142,14 @@ func RunPrimary(ctx context.Context, cfg PrimaryConfig) (*PrimaryResult, error) 
 func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) {
 	if cfg.FlushInterval == 0 {
 		cfg.FlushInterval = 2 * time.Millisecond
+	}
+	if cfg.Log.MaxReplayLagTime == 0 {
+		switch {
+		case cfg.MaxLag == 0:
+			cfg.Log.MaxReplayLagTime = DefaultMaxLag
+		case cfg.MaxLag > 0:
+			cfg.Log.MaxReplayLagTime = cfg.MaxLag
+		}
 	}
 	p := &Primary{cfg: cfg, log: cfg.Logger, state: "connecting", arbitrating: make(chan struct{})}
 	if p.log == nil {

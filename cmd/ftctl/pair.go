@@ -16,7 +16,7 @@ import (
 )
 
 // runPrimary runs the VM as the primary of a pair (ftctl run --role primary).
-func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, silence time.Duration, stats, consoleLive bool) error {
+func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, silence, maxLag time.Duration, stats, consoleLive bool) error {
 	ctx := cmd.Context()
 	lcfg, err := logChannelConfig(cmd, logchannel.RoleSender, "--peer", peer, silence)
 	if err != nil {
@@ -31,7 +31,7 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 	p, err := replication.NewPrimary(ctx, replication.PrimaryConfig{
 		Instance: cfg, Peer: peer, Log: lcfg,
 		StatusEvery: every, Logger: log, ConsoleLive: consoleLive,
-		Arbiter: arb, Pair: pair,
+		Arbiter: arb, Pair: pair, MaxLag: maxLag,
 	})
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"github.com/ftvm/ftvm/images"
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/network"
+	"github.com/ftvm/ftvm/replication"
 )
 
 func newRunCommand() *cobra.Command {
@@ -31,6 +32,7 @@ func newRunCommand() *cobra.Command {
 		// consoleLive: the primary's console is not held under the
 		// output rule (debugging).
 		consoleLive bool
+		maxLag      time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "run (--image DIR | --kernel FILE [--initrd FILE] [--cmdline ARGS]) [--role primary --peer ADDR | --role backup --listen ADDR]",
@@ -154,7 +156,7 @@ was lost (the log ended without a clean close).`,
 				cfg.NetSocket = sock
 			}
 			if role == "primary" {
-				return runPrimary(cmd, cfg, peer, every, silence, stats, consoleLive)
+				return runPrimary(cmd, cfg, peer, every, silence, maxLag, stats, consoleLive)
 			}
 			inst, err := instance.New(ctx, cfg)
 			if err != nil {
@@ -197,6 +199,7 @@ was lost (the log ended without a clean close).`,
 	f.DurationVar(&silence, "peer-timeout", 3*time.Second, "primary/backup: declare the peer lost after this long without hearing from it")
 	addLogAuthFlags(f)
 	addArbiterFlags(f)
+	f.DurationVar(&maxLag, "max-lag", replication.DefaultMaxLag, "primary: slow the guest down when the backup falls this far behind (the age of the oldest log entry it has not replayed); a failover replays about this much (negative: no bound)")
 	return cmd
 }
 
