@@ -50,6 +50,10 @@ type BackupConfig struct {
 	Arbiter arbiter.Arbiter
 	// Pair names the record; Owner this side (default "backup on HOST pid N").
 	Pair, Owner string
+	// Running, if set, is called once the backup's VM exists, with a
+	// function that reports its status from any goroutine (a control
+	// socket, metrics).
+	Running func(status func() BackupStatus)
 }
 
 // BackupStatus is what a backup reports about itself.
@@ -69,8 +73,8 @@ type BackupStatus struct {
 }
 
 func (s BackupStatus) String() string {
-	return fmt.Sprintf("backup %s: at exit #%d, received %d entries %.2f Mbit/s, lag %d exits %d entries %v; digests matched %d (last at exit #%d), outputs matched %d, checkpoints loaded %d (%d pages)",
-		s.State, s.Exit, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.LogExit-min(s.LogExit, s.Exit), s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
+	return fmt.Sprintf("backup %s (generation %d, %d replayed writes kept): at exit #%d, received %d entries %.2f Mbit/s, lag %d exits %d entries %v; digests matched %d (last at exit #%d), outputs matched %d, checkpoints loaded %d (%d pages)",
+		s.State, s.Generation, s.KeptWrites, s.Exit, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.LogExit-min(s.LogExit, s.Exit), s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
 		s.Replayer.Digests, s.Replayer.LastDigestExit, s.Replayer.Outputs, s.Replayer.Checkpoints, s.Replayer.CheckpointPages)
 }
 
@@ -280,6 +284,9 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		le, e := rep.Progress()
 		return BackupStatus{State: state, Generation: gen, KeptWrites: keptN, KeptBytes: keptBytes,
 			Log: recv.Stats(), LogExit: le, Exit: e, Replayer: rep.Stats()}
+	}
+	if cfg.Running != nil {
+		cfg.Running(status)
 	}
 	stopStatus := make(chan struct{})
 	var wg sync.WaitGroup

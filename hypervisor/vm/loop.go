@@ -435,6 +435,11 @@ func (l *loop) replayStop(err error) (StopReason, error) {
 		}
 		return StoppedLogEnd, nil
 	}
+	if l.liveErr != nil && errors.Is(err, l.liveErr) {
+		// Going live was refused (the other side won the arbiter), or
+		// failed: not a divergence.
+		return 0, fmt.Errorf("at the end of the log, exit #%d: %w", l.syncExits, err)
+	}
 	return 0, &DivergenceError{Exit: l.syncExits, Err: err}
 }
 
