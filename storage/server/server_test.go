@@ -1,16 +1,20 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,11 +30,106 @@ var _ virtio.BlockBackend = (*Disk)(nil)
 // helperSocketEnv tells a race helper process which server to claim through.
 const helperSocketEnv = "FTVM_STORAGE_SERVER_TEST_SOCKET"
 
+// writerSocketEnv makes the test binary a writer process (see writeUntilFenced).
+const writerSocketEnv = "FTVM_STORAGE_SERVER_TEST_WRITER"
+
 func TestMain(m *testing.M) {
 	arbitertest.HelperMain(func() (arbiter.Arbiter, error) {
 		return Dial(context.Background(), "unix", os.Getenv(helperSocketEnv))
 	})
+	if socket := os.Getenv(writerSocketEnv); socket != "" {
+		os.Exit(writeUntilFenced(socket))
+	}
 	os.Exit(m.Run())
+}
+
+// writeUntilFenced is an old primary: it writes "A" blocks at offset 0
+// with generation 1 until a write fails, and prints the failure.
+func writeUntilFenced(socket string) int {
+	c, err := Dial(context.Background(), "unix", socket)
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	d, _, err := c.OpenDisk(context.Background(), "kv", "vda", 1)
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	block := bytes.Repeat([]byte("A"), 512)
+	for i := 0; ; i++ {
+		if _, err := d.WriteAt(block, 0); err != nil {
+			fmt.Println("stopped:", err)
+			return 0
+		}
+		if i == 0 {
+			fmt.Println("writing")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestFencingStoppedProcess: an old primary process writing in a loop is
+// stopped (SIGSTOP) at an arbitrary point, perhaps with a write sent; the
+// backup claims and writes; the old primary, continued, is refused at its
+// next write and names both generations; the disk holds the backup's data.
+func TestFencingStoppedProcess(t *testing.T) {
+	ts := startServer(t, t.TempDir(), nil)
+	ctx := context.Background()
+	b := dial(t, ts)
+	if _, err := b.Claim(ctx, "kv", "primary A", 0); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), writerSocketEnv+"="+ts.socket)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	out := bufio.NewScanner(stdout)
+	if !out.Scan() || out.Text() != "writing" {
+		t.Fatalf("writer: %q", out.Text())
+	}
+	time.Sleep(20 * time.Millisecond) // some writes land before the stop
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := b.Claim(ctx, "kv", "backup B", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := openDisk(t, b, rec.Generation)
+	if _, err := db.WriteAt(bytes.Repeat([]byte("B"), 512), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	said := make(chan string, 1)
+	go func() {
+		out.Scan()
+		said <- out.Text()
+	}()
+	var got string
+	select {
+	case got = <-said:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old primary still writes 30 s after the claim")
+	}
+	if !strings.Contains(got, "generation 1 refused") || !strings.Contains(got, `generation 2 owned by "backup B"`) {
+		t.Fatalf("old primary's write after the claim: %s", got)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readBack(t, db, 0, 512); !bytes.Equal(got, bytes.Repeat([]byte("B"), 512)) {
+		t.Fatalf("disk holds %q..., want the backup's data", got[:8])
+	}
 }
 
 const diskSize = 1 << 20
