@@ -46,6 +46,38 @@ func TestReElection(t *testing.T) {
 	c.checkOneLeader(c.conn)
 }
 
+// TestRejoinWithoutElection: a follower cut off for several election
+// timeouts comes back without disturbing the leader (PreVote: it never
+// incremented its term while it could not win), and a leader cut off from
+// its majority stops acting as leader (CheckQuorum).
+func TestRejoinWithoutElection(t *testing.T) {
+	c := newCluster(t, 3, 0)
+	l := c.checkOneLeader(c.conn)
+	term := c.checkTerms()
+	f := (l + 1) % 3
+	c.disconnect(f)
+	time.Sleep(5 * testElection)
+	if got, _ := c.peer(f).State(); got != term {
+		t.Fatalf("cut-off follower moved from term %d to %d", term, got)
+	}
+	c.connect(f)
+	c.one("after rejoin", 3, true)
+	if got := c.checkTerms(); got != term {
+		t.Fatalf("term %d after the follower rejoined, was %d", got, term)
+	}
+	if l2 := c.checkOneLeader(c.conn); l2 != l {
+		t.Fatalf("leader changed from %d to %d", l, l2)
+	}
+
+	c.disconnect(l)
+	time.Sleep(4 * testElection)
+	if _, isLeader := c.peer(l).State(); isLeader {
+		t.Fatal("a leader without its majority for 4 election timeouts still leads")
+	}
+	c.connect(l)
+	c.one("after", 3, true)
+}
+
 func TestAgreeAndNoQuorumNoCommit(t *testing.T) {
 	c := newCluster(t, 5, 0)
 	last := 0

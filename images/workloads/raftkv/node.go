@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/ftvm/ftvm/images/workloads/raft"
 )
@@ -17,7 +18,13 @@ type NodeConfig struct {
 	Listen       string   // address to listen on ("" = Addrs[ID])
 	Dir          string
 	MaxRaftState int
-	Logger       *slog.Logger
+	// ElectionTimeout and HeartbeatInterval override Raft's defaults
+	// (300 ms, 50 ms). A replica whose VM may pause, as during an ftvm
+	// failover, needs an election timeout above the pause, or its
+	// followers elect a new leader meanwhile.
+	ElectionTimeout   time.Duration
+	HeartbeatInterval time.Duration
+	Logger            *slog.Logger
 }
 
 // RunNode runs a replica until ctx ends: Raft peer, state machine and the
@@ -48,7 +55,8 @@ func ServeNode(ctx context.Context, cfg NodeConfig, ln net.Listener) error {
 	tr := raft.NewTCPTransport(cfg.Addrs)
 	defer tr.Close()
 	s, err := StartServer(ctx, Config{
-		Raft:         raft.Config{ID: cfg.ID, Peers: len(cfg.Addrs), Transport: tr, Persister: p, Logger: cfg.Logger},
+		Raft: raft.Config{ID: cfg.ID, Peers: len(cfg.Addrs), Transport: tr, Persister: p, Logger: cfg.Logger,
+			ElectionTimeout: cfg.ElectionTimeout, HeartbeatInterval: cfg.HeartbeatInterval},
 		MaxRaftState: cfg.MaxRaftState,
 	})
 	if err != nil {

@@ -65,7 +65,7 @@ func TestTCPNodes(t *testing.T) {
 		ops++
 	}
 	a, b := NewTCPClerk(addrs), NewTCPClerk(addrs)
-	for i := range 30 {
+	for i := range 10 {
 		step(a, 0, i)
 		step(b, 1, i)
 	}
@@ -76,7 +76,7 @@ func TestTCPNodes(t *testing.T) {
 	if err := <-nodes[victim].done; err != nil {
 		t.Fatal(err)
 	}
-	for i := 30; i < 60; i++ {
+	for i := 10; i < 20; i++ {
 		step(a, 0, i)
 		step(b, 1, i)
 	}
@@ -85,11 +85,11 @@ func TestTCPNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	nodes[victim] = run(victim, ln)
-	for i := 60; i < 90; i++ {
+	for i := 20; i < 30; i++ {
 		step(a, 0, i)
 		step(b, 1, i)
 	}
-	if ops != 180 {
+	if ops != 60 {
 		t.Fatalf("%d ops", ops)
 	}
 	if err := h.Check(10 * time.Second); err != nil {
