@@ -70,6 +70,9 @@ type BackupStatus struct {
 	// last one the backup replayed.
 	LogExit, Exit uint64
 	Replayer      replay.ReplayerStats
+	// Failover is how going live went, once the backup is live (nil
+	// before).
+	Failover *FailoverTimeline
 }
 
 func (s BackupStatus) String() string {
@@ -224,6 +227,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	var statusMu sync.Mutex
 	state := "replaying"
 	var timeline FailoverTimeline
+	var failover *FailoverTimeline // a copy of timeline once live, for status
 	var keptN, keptBytes int
 	setState := func(s string) {
 		statusMu.Lock()
@@ -268,6 +272,10 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 			return vm.LiveInputs{}, err
 		}
 		timeline.Live = time.Since(lostAt)
+		statusMu.Lock()
+		wentLive := timeline
+		failover = &wentLive
+		statusMu.Unlock()
 		setState(fmt.Sprintf("live: won generation %d after the primary was lost; unprotected", gen))
 		log.Warn("live: the guest runs on here", "generation", gen, "timeline", timeline.String())
 		return in, nil
@@ -283,7 +291,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		defer statusMu.Unlock()
 		le, e := rep.Progress()
 		return BackupStatus{State: state, Generation: gen, KeptWrites: keptN, KeptBytes: keptBytes,
-			Log: recv.Stats(), LogExit: le, Exit: e, Replayer: rep.Stats()}
+			Log: recv.Stats(), LogExit: le, Exit: e, Replayer: rep.Stats(), Failover: failover}
 	}
 	if cfg.Running != nil {
 		cfg.Running(status)
