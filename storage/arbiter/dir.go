@@ -136,6 +136,13 @@ func (d *Dir) Claim(ctx context.Context, pair, owner string, seen uint64) (Recor
 	if err != nil {
 		return Record{}, err
 	}
+	if cur.Generation <= seen {
+		// The listing did not show the file link just found (a client
+		// cache that outlived lookupcache advice): read it by name.
+		if cur, err = d.readGen(pair, seen+1); err != nil {
+			return Record{}, err
+		}
+	}
 	return settle(cur, owner, seen)
 }
 
@@ -198,18 +205,23 @@ func (d *Dir) Read(ctx context.Context, pair string) (Record, error) {
 	if top == 0 {
 		return Record{Pair: pair}, nil
 	}
-	f, err := os.Open(filepath.Join(pdir, genName(top)))
+	return d.readGen(pair, top)
+}
+
+// readGen reads generation g's file, which exists.
+func (d *Dir) readGen(pair string, g uint64) (Record, error) {
+	f, err := os.Open(filepath.Join(d.root, pair, genName(g)))
 	if err != nil {
-		return Record{}, d.unreachable(pair, "open generation "+strconv.FormatUint(top, 10), err)
+		return Record{}, d.unreachable(pair, "open generation "+strconv.FormatUint(g, 10), err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxRecordBytes+1))
 	if err != nil {
-		return Record{}, d.unreachable(pair, "read generation "+strconv.FormatUint(top, 10), err)
+		return Record{}, d.unreachable(pair, "read generation "+strconv.FormatUint(g, 10), err)
 	}
-	rec, err := decodeRecord(data, pair, top)
+	rec, err := decodeRecord(data, pair, g)
 	if err != nil {
-		return Record{Pair: pair, Generation: top, Damaged: err.Error()}, nil
+		return Record{Pair: pair, Generation: g, Damaged: err.Error()}, nil
 	}
 	return rec, nil
 }
