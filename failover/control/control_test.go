@@ -1,0 +1,197 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/replication"
+)
+
+func TestFromPrimaryReportsTheNumbersItWasGiven(t *testing.T) {
+	src := FromPrimary(func() replication.PrimaryStatus {
+		return replication.PrimaryStatus{
+			State: "replicating", Generation: 3,
+			Log:      logchannel.Stats{Entries: 1234, EntriesPerSec: 50, BytesPerSec: 4096, LagEntries: 7, LagTime: 250 * time.Millisecond},
+			Recorder: replay.RecorderStats{Digests: 42},
+			Outputs:  replication.GateStats{HeldOutputs: 5, HeldBytes: 900, OldestHeld: 3 * time.Millisecond},
+		}
+	})
+	got := src.Status()
+	want := Status{Role: "primary", PID: os.Getpid(), Phase: "protected", State: "replicating", Generation: 3,
+		LagSeconds: 0.25, LagEntries: 7, HeldOutputs: 5, HeldBytes: 900, OldestHeldSeconds: 0.003,
+		LogEntries: 1234, LogEntriesPerSecond: 50, LogBytesPerSecond: 4096, Digests: 42}
+	if got != want {
+		t.Fatalf("status\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestFromBackupCarriesTheFailoverTimeline(t *testing.T) {
+	lost := time.Date(2026, 12, 7, 5, 0, 0, 0, time.UTC)
+	bs := replication.BackupStatus{State: "replaying", Generation: 1, Exit: 99, Replayer: replay.ReplayerStats{Digests: 8}}
+	src := FromBackup(func() replication.BackupStatus { return bs })
+	if st := src.Status(); st.Phase != "replaying" || st.Failover != nil || st.Digests != 8 || st.Exit != 99 {
+		t.Fatalf("replaying backup: %+v", st)
+	}
+	bs.State = "live: won generation 2 after the primary was lost; unprotected"
+	bs.Failover = &replication.FailoverTimeline{PrimaryLost: lost, Why: errors.New("connection reset"),
+		Drained: 4 * time.Millisecond, Claimed: 51 * time.Millisecond, Live: 78 * time.Millisecond, Generation: 2, RewrittenWrites: 3}
+	st := src.Status()
+	want := Failover{PrimaryLost: lost, Why: "connection reset", DrainedMS: 4, ClaimedMS: 51, LiveMS: 78, Generation: 2, RewrittenWrites: 3}
+	if st.Phase != "live" || st.Failover == nil || *st.Failover != want {
+		t.Fatalf("live backup: phase %q failover %+v, want live %+v", st.Phase, st.Failover, want)
+	}
+}
+
+func TestPhases(t *testing.T) {
+	for _, c := range []struct{ state, primary, backup string }{
+		{"replicating", "protected", "replicating"},
+		{"unprotected: the backup was lost and this primary won generation 2", "unprotected", "unprotected"},
+		{"backup lost: outputs held, guest paused at its next output", "backup-lost", "backup"},
+		{"halted: the backup won", "halted", "halted"},
+		{"primary lost (EOF): claiming the arbiter's record", "primary", "failing-over"},
+		{"cannot reach the arbiter (timeout): not acting alone, asking again", "cannot", "failing-over"},
+		{"live: won generation 2", "live", "live"},
+		{"stopped: power off", "stopped", "stopped"},
+	} {
+		if got := primaryPhase(c.state); got != c.primary {
+			t.Errorf("primary %q: phase %q, want %q", c.state, got, c.primary)
+		}
+		if got := backupPhase(c.state); got != c.backup {
+			t.Errorf("backup %q: phase %q, want %q", c.state, got, c.backup)
+		}
+	}
+}
+
+// fakeSource is a side whose status the test sets, counting reads.
+type fakeSource struct {
+	st    Status
+	reads int
+}
+
+func (f *fakeSource) Status() Status { f.reads++; return f.st }
+
+func TestStatusJSONFields(t *testing.T) {
+	src := &fakeSource{st: Status{Role: "backup", PID: 77, Phase: "live", State: "live: won", Generation: 2,
+		LagSeconds: 0.5, Failover: &Failover{Why: "EOF", LiveMS: 78}}}
+	srv := httptest.NewServer(Handler(src))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	var m map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]any{"role": "backup", "pid": 77.0, "phase": "live", "state": "live: won",
+		"generation": 2.0, "lag_seconds": 0.5, "held_outputs": 0.0, "log_bytes_per_second": 0.0, "digests": 0.0} {
+		if m[k] != want {
+			t.Errorf("%s = %v (%T), want %v", k, m[k], m[k], want)
+		}
+	}
+	f, _ := m["failover"].(map[string]any)
+	if f["why"] != "EOF" || f["live_ms"] != 78.0 {
+		t.Errorf("failover = %v", m["failover"])
+	}
+	if src.reads != 1 {
+		t.Errorf("the source was read %d times for one request", src.reads)
+	}
+}
+
+func TestMetricsNames(t *testing.T) {
+	src := &fakeSource{st: Status{Role: "primary", Phase: "protected", Generation: 4, HeldOutputs: 6, LogEntries: 321, Digests: 9, LagSeconds: 0.125}}
+	srv := httptest.NewServer(Handler(src))
+	defer srv.Close()
+	body := get(t, srv.URL+"/metrics")
+	for _, line := range []string{
+		`ftvm_phase{phase="protected",role="primary"} 1`,
+		`ftvm_generation{role="primary"} 4`,
+		`ftvm_held_outputs{role="primary"} 6`,
+		`ftvm_log_entries_total{role="primary"} 321`,
+		`ftvm_digests_total{role="primary"} 9`,
+		`ftvm_replay_lag_seconds{role="primary"} 0.125`,
+		`# TYPE ftvm_log_entries_total counter`,
+	} {
+		if !strings.Contains(body, line+"\n") {
+			t.Errorf("metrics lack %q:\n%s", line, body)
+		}
+	}
+	if strings.Contains(body, "ftvm_failover_step_milliseconds") {
+		t.Errorf("a side that never failed over reports failover steps:\n%s", body)
+	}
+	src.st = Status{Role: "backup", Phase: "live", Failover: &Failover{DrainedMS: 4, ClaimedMS: 51, LiveMS: 78, Generation: 2}}
+	body = get(t, srv.URL+"/metrics")
+	for _, line := range []string{
+		`ftvm_failover_step_milliseconds{role="backup",step="claimed"} 51`,
+		`ftvm_failover_step_milliseconds{role="backup",step="live"} 78`,
+		`ftvm_failover_generation{role="backup"} 2`,
+	} {
+		if !strings.Contains(body, line+"\n") {
+			t.Errorf("metrics lack %q:\n%s", line, body)
+		}
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s\n%s", url, resp.Status, b)
+	}
+	return string(b)
+}
+
+func TestListenGetAndGone(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "primary.sock")
+	if _, err := Get(ctx, path); !errors.Is(err, ErrGone) {
+		t.Fatalf("no socket yet: %v, want ErrGone", err)
+	}
+	src := &fakeSource{st: Status{Role: "primary", Phase: "protected", State: "replicating", Generation: 1}}
+	srv, err := Listen(path, src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Get(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st != src.st {
+		t.Fatalf("read %+v, served %+v", st, src.st)
+	}
+	if _, err := Listen(path, src, nil); err == nil {
+		t.Fatal("a second server on a served control socket")
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Errorf("the socket file outlived Close: %v", err)
+	}
+	if _, err := Get(ctx, path); !errors.Is(err, ErrGone) {
+		t.Fatalf("after Close: %v, want ErrGone", err)
+	}
+}

@@ -1,0 +1,160 @@
+// Package control owns a VMM's control socket: an HTTP server on a unix
+// socket that answers GET /status with the side's status as JSON and GET
+// /metrics with the same numbers as Prometheus text, and the client that
+// reads them (ftctl status, the supervisor of ftctl start).
+//
+// The server knows nothing of how a side computes its status: it asks a
+// Source on every request. FromPrimary and FromBackup adapt replication's
+// status types to it.
+package control
+
+import (
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ftvm/ftvm/replication"
+)
+
+// Status is one side of a pair as the control socket reports it.
+type Status struct {
+	// Role is "primary" or "backup".
+	Role string `json:"role"`
+	PID  int    `json:"pid"`
+	// Phase is State in one word: protected, unprotected, backup-lost,
+	// replaying, failing-over, live, halted, stopped (or State's first
+	// word for a state this package does not know).
+	Phase string `json:"phase"`
+	// State is the side's own account, with the reason when it acted.
+	State      string `json:"state"`
+	Generation uint64 `json:"generation"`
+	// Lag: the age of the oldest log entry the backup has not replayed
+	// yet, and how many entries that is.
+	LagSeconds float64 `json:"lag_seconds"`
+	LagEntries uint64  `json:"lag_entries"`
+	// Held outputs (primary): waiting for the backup's ack.
+	HeldOutputs       int     `json:"held_outputs"`
+	HeldBytes         int     `json:"held_bytes"`
+	OldestHeldSeconds float64 `json:"oldest_held_seconds"`
+	// The log channel: entries sent (primary) or received (backup).
+	LogEntries          uint64  `json:"log_entries"`
+	LogEntriesPerSecond float64 `json:"log_entries_per_second"`
+	LogBytesPerSecond   float64 `json:"log_bytes_per_second"`
+	// Digests: register and memory digests the primary logged, or the
+	// backup checked and found equal.
+	Digests uint64 `json:"digests"`
+	// Exit is the last exit the backup replayed (0 on a primary).
+	Exit     uint64    `json:"exit,omitempty"`
+	Failover *Failover `json:"failover,omitempty"`
+}
+
+// Failover is how a backup went live, each step counted from the moment
+// its failure detector found the primary lost.
+type Failover struct {
+	PrimaryLost     time.Time `json:"primary_lost"`
+	Why             string    `json:"why"`
+	DrainedMS       float64   `json:"drained_ms"`
+	ClaimedMS       float64   `json:"claimed_ms"`
+	LiveMS          float64   `json:"live_ms"`
+	Generation      uint64    `json:"generation"`
+	RewrittenWrites int       `json:"rewritten_writes"`
+}
+
+// Source reports a side's status now; it is called on every request,
+// from the server's goroutines.
+type Source interface {
+	Status() Status
+}
+
+// SourceFunc lets a function be a Source.
+type SourceFunc func() Status
+
+// Status calls f.
+func (f SourceFunc) Status() Status { return f() }
+
+// FromPrimary reports a primary's status (pass Primary.Status).
+func FromPrimary(status func() replication.PrimaryStatus) Source {
+	pid := os.Getpid()
+	return SourceFunc(func() Status {
+		s := status()
+		return Status{
+			Role: "primary", PID: pid, Phase: primaryPhase(s.State), State: primaryState(s),
+			Generation: s.Generation,
+			LagSeconds: s.Log.LagTime.Seconds(), LagEntries: s.Log.LagEntries,
+			HeldOutputs: s.Outputs.HeldOutputs, HeldBytes: s.Outputs.HeldBytes,
+			OldestHeldSeconds: s.Outputs.OldestHeld.Seconds(),
+			LogEntries:        s.Log.Entries, LogEntriesPerSecond: s.Log.EntriesPerSec, LogBytesPerSecond: s.Log.BytesPerSec,
+			Digests: s.Recorder.Digests,
+		}
+	})
+}
+
+// FromBackup reports a backup's status (pass the function
+// BackupConfig.Running hands out).
+func FromBackup(status func() replication.BackupStatus) Source {
+	pid := os.Getpid()
+	return SourceFunc(func() Status {
+		s := status()
+		st := Status{
+			Role: "backup", PID: pid, Phase: backupPhase(s.State), State: s.State,
+			Generation: s.Generation,
+			LagSeconds: s.Log.LagTime.Seconds(), LagEntries: s.Log.LagEntries,
+			LogEntries: s.Log.Entries, LogEntriesPerSecond: s.Log.EntriesPerSec, LogBytesPerSecond: s.Log.BytesPerSec,
+			Digests: s.Replayer.Digests, Exit: s.Exit,
+		}
+		if f := s.Failover; f != nil {
+			st.Failover = &Failover{
+				PrimaryLost: f.PrimaryLost, DrainedMS: ms(f.Drained), ClaimedMS: ms(f.Claimed), LiveMS: ms(f.Live),
+				Generation: f.Generation, RewrittenWrites: f.RewrittenWrites,
+			}
+			if f.Why != nil {
+				st.Failover.Why = f.Why.Error()
+			}
+		}
+		return st
+	})
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// primaryState adds why the backup was lost to the primary's state.
+func primaryState(s replication.PrimaryStatus) string {
+	if s.BackupErr != nil && !strings.Contains(s.State, s.BackupErr.Error()) {
+		return s.State + " (backup: " + s.BackupErr.Error() + ")"
+	}
+	return s.State
+}
+
+// primaryPhase names a primary's state by its prefix.
+func primaryPhase(state string) string {
+	has := func(p string) bool { return strings.HasPrefix(state, p) }
+	switch {
+	case has("replicating"):
+		return "protected"
+	case has("unprotected"):
+		return "unprotected"
+	case has("backup lost"):
+		return "backup-lost"
+	}
+	return firstWord(state)
+}
+
+// backupPhase names a backup's state by its prefix.
+func backupPhase(state string) string {
+	has := func(p string) bool { return strings.HasPrefix(state, p) }
+	switch {
+	case has("primary lost"), has("cannot reach the arbiter"):
+		return "failing-over"
+	case has("live"):
+		return "live"
+	}
+	return firstWord(state)
+}
+
+// firstWord is a state's first word: "replaying", "halted", "stopped",
+// "connecting".
+func firstWord(state string) string {
+	word, _, _ := strings.Cut(state, ":")
+	word, _, _ = strings.Cut(word, " ")
+	return word
+}
