@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ftvm/ftvm/failover/control"
 	"github.com/ftvm/ftvm/hypervisor/vm"
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/logchannel"
@@ -27,6 +28,11 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 		return err
 	}
 	defer closeArb()
+	ctl, err := serveControl(cmd, "primary")
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	p, err := replication.NewPrimary(ctx, replication.PrimaryConfig{
 		Instance: cfg, Peer: peer, Log: lcfg,
@@ -37,6 +43,7 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 		return err
 	}
 	defer p.Close()
+	ctl.Set(control.FromPrimary(p.Status))
 	if consoleLive {
 		fmt.Fprintln(cmd.ErrOrStderr(), "ftctl: --console-live: console output is shown as printed, not held until the backup has the log")
 	}
@@ -71,10 +78,16 @@ func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, si
 		return err
 	}
 	defer closeArb()
+	ctl, err := serveControl(cmd, "backup")
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	res, err := replication.RunBackup(ctx, replication.BackupConfig{
 		Instance: cfg, Listen: listen, Log: lcfg,
 		StatusEvery: every, Logger: log, Arbiter: arb, Pair: pair,
+		Running: func(status func() replication.BackupStatus) { ctl.Set(control.FromBackup(status)) },
 		Listening: func(addr net.Addr) {
 			fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: backup listening on %s; start the primary with --role primary --peer %s\n", addr, listen)
 		},

@@ -199,6 +199,7 @@ was lost (the log ended without a clean close).`,
 	f.DurationVar(&silence, "peer-timeout", 3*time.Second, "primary/backup: declare the peer lost after this long without hearing from it")
 	addLogAuthFlags(f)
 	addArbiterFlags(f)
+	addControlFlag(f)
 	f.DurationVar(&maxLag, "max-lag", replication.DefaultMaxLag, "primary: slow the guest down when the backup falls this far behind (the age of the oldest log entry it has not replayed); a failover replays about this much (negative: no bound)")
 	return cmd
 }

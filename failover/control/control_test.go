@@ -195,3 +195,14 @@ func TestListenGetAndGone(t *testing.T) {
 		t.Fatalf("after Close: %v, want ErrGone", err)
 	}
 }
+
+func TestPendingHandsOver(t *testing.T) {
+	p := NewPending("backup")
+	if st := p.Status(); st.Role != "backup" || st.Phase != "starting" || st.PID != os.Getpid() {
+		t.Fatalf("before Set: %+v", st)
+	}
+	p.Set(&fakeSource{st: Status{Role: "backup", Phase: "replaying"}})
+	if st := p.Status(); st.Phase != "replaying" {
+		t.Fatalf("after Set: %+v", st)
+	}
+}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/ftvm/ftvm/failover/control"
+)
+
+// addControlFlag registers --control on ftctl run's flags; serveControl
+// reads it back.
+func addControlFlag(fs *pflag.FlagSet) {
+	fs.String("control", "", "primary/backup: serve this side's status on a unix socket at this path: GET /status (JSON), GET /metrics (Prometheus text); 'ftctl status' reads it")
+}
+
+// controlSocket is --control being served: Set hands it the side's status
+// once the side exists. Without --control both methods do nothing.
+type controlSocket struct {
+	pending *control.Pending
+	server  *control.Server
+}
+
+// serveControl listens on --control (if given) before the VM is built, so
+// a bad path costs nothing and a supervisor sees the side start.
+func serveControl(cmd *cobra.Command, role string) (*controlSocket, error) {
+	path, _ := cmd.Flags().GetString("control")
+	if path == "" {
+		return &controlSocket{}, nil
+	}
+	pending := control.NewPending(role)
+	srv, err := control.Listen(path, pending, slog.Default())
+	if err != nil {
+		return nil, fmt.Errorf("--control: %w", err)
+	}
+	return &controlSocket{pending: pending, server: srv}, nil
+}
+
+func (c *controlSocket) Set(src control.Source) {
+	if c.pending != nil {
+		c.pending.Set(src)
+	}
+}
+
+func (c *controlSocket) Close() {
+	if c.server != nil {
+		c.server.Close()
+	}
+}
