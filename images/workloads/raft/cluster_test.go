@@ -377,3 +377,48 @@ func all(n int) []bool {
 }
 
 func cmd(i int) string { return "c" + strconv.Itoa(i) }
+
+// schedulingGaps measures how late this process gets to run: it returns
+// a function giving the longest delay seen so far beyond a 5 ms tick.
+// Term stability can only be asserted when no gap approaches the election
+// timeout: a process descheduled that long (a loaded two-core machine
+// running -race) rightly sees an election.
+func schedulingGaps(t *testing.T) func() time.Duration {
+	var worst atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		last := time.Now()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case now := <-tick.C:
+				if gap := int64(now.Sub(last) - 5*time.Millisecond); gap > worst.Load() {
+					worst.Store(gap)
+				}
+				last = now
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return func() time.Duration { return time.Duration(worst.Load()) }
+}
+
+// checkTermStable fails if the term moved from want, unless the process
+// was descheduled long enough to explain an election.
+func (c *cluster) checkTermStable(want uint64, gaps func() time.Duration) {
+	c.t.Helper()
+	got := c.checkTerms()
+	if got == want {
+		return
+	}
+	if g := gaps(); g > testHeartbeat {
+		c.t.Logf("term moved from %d to %d, but the process was descheduled for %v: not judged", want, got, g)
+		return
+	}
+	c.t.Fatalf("term moved from %d to %d without failures", want, got)
+}
