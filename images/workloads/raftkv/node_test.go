@@ -30,7 +30,7 @@ func TestTCPNodes(t *testing.T) {
 	}
 	nodes := make([]node, n)
 	for i := range n {
-		nodes[i] = run(i, lns[i])
+		nodes[i] = run(i, lns[i].View())
 	}
 	defer func() {
 		for _, nd := range nodes {
@@ -80,11 +80,7 @@ func TestTCPNodes(t *testing.T) {
 		step(a, 0, i)
 		step(b, 1, i)
 	}
-	ln, err := net.Listen("tcp", addrs[victim])
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodes[victim] = run(victim, ln)
+	nodes[victim] = run(victim, lns[victim].View())
 	for i := 20; i < 30; i++ {
 		step(a, 0, i)
 		step(b, 1, i)
