@@ -3,16 +3,11 @@ package arbiter_test
 import (
 	"context"
 	"errors"
-	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	"github.com/ftvm/ftvm/storage/arbiter"
 	"github.com/ftvm/ftvm/storage/arbiter/arbitertest"
@@ -52,7 +47,7 @@ func dirBackend(t *testing.T) backend {
 }
 
 func etcdBackend(t *testing.T) backend {
-	endpoint := startEtcd(t)
+	endpoint, _ := arbitertest.StartEtcd(t)
 	e, err := arbiter.NewEtcd(arbiter.EtcdConfig{Endpoints: []string{endpoint}, RequestTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -62,40 +57,6 @@ func etcdBackend(t *testing.T) backend {
 }
 
 var backends = map[string]func(*testing.T) backend{"dir": dirBackend, "etcd": etcdBackend}
-
-// startEtcd runs a one-member etcd in this process on free loopback ports
-// and returns its client URL.
-func startEtcd(t *testing.T) string {
-	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
-	// Quiet: a closing etcd logs its listeners' shutdown as errors.
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, peer := freeURL(t), freeURL(t)
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(60 * time.Second):
-		t.Fatal("etcd did not become ready in 60 s")
-	}
-	return client.String()
-}
-
-func freeURL(t *testing.T) url.URL {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return url.URL{Scheme: "http", Host: ln.Addr().String()}
-}
 
 func TestClaimRace(t *testing.T) {
 	for name, open := range backends {
@@ -163,7 +124,7 @@ func TestClaimSemantics(t *testing.T) {
 // TestEtcdUnreachable: nothing listens at the endpoint; Claim and Read say
 // so, in bounded time, and guess nothing.
 func TestEtcdUnreachable(t *testing.T) {
-	u := freeURL(t) // closed again: nothing listens there
+	u := arbitertest.FreeURL(t) // closed again: nothing listens there
 	e, err := arbiter.NewEtcd(arbiter.EtcdConfig{Endpoints: []string{u.String()}, RequestTimeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -179,6 +140,11 @@ func TestEtcdUnreachable(t *testing.T) {
 	}
 	if _, err := e.Read(ctx, "p"); !errors.Is(err, arbiter.ErrUnreachable) {
 		t.Fatalf("read against no etcd: %v", err)
+	}
+	dctx, dcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer dcancel()
+	if _, err := e.Read(dctx, "p"); !errors.Is(err, arbiter.ErrUnreachable) {
+		t.Fatalf("read whose caller's deadline passed first: %v", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()

@@ -136,10 +136,11 @@ func (e *Etcd) decode(pair string, kvs []*mvccpb.KeyValue) Record {
 }
 
 // failed reports an etcd call that gave no answer: the caller's own
-// cancellation as such, anything else as ErrUnreachable.
+// cancellation as such, anything else (the caller's deadline included:
+// etcd did not answer in the time it had) as ErrUnreachable.
 func (e *Etcd) failed(ctx context.Context, pair, doing string, err error) error {
-	if ctx.Err() != nil {
+	if errors.Is(ctx.Err(), context.Canceled) {
 		return fmt.Errorf("arbiter: etcd %s: pair %q: %s: %w", e.endpoints, pair, doing, ctx.Err())
 	}
-	return fmt.Errorf("arbiter: etcd %s: pair %q: %s: %w within %v: %w", e.endpoints, pair, doing, ErrUnreachable, e.timeout, err)
+	return fmt.Errorf("arbiter: etcd %s: pair %q: %s: %w (no answer in time): %w", e.endpoints, pair, doing, ErrUnreachable, err)
 }
