@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -150,11 +149,14 @@ func newStorageRecordCommand() *cobra.Command {
 				claimed = rec.Claimed.Format(time.RFC3339Nano)
 			}
 			owner := rec.Owner
+			if owner == "" {
+				owner = "-"
+			}
 			if rec.Damaged != "" {
 				owner = "(unreadable: " + rec.Damaged + ")"
 			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "pair:        %s\ngeneration:  %d\nowner:       %s\nclaimed:     %s\n",
-				rec.Pair, rec.Generation, strings.TrimSpace(owner), claimed)
+				rec.Pair, rec.Generation, owner, claimed)
 			return err
 		},
 	}
