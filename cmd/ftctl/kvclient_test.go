@@ -79,7 +79,7 @@ func TestKVClientCommandWrongAnswer(t *testing.T) {
 			}
 		}
 	}()
-	out, err := runKVClient(t, "--addr", ln.Addr().String(), "--duration", "10s")
+	out, err := runKVClient(t, "--addr", ln.Addr().String(), "--duration", "10s", "--clients", "1")
 	if exitCode(err) != 2 || !strings.Contains(err.Error(), "wrong answer to ") {
 		t.Fatalf("exit %d %v\n%s", exitCode(err), err, out)
 	}

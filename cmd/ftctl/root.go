@@ -64,6 +64,7 @@ Large downloads and builds are cached in $FTVM_CACHE (default ~/.cache/ftvm).`,
 		newNetCommand(),
 		newStorageCommand(),
 		newPairCommand(),
+		newArbiterCommand(),
 		newTestbenchCommand(),
 	)
 	return root

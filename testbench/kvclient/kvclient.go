@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -149,23 +150,35 @@ func clip(s string) string {
 type Options struct {
 	// Duration is how long to send requests.
 	Duration time.Duration
-	// RequestTimeout bounds each round trip. Default 60 s.
+	// RequestTimeout bounds each round trip. Default 3 min: behind a
+	// fault-tolerant pair a request in flight at a failover waits for the
+	// backup to replay its log and go live.
 	RequestTimeout time.Duration
 	// ProgressEvery prints a progress line to Progress this often (0 or a
 	// nil Progress: none).
 	ProgressEvery time.Duration
 	Progress      io.Writer
-	// Keys is how many distinct keys the client writes. Default 256.
+	// Keys is how many distinct keys the clients write. Default 256.
 	Keys int
-	// Seed makes the request sequence repeatable; 0 picks one at random.
+	// Seed makes each client's request sequence repeatable; 0 picks one at
+	// random.
 	Seed uint64
+	// History, if not nil, records every request (see CheckLinearizable).
+	History *History
 }
+
+// DefaultRequestTimeout is Options.RequestTimeout's default.
+const DefaultRequestTimeout = 3 * time.Minute
 
 // Result sums up a Run.
 type Result struct {
+	Clients                      int
 	Requests, Puts, Gets, Echoes int
-	Elapsed                      time.Duration
-	P50, P99, Max                time.Duration
+	// Failed counts requests whose connection failed before the answer:
+	// their outcome is unknown.
+	Failed        int
+	Elapsed       time.Duration
+	P50, P99, Max time.Duration
 }
 
 // PerSecond is the request rate.
@@ -177,26 +190,46 @@ func (r Result) PerSecond() float64 {
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("%d requests in %v (%.1f req/s: %d PUT, %d GET, %d ECHO), latency p50 %v p99 %v max %v",
+	s := fmt.Sprintf("%d requests in %v (%.1f req/s: %d PUT, %d GET, %d ECHO), latency p50 %v p99 %v max %v",
 		r.Requests, round(r.Elapsed), r.PerSecond(), r.Puts, r.Gets, r.Echoes,
 		round(r.P50), round(r.P99), round(r.Max))
+	if r.Clients > 1 {
+		s = fmt.Sprintf("%d clients, %s", r.Clients, s)
+	}
+	if r.Failed > 0 {
+		s += fmt.Sprintf(", %d failed", r.Failed)
+	}
+	return s
 }
 
-// Run sends mixed traffic over c for opts.Duration, one request at a time,
-// and checks every answer:
+// Run sends mixed traffic over c for opts.Duration, one request at a time;
+// see RunClients.
+func Run(ctx context.Context, c *Conn, opts Options) (Result, error) {
+	return RunClients(ctx, []*Conn{c}, opts)
+}
+
+// RunClients runs one client per connection for opts.Duration, each
+// sending one request at a time, and checks every answer:
 //
 //	ECHO <random hex>   -> the same text
-//	PUT <key> <value>   -> OK <seq>, seq above every seq seen before
+//	PUT <key> <value>   -> OK <seq>, seq above every seq this client saw before
 //	GET <key> (written) -> VALUE <the last value this client put>
 //	GET <key> (never)   -> NOTFOUND
 //
-// Keys carry a per-run prefix, so values from earlier runs against a
-// durable store do not matter. Run stops at the first wrong answer (a
-// *WrongAnswer) or failed request, or when ctx ends (ctx.Err()); the
-// Result covers the requests answered until then.
-func Run(ctx context.Context, c *Conn, opts Options) (Result, error) {
+// With several clients the keys are shared, so a GET of a written key is
+// only checked for its form (VALUE or NOTFOUND); that the values fit
+// together is what CheckLinearizable checks in opts.History. Keys carry a
+// per-run prefix, so values from earlier runs against a durable store do
+// not matter.
+//
+// A wrong answer (a *WrongAnswer) stops every client. A failed request
+// (connection lost, no answer within the timeout) stops its client; it
+// is recorded with an unknown outcome and the others go on. RunClients
+// returns ctx.Err() when ctx ends, else the first wrong answer, else the
+// first failed request; the Result covers all answered requests.
+func RunClients(ctx context.Context, conns []*Conn, opts Options) (Result, error) {
 	if opts.RequestTimeout == 0 {
-		opts.RequestTimeout = 60 * time.Second
+		opts.RequestTimeout = DefaultRequestTimeout
 	}
 	if opts.Keys <= 0 {
 		opts.Keys = 256
@@ -204,50 +237,149 @@ func Run(ctx context.Context, c *Conn, opts Options) (Result, error) {
 	if opts.Seed == 0 {
 		opts.Seed = rand.Uint64()
 	}
-	t := newTraffic(opts.Seed, opts.Keys)
-	var res Result
-	lat := make([]time.Duration, 0, 1024)
-	start := time.Now()
-	window, nextProgress := 0, start.Add(opts.ProgressEvery)
-	finish := func(err error) (Result, error) {
-		res.Elapsed = time.Since(start)
-		res.P50, res.P99, res.Max = quantiles(lat)
-		return res, err
+	if opts.History == nil {
+		opts.History = NewHistory()
 	}
-	for time.Since(start) < opts.Duration {
-		q := t.next()
-		sent := time.Now()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	t := &tally{start: time.Now(), res: Result{Clients: len(conns)}}
+	prefix := "kvc" + strconv.FormatUint(rand.New(rand.NewPCG(opts.Seed, 1)).Uint64()&0xffffffff, 36) + "-"
+	errs := make([]error, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		tr := newTraffic(opts.Seed+uint64(i), opts.Keys, prefix, i, len(conns) > 1)
+		wg.Go(func() {
+			errs[i] = runClient(runCtx, c, tr, opts, t)
+			var wrong *WrongAnswer
+			if errors.As(errs[i], &wrong) {
+				stop()
+			}
+		})
+	}
+	if opts.ProgressEvery > 0 && opts.Progress != nil {
+		done := make(chan struct{})
+		var printer sync.WaitGroup
+		printer.Go(func() { t.progress(opts.ProgressEvery, opts.Progress, done) })
+		// Runs after wg.Wait below: no progress line is written once
+		// RunClients has returned.
+		defer printer.Wait()
+		defer close(done)
+	}
+	wg.Wait()
+	res := t.result()
+	if ctx.Err() != nil {
+		return res, ctx.Err()
+	}
+	var wrong *WrongAnswer
+	for _, err := range errs {
+		if errors.As(err, &wrong) {
+			return res, err
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// runClient is one client of RunClients.
+func runClient(ctx context.Context, c *Conn, tr *traffic, opts Options, t *tally) error {
+	h := opts.History
+	n := 0
+	for time.Since(t.start) < opts.Duration {
+		q := tr.next()
+		n++
+		op := Op{Client: tr.client, Kind: q.kind.String(), Key: q.key, Call: h.now()}
+		if q.kind != opGet {
+			op.Value = q.value
+		}
 		reply, err := c.Do(ctx, q.req, opts.RequestTimeout)
 		if err != nil {
+			op.Unknown, op.Err = true, err.Error()
+			h.add(op)
 			if ctx.Err() != nil {
-				return finish(ctx.Err())
+				return ctx.Err()
 			}
-			return finish(fmt.Errorf("request %d: %w", res.Requests+1, err))
+			t.failed()
+			if tr.shared {
+				return fmt.Errorf("client %d: request %d: %w", tr.client, n, err)
+			}
+			return fmt.Errorf("request %d: %w", n, err)
 		}
-		lat = append(lat, time.Since(sent))
-		if err := t.check(q, reply); err != nil {
-			return finish(err)
+		op.Return, op.Answer = h.now(), reply
+		h.add(op)
+		if err := tr.check(q, reply); err != nil {
+			return err
 		}
-		res.Requests++
-		switch q.kind {
-		case opPut:
-			res.Puts++
-		case opGet:
-			res.Gets++
-		case opEcho:
-			res.Echoes++
-		}
-		if now := time.Now(); opts.ProgressEvery > 0 && opts.Progress != nil && !now.Before(nextProgress) {
-			w := lat[window:]
-			p50, p99, _ := quantiles(w)
-			span := opts.ProgressEvery + now.Sub(nextProgress)
-			fmt.Fprintf(opts.Progress, "kvclient: %3.0fs  %6d requests, last %v: %.0f req/s, p50 %v p99 %v\n",
-				now.Sub(start).Seconds(), res.Requests, span.Round(100*time.Millisecond),
-				float64(len(w))/span.Seconds(), round(p50), round(p99))
-			window, nextProgress = len(lat), now.Add(opts.ProgressEvery)
+		t.answered(q.kind, op.Wait())
+	}
+	return nil
+}
+
+// tally sums up the clients' answers as they come.
+type tally struct {
+	start time.Time
+
+	mu  sync.Mutex
+	res Result
+	lat []time.Duration
+}
+
+func (t *tally) answered(kind opKind, wait time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.lat = append(t.lat, wait)
+	t.res.Requests++
+	switch kind {
+	case opPut:
+		t.res.Puts++
+	case opGet:
+		t.res.Gets++
+	case opEcho:
+		t.res.Echoes++
+	}
+}
+
+func (t *tally) failed() {
+	t.mu.Lock()
+	t.res.Failed++
+	t.mu.Unlock()
+}
+
+func (t *tally) result() Result {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.res
+	r.Elapsed = time.Since(t.start)
+	r.P50, r.P99, r.Max = quantiles(t.lat)
+	return r
+}
+
+// progress prints a line every period until done is closed.
+func (t *tally) progress(period time.Duration, w io.Writer, done <-chan struct{}) {
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	window, last := 0, t.start
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-tick.C:
+			t.mu.Lock()
+			win := slices.Clone(t.lat[window:])
+			requests := t.res.Requests
+			window = len(t.lat)
+			t.mu.Unlock()
+			p50, p99, _ := quantiles(win)
+			span := now.Sub(last)
+			fmt.Fprintf(w, "kvclient: %3.0fs  %6d requests, last %v: %.0f req/s, p50 %v p99 %v\n",
+				now.Sub(t.start).Seconds(), requests, span.Round(100*time.Millisecond),
+				float64(len(win))/span.Seconds(), round(p50), round(p99))
+			last = now
 		}
 	}
-	return finish(nil)
 }
 
 type opKind int
@@ -258,11 +390,22 @@ const (
 	opEcho
 )
 
+func (k opKind) String() string {
+	switch k {
+	case opPut:
+		return "PUT"
+	case opGet:
+		return "GET"
+	}
+	return "ECHO"
+}
+
 type request struct {
 	kind       opKind
 	req        string
-	key, value string // PUT: what is written; GET: the expected value
+	key, value string // PUT: what is written; GET: the expected value; ECHO: the text
 	found      bool   // GET: whether this client wrote key
+	exact      bool   // GET: the answer must be exactly value (or NOTFOUND)
 }
 
 // traffic generates requests and knows what each answer must be.
@@ -270,18 +413,17 @@ type traffic struct {
 	rng     *rand.Rand
 	prefix  string
 	keys    int
+	client  int
+	shared  bool // other clients write the same keys
 	n       int
 	values  map[string]string // the last value put per key
 	written []string          // keys put, in first-write order
 	seq     uint64            // the highest PUT sequence number seen
 }
 
-func newTraffic(seed uint64, keys int) *traffic {
+func newTraffic(seed uint64, keys int, prefix string, client int, shared bool) *traffic {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	return &traffic{
-		rng: rng, keys: keys, values: map[string]string{},
-		prefix: "kvc" + strconv.FormatUint(rng.Uint64()&0xffffffff, 36) + "-",
-	}
+	return &traffic{rng: rng, keys: keys, values: map[string]string{}, prefix: prefix, client: client, shared: shared}
 }
 
 func (t *traffic) randomHex(maxBytes int) string {
@@ -299,18 +441,24 @@ func (t *traffic) next() request {
 	switch p := t.rng.IntN(100); {
 	case p < 35 || len(t.written) == 0:
 		k := t.prefix + "k" + strconv.Itoa(t.rng.IntN(t.keys))
-		// Values may hold spaces: the value is the rest of the line.
-		v := "v" + strconv.Itoa(t.n) + " " + t.randomHex(48)
+		// Values may hold spaces: the value is the rest of the line. They
+		// are unique across clients, so each read names its write.
+		v := "c" + strconv.Itoa(t.client) + "v" + strconv.Itoa(t.n) + " " + t.randomHex(48)
 		return request{kind: opPut, req: "PUT " + k + " " + v, key: k, value: v}
 	case p < 80:
 		if t.rng.IntN(10) == 0 {
-			k := t.prefix + "missing" + strconv.Itoa(t.n)
+			k := t.prefix + "missing" + strconv.Itoa(t.client) + "-" + strconv.Itoa(t.n)
+			return request{kind: opGet, req: "GET " + k, key: k, exact: true}
+		}
+		if t.shared {
+			k := t.prefix + "k" + strconv.Itoa(t.rng.IntN(t.keys))
 			return request{kind: opGet, req: "GET " + k, key: k}
 		}
 		k := t.written[t.rng.IntN(len(t.written))]
-		return request{kind: opGet, req: "GET " + k, key: k, value: t.values[k], found: true}
+		return request{kind: opGet, req: "GET " + k, key: k, value: t.values[k], found: true, exact: true}
 	default:
-		return request{kind: opEcho, req: "ECHO " + t.randomHex(200)}
+		text := t.randomHex(200)
+		return request{kind: opEcho, req: "ECHO " + text, value: text}
 	}
 }
 
@@ -328,6 +476,12 @@ func (t *traffic) check(q request, reply string) error {
 		}
 		t.values[q.key] = q.value
 	case opGet:
+		if !q.exact {
+			if reply != "NOTFOUND" && !strings.HasPrefix(reply, "VALUE ") {
+				return &WrongAnswer{Request: q.req, Got: reply, Want: "VALUE <value> or NOTFOUND"}
+			}
+			return nil
+		}
 		want := "NOTFOUND"
 		if q.found {
 			want = "VALUE " + q.value
@@ -336,8 +490,8 @@ func (t *traffic) check(q request, reply string) error {
 			return &WrongAnswer{Request: q.req, Got: reply, Want: want}
 		}
 	case opEcho:
-		if want := strings.TrimPrefix(q.req, "ECHO "); reply != want {
-			return &WrongAnswer{Request: q.req, Got: reply, Want: want}
+		if reply != q.value {
+			return &WrongAnswer{Request: q.req, Got: reply, Want: q.value}
 		}
 	}
 	return nil
