@@ -4,8 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ftvm/ftvm/images/workloads/kv"
@@ -84,4 +88,85 @@ func TestKVClientCommandWrongAnswer(t *testing.T) {
 		t.Fatalf("exit %d %v\n%s", exitCode(err), err, out)
 	}
 	t.Logf("%v\n%s", err, out)
+}
+
+// TestKVClientCommandHistory: against the real kv server, the history is
+// written, checks linearizable, and every written key reads back.
+func TestKVClientCommandHistory(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- kv.NewServer(kv.OpenMemory()).Serve(ctx, ln) }()
+	defer func() { cancel(); <-done }()
+
+	history := filepath.Join(t.TempDir(), "history.jsonl")
+	out, err := runKVClient(t, "--addr", ln.Addr().String(), "--duration", "500ms", "--clients", "3", "--history", history)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{"3 clients, ", "errors: 0\n", "longest wait for an answer: ", "read back all ", "linearizable: yes (", "history of "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	data, err := os.ReadFile(history)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(data), "\n"); n < 50 || !strings.Contains(string(data), `"op":"PUT"`) {
+		t.Errorf("history of %d lines:\n%.500s", n, data)
+	}
+	if _, err := os.Stat(strings.TrimSuffix(history, ".jsonl") + ".html"); err == nil {
+		t.Error("a visualization was written for a linearizable history")
+	}
+}
+
+// TestKVClientCommandNotLinearizable: a server that acknowledges every PUT
+// and forgets it (GET says NOTFOUND) gets past the clients' own checks
+// with shared keys, but not the read-back or the linearizability check.
+func TestKVClientCommandNotLinearizable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var seq atomic.Uint64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewScanner(c)
+				for r.Scan() {
+					reply := "NOTFOUND"
+					if text, ok := strings.CutPrefix(r.Text(), "ECHO "); ok {
+						reply = text
+					} else if strings.HasPrefix(r.Text(), "PUT ") {
+						reply = fmt.Sprintf("OK %d", seq.Add(1))
+					}
+					if _, err := c.Write([]byte(reply + "\n")); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	history := filepath.Join(t.TempDir(), "history.jsonl")
+	out, err := runKVClient(t, "--addr", ln.Addr().String(), "--duration", "300ms", "--clients", "2", "--history", history)
+	if exitCode(err) != 2 || !strings.Contains(err.Error(), "did not read back") || !strings.Contains(err.Error(), "not linearizable") {
+		t.Fatalf("exit %d %v\n%s", exitCode(err), err, out)
+	}
+	if !strings.Contains(out, "linearizable: NO") || !strings.Contains(out, "fit one order, the next cannot") {
+		t.Errorf("output:\n%s", out)
+	}
+	html, err := os.ReadFile(strings.TrimSuffix(history, ".jsonl") + ".html")
+	if err != nil || !strings.Contains(string(html), "<html") {
+		t.Errorf("visualization: %v", err)
+	}
 }
