@@ -263,12 +263,11 @@ func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// admitWrite is the single gate every write passes (with d.mu held). Today
-// it refuses writes to a closed or read-only disk. Fencing slots in here:
-// the writer will carry the generation it won from the arbiter, and a write
-// from a holder of an older generation than the storage's current one will
-// be refused, so a paused or partitioned old primary cannot corrupt a disk
-// the backup has taken over.
+// admitWrite is the single gate every write passes (with d.mu held): it
+// refuses writes to a closed or read-only disk. Generations are not checked
+// here: a Disk opened directly is not fenced. Fencing is the storage
+// server's (package storage/server), which opens the disk itself and
+// checks each write's generation against the pair's record.
 func (d *Disk) admitWrite() error {
 	if d.closed {
 		return fmt.Errorf("storage: write disk %q: %w", d.name, ErrClosed)
