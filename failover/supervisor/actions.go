@@ -1,0 +1,195 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"syscall"
+	"time"
+
+	"github.com/ftvm/ftvm/failover/control"
+)
+
+// Side is one VMM of a pair as its control socket answered: Status, or
+// Err (control.ErrGone when nothing answers).
+type Side struct {
+	Role   string          `json:"role"`
+	Status *control.Status `json:"status,omitempty"`
+	Err    string          `json:"error,omitempty"`
+}
+
+// PairStatus is a pair on this host, both sides.
+type PairStatus struct {
+	Name    string `json:"name"`
+	Dir     RunDir `json:"run_dir"`
+	Primary Side   `json:"primary"`
+	Backup  Side   `json:"backup"`
+}
+
+// Read asks both sides' control sockets.
+func Read(ctx context.Context, name string, dir RunDir) PairStatus {
+	ps := PairStatus{Name: name, Dir: dir}
+	for _, side := range []*Side{&ps.Primary, &ps.Backup} {
+		role := Primary
+		if side == &ps.Backup {
+			role = Backup
+		}
+		side.Role = role
+		st, err := control.Get(ctx, dir.Control(role))
+		if err != nil {
+			side.Err = err.Error()
+			if errors.Is(err, control.ErrGone) {
+				side.Err = "gone"
+			}
+			continue
+		}
+		side.Status = &st
+	}
+	return ps
+}
+
+// LastFailover is the failover timeline either side reports (the backup
+// that went live), or nil.
+func (ps PairStatus) LastFailover() *control.Failover {
+	for _, s := range []Side{ps.Backup, ps.Primary} {
+		if s.Status != nil && s.Status.Failover != nil {
+			return s.Status.Failover
+		}
+	}
+	return nil
+}
+
+// WriteText prints a pair's status for a person: one block per side, then
+// the last failover.
+func (ps PairStatus) WriteText(w io.Writer) {
+	fmt.Fprintf(w, "pair %s (%s)\n", ps.Name, ps.Dir)
+	for _, s := range []Side{ps.Primary, ps.Backup} {
+		if s.Status == nil {
+			fmt.Fprintf(w, "  %-7s  %s\n", s.Role, s.Err)
+			continue
+		}
+		st := s.Status
+		fmt.Fprintf(w, "  %-7s  %s (pid %d): %s\n", s.Role, st.Phase, st.PID, st.State)
+		fmt.Fprintf(w, "           generation %d, lag %s (%d entries), held outputs %d (%d B), log %.0f entries/s %.2f Mbit/s, digests %d\n",
+			st.Generation, seconds(st.LagSeconds), st.LagEntries, st.HeldOutputs, st.HeldBytes,
+			st.LogEntriesPerSecond, st.LogBytesPerSecond*8/1e6, st.Digests)
+	}
+	if f := ps.LastFailover(); f != nil {
+		fmt.Fprintf(w, "  last failover: %s\n", FormatFailover(*f))
+	}
+}
+
+func seconds(s float64) time.Duration {
+	return time.Duration(s * float64(time.Second)).Round(time.Millisecond)
+}
+
+// FormatFailover is a failover's timeline in milliseconds.
+func FormatFailover(f control.Failover) string {
+	return fmt.Sprintf("primary lost at %s (%s); log drained +%.0f ms, record claimed (generation %d) +%.0f ms, live +%.0f ms; %d disk writes re-issued",
+		f.PrimaryLost.Format("15:04:05.000"), f.Why, f.DrainedMS, f.Generation, f.ClaimedMS, f.LiveMS, f.RewrittenWrites)
+}
+
+// KillPrimary SIGKILLs the pair's primary (the demo of a failover) and
+// returns when it did.
+func KillPrimary(dir RunDir) (time.Time, error) {
+	proc, err := readPIDFile(dir.PIDFile(Primary))
+	if errors.Is(err, ErrNotRunning) {
+		return time.Time{}, fmt.Errorf("no primary is running in %s (already failed over, or stopped? see 'ftctl status')", dir)
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	at := time.Now()
+	if err := proc.signal(syscall.SIGKILL); err != nil {
+		return time.Time{}, fmt.Errorf("kill the primary (pid %d): %w", proc.PID, err)
+	}
+	return at, nil
+}
+
+// WaitPhase polls role's control socket until it reports phase, a phase
+// in fail (an error naming its state), or ctx ends.
+func WaitPhase(ctx context.Context, dir RunDir, role, phase string, fail ...string) (control.Status, error) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	var last control.Status
+	var lastErr error
+	for {
+		st, err := control.Get(ctx, dir.Control(role))
+		if err == nil {
+			last, lastErr = st, nil
+			if st.Phase == phase {
+				return st, nil
+			}
+			for _, f := range fail {
+				if st.Phase == f {
+					return st, fmt.Errorf("the %s is %s: %s", role, st.Phase, st.State)
+				}
+			}
+		} else {
+			lastErr = err
+		}
+		select {
+		case <-ctx.Done():
+			if lastErr != nil {
+				return last, fmt.Errorf("waiting for the %s to be %s: %w (last: %v)", role, phase, ctx.Err(), lastErr)
+			}
+			return last, fmt.Errorf("waiting for the %s to be %s: %w (last state: %s)", role, phase, ctx.Err(), last.State)
+		case <-t.C:
+		}
+	}
+}
+
+// Stop stops a pair: SIGTERM to the primary, then the backup, then the
+// switch and the supervisor, each waited for (SIGKILL after grace), then
+// removes the sockets and pid files. It returns which processes it
+// stopped; none is not an error.
+func Stop(ctx context.Context, dir RunDir, grace time.Duration) ([]string, error) {
+	var stopped []string
+	var errs []error
+	// The primary first: its log ends cleanly, so the backup stops too
+	// instead of going live.
+	for _, name := range []string{Primary, Backup, Switch, Supervisor} {
+		proc, err := readPIDFile(dir.PIDFile(name))
+		if errors.Is(err, ErrNotRunning) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := terminate(ctx, proc, grace); err != nil {
+			errs = append(errs, fmt.Errorf("stop the %s: %w", name, err))
+			continue
+		}
+		stopped = append(stopped, fmt.Sprintf("%s (pid %d)", name, proc.PID))
+	}
+	if len(errs) == 0 {
+		errs = append(errs, dir.CleanSockets())
+	}
+	return stopped, errors.Join(errs...)
+}
+
+// terminate sends SIGTERM, and SIGKILL if proc outlives grace.
+func terminate(ctx context.Context, proc Process, grace time.Duration) error {
+	if err := proc.signal(syscall.SIGTERM); err != nil {
+		if errors.Is(err, ErrNotRunning) {
+			return nil
+		}
+		return err
+	}
+	graceCtx, cancel := context.WithTimeout(ctx, grace)
+	defer cancel()
+	if err := proc.waitGone(graceCtx); err == nil || ctx.Err() != nil {
+		return err
+	}
+	if err := proc.signal(syscall.SIGKILL); err != nil && !errors.Is(err, ErrNotRunning) {
+		return err
+	}
+	killCtx, cancel2 := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel2()
+	if err := proc.waitGone(killCtx); err != nil {
+		return fmt.Errorf("still running after SIGKILL: %w", err)
+	}
+	return nil
+}

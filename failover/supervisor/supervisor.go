@@ -1,0 +1,270 @@
+package supervisor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/ftvm/ftvm/failover/control"
+)
+
+// Pair is what 'ftctl start' runs.
+type Pair struct {
+	Name string
+	Dir  RunDir
+	// Ftctl is the executable the children run (os.Executable()).
+	Ftctl string
+	// Machine are 'ftctl run' flags both sides get: image, memory,
+	// disks, address, command line, tunables.
+	Machine []string
+	// Net is the socket of a running switch; "" starts one in the run
+	// directory with Forwards.
+	Net      string
+	Forwards []string
+	// Timeout bounds each start step (switch up, backup listening,
+	// primary protected).
+	Timeout time.Duration
+	Log     *slog.Logger
+}
+
+func (p Pair) netSocket() string {
+	if p.Net != "" {
+		return p.Net
+	}
+	return p.Dir.NetSocket()
+}
+
+// SwitchArgs are the switch's arguments after the executable.
+func (p Pair) SwitchArgs() []string {
+	args := []string{"net", "serve", "--socket", p.Dir.NetSocket()}
+	for _, f := range p.Forwards {
+		args = append(args, "--forward", f)
+	}
+	return args
+}
+
+// VMMArgs are one side's arguments after the executable: the machine
+// flags, then what makes it this pair's primary or backup.
+func (p Pair) VMMArgs(role string) []string {
+	args := append([]string{"run"}, p.Machine...)
+	args = append(args, "--net", p.netSocket(), "--role", role)
+	if role == Backup {
+		args = append(args, "--listen", p.Dir.LogChannel())
+	} else {
+		args = append(args, "--peer", p.Dir.LogChannel())
+	}
+	return append(args,
+		"--arbiter", p.Dir.Arbiter(), "--pair", p.Name,
+		"--control", p.Dir.Control(role),
+		"--console", p.Dir.ConsoleFile(role))
+}
+
+// child is a process the supervisor started.
+type child struct {
+	name string
+	proc Process
+	done chan struct{} // closed when it exited and was reaped
+	err  error         // how it exited, once done
+}
+
+// start runs ftctl with args as the child name, its output appended to
+// name.log and its pid in name.pid. Children get their own process
+// group: a Ctrl-C at the supervisor's terminal reaches the supervisor
+// only, which stops them in order (primary first, so the backup sees a
+// clean end and does not go live).
+func (p Pair) start(name string, args []string) (*child, error) {
+	logf, err := os.OpenFile(p.Dir.LogFile(name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("start the %s: %w", name, err)
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "--- %s: %s %q\n", time.Now().Format(time.RFC3339), p.Ftctl, args)
+	cmd := exec.Command(p.Ftctl, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start the %s: %w", name, err)
+	}
+	c := &child{name: name, done: make(chan struct{})}
+	c.proc, err = processOf(cmd.Process.Pid)
+	if err == nil {
+		err = writePIDFile(p.Dir.PIDFile(name), cmd.Process.Pid)
+	}
+	go func() {
+		c.err = cmd.Wait()
+		os.Remove(p.Dir.PIDFile(name))
+		close(c.done)
+	}()
+	if err != nil {
+		cmd.Process.Kill()
+		<-c.done
+		return nil, err
+	}
+	return c, nil
+}
+
+// exited reports how a child that exited early ended, with its log's tail.
+func (p Pair) exited(c *child) error {
+	return fmt.Errorf("the %s exited (%v) before the pair was protected; its log %s ends:\n%s",
+		c.name, c.err, p.Dir.LogFile(c.name), tail(p.Dir.LogFile(c.name), 15))
+}
+
+// waitFor polls ready until it says yes, the child exits, or the step's
+// timeout passes.
+func (p Pair) waitFor(ctx context.Context, c *child, what string, ready func(context.Context) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	defer cancel()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for !ready(ctx) {
+		select {
+		case <-c.done:
+			return p.exited(c)
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w (see %s)", what, ctx.Err(), p.Dir.LogFile(c.name))
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+func exists(path string) func(context.Context) bool {
+	return func(context.Context) bool {
+		_, err := os.Stat(path)
+		return err == nil
+	}
+}
+
+// Run is the supervisor: it starts the switch (unless Net is given), the
+// backup and the primary, calls ready once the primary reports the pair
+// protected, and then waits until both sides have exited or ctx ends; it
+// stops what it started in order (primary, backup, switch) on its way out.
+func (p Pair) Run(ctx context.Context, ready func()) error {
+	if p.Timeout <= 0 {
+		p.Timeout = 2 * time.Minute
+	}
+	if p.Log == nil {
+		p.Log = slog.Default()
+	}
+	if err := p.Dir.Create(); err != nil {
+		return err
+	}
+	for _, name := range []string{Supervisor, Primary, Backup, Switch} {
+		if proc, err := readPIDFile(p.Dir.PIDFile(name)); err == nil && proc.PID != os.Getpid() {
+			return fmt.Errorf("pair %s is already running (%s pid %d, run directory %s); 'ftctl stop %s' first", p.Name, name, proc.PID, p.Dir, p.Name)
+		}
+	}
+	// What is left is a dead run's: its log socket would pass for a
+	// listening backup.
+	if err := p.Dir.CleanSockets(); err != nil {
+		return err
+	}
+	if err := writePIDFile(p.Dir.PIDFile(Supervisor), os.Getpid()); err != nil {
+		return err
+	}
+	defer os.Remove(p.Dir.PIDFile(Supervisor))
+
+	var started []*child // in start order; stopped in reverse
+	defer func() { p.stopChildren(started) }()
+	if p.Net == "" {
+		sw, err := p.start(Switch, p.SwitchArgs())
+		if err != nil {
+			return err
+		}
+		started = append(started, sw)
+		if err := p.waitFor(ctx, sw, "the switch's socket "+p.Dir.NetSocket(), exists(p.Dir.NetSocket())); err != nil {
+			return err
+		}
+	}
+	backup, err := p.start(Backup, p.VMMArgs(Backup))
+	if err != nil {
+		return err
+	}
+	started = append(started, backup)
+	if err := p.waitFor(ctx, backup, "the backup to listen on "+p.Dir.LogChannel(), exists(p.Dir.LogSocket())); err != nil {
+		return err
+	}
+	primary, err := p.start(Primary, p.VMMArgs(Primary))
+	if err != nil {
+		return err
+	}
+	started = append(started, primary)
+	if err := p.waitFor(ctx, primary, "the primary to report the pair protected", func(ctx context.Context) bool {
+		st, err := control.Get(ctx, p.Dir.Control(Primary))
+		return err == nil && st.Phase == "protected"
+	}); err != nil {
+		return err
+	}
+	p.Log.Info("pair protected", "pair", p.Name, "primary", primary.proc.PID, "backup", backup.proc.PID)
+	if err := os.WriteFile(p.Dir.ProtectedFile(), fmt.Appendf(nil, "%s\n", time.Now().Format(time.RFC3339Nano)), 0o600); err != nil {
+		return fmt.Errorf("mark the pair protected: %w", err)
+	}
+	defer os.Remove(p.Dir.ProtectedFile())
+	if ready != nil {
+		ready()
+	}
+	// A killed primary leaves the backup live; the pair ends when both
+	// sides have exited (or ctx ends: stop them).
+	for _, c := range []*child{primary, backup} {
+		select {
+		case <-c.done:
+			p.Log.Info("exited", "process", c.name, "pid", c.proc.PID, "status", exitStatus(c.err))
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	return nil
+}
+
+// stopChildren stops the children still running, last started first:
+// the primary before the backup, so the backup sees the log end cleanly
+// and does not go live, and the switch last.
+func (p Pair) stopChildren(started []*child) {
+	for i := len(started) - 1; i >= 0; i-- {
+		c := started[i]
+		select {
+		case <-c.done:
+			continue
+		default:
+		}
+		if err := terminate(context.Background(), c.proc, stopGrace); err != nil {
+			p.Log.Warn("stop", "process", c.name, "pid", c.proc.PID, "err", err)
+		}
+		<-c.done
+		p.Log.Info("stopped", "process", c.name, "pid", c.proc.PID, "status", exitStatus(c.err))
+	}
+}
+
+// stopGrace is how long a process has to stop on SIGTERM (a primary
+// waits a few seconds for the backup's last acks).
+const stopGrace = 15 * time.Second
+
+func exitStatus(err error) string {
+	if err == nil {
+		return "exit 0"
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ProcessState.String()
+	}
+	return err.Error()
+}
+
+// tail is the last n lines of a file, for an error message.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "  (" + err.Error() + ")"
+	}
+	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  " + string(bytes.Join(lines, []byte("\n  ")))
+}

@@ -1,0 +1,311 @@
+package supervisor
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestVMMArgs(t *testing.T) {
+	p := Pair{Name: "kv", Dir: "/run/ftvm/kv", Machine: []string{"--image", "out/image", "--mem", "512"}}
+	got := p.VMMArgs(Backup)
+	want := []string{"run", "--image", "out/image", "--mem", "512", "--net", "/run/ftvm/kv/net.sock",
+		"--role", "backup", "--listen", "unix:/run/ftvm/kv/log.sock",
+		"--arbiter", "/run/ftvm/kv/arbiter", "--pair", "kv",
+		"--control", "/run/ftvm/kv/backup.sock", "--console", "/run/ftvm/kv/backup.console"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("backup args\n got %q\nwant %q", got, want)
+	}
+	p.Net = "/tmp/other-net.sock"
+	got = p.VMMArgs(Primary)
+	for _, pair := range [][2]string{{"--role", "primary"}, {"--peer", "unix:/run/ftvm/kv/log.sock"}, {"--net", "/tmp/other-net.sock"},
+		{"--control", "/run/ftvm/kv/primary.sock"}, {"--console", "/run/ftvm/kv/primary.console"}} {
+		if v := flagValue(got, pair[0]); v != pair[1] {
+			t.Errorf("primary %s = %q, want %q (args %q)", pair[0], v, pair[1], got)
+		}
+	}
+	if slices.Contains(got, "--listen") {
+		t.Errorf("primary args have --listen: %q", got)
+	}
+	// The machine flags are not shared with the caller's slice.
+	if p.Machine[len(p.Machine)-1] != "512" {
+		t.Errorf("VMMArgs changed Machine: %q", p.Machine)
+	}
+	p.Forwards = []string{"7000=7000", "8080=80"}
+	if got, want := p.SwitchArgs(), []string{"net", "serve", "--socket", "/run/ftvm/kv/net.sock", "--forward", "7000=7000", "--forward", "8080=80"}; !slices.Equal(got, want) {
+		t.Errorf("switch args %q, want %q", got, want)
+	}
+}
+
+func TestDefaultDir(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+	d, err := DefaultDir("kv")
+	if err != nil || d != "/run/user/1000/ftvm/kv" {
+		t.Fatalf("DefaultDir = %q, %v", d, err)
+	}
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	d, err = DefaultDir("kv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 && d != "/run/ftvm/kv" || os.Geteuid() != 0 && !strings.HasSuffix(string(d), ".local/state/ftvm/kv") {
+		t.Fatalf("DefaultDir without XDG_RUNTIME_DIR (euid %d) = %q", os.Geteuid(), d)
+	}
+	if err := ValidateName("../x"); err == nil {
+		t.Error("a pair name with a path in it was accepted")
+	}
+}
+
+func TestPIDFileNamesOnlyItsProcess(t *testing.T) {
+	dir := RunDir(t.TempDir())
+	sleep := exec.Command("sleep", "60")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { sleep.Wait(); close(done) }()
+	t.Cleanup(func() { sleep.Process.Kill(); <-done })
+	path := dir.PIDFile("x")
+	if err := writePIDFile(path, sleep.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	proc, err := readPIDFile(path)
+	if err != nil || proc.PID != sleep.Process.Pid {
+		t.Fatalf("read back %+v, %v; wrote pid %d", proc, err, sleep.Process.Pid)
+	}
+	// Same pid, another start time: a reused pid is not our process.
+	os.WriteFile(path, []byte(strings.Replace(mustRead(t, path), " ", " 1", 1)), 0o600)
+	if _, err := readPIDFile(path); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("a pid file with another start time: %v, want ErrNotRunning", err)
+	}
+	os.WriteFile(path, []byte("garbage"), 0o600)
+	if _, err := readPIDFile(path); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("a garbled pid file: %v, want an error naming it", err)
+	}
+	if _, err := readPIDFile(dir.PIDFile("none")); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("a missing pid file: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestStopTerminatesAndCleans(t *testing.T) {
+	dir := RunDir(t.TempDir())
+	var procs []*exec.Cmd
+	dones := map[string]chan struct{}{}
+	for _, name := range []string{Primary, Backup} {
+		c := exec.Command("sleep", "60")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, c)
+		done := make(chan struct{})
+		go func() { c.Wait(); close(done) }() // reap, as a supervisor would
+		dones[name] = done
+		if err := writePIDFile(dir.PIDFile(name), c.Process.Pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, c := range procs {
+			c.Process.Kill()
+		}
+	})
+	os.WriteFile(dir.Control(Primary), nil, 0o600) // a socket left behind
+	os.WriteFile(dir.LogFile(Primary), []byte("log"), 0o600)
+	stopped, err := Stop(context.Background(), dir, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stopped) != 2 || !strings.HasPrefix(stopped[0], "primary") || !strings.HasPrefix(stopped[1], "backup") {
+		t.Fatalf("stopped %q, want primary then backup", stopped)
+	}
+	for name, done := range dones {
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the %s's process still runs after Stop", name)
+		}
+	}
+	for _, f := range []string{dir.PIDFile(Primary), dir.PIDFile(Backup), dir.Control(Primary)} {
+		if _, err := os.Lstat(f); !os.IsNotExist(err) {
+			t.Errorf("%s outlived Stop: %v", f, err)
+		}
+	}
+	if mustRead(t, dir.LogFile(Primary)) != "log" {
+		t.Error("Stop removed a log")
+	}
+	if stopped, err := Stop(context.Background(), dir, time.Second); err != nil || len(stopped) != 0 {
+		t.Fatalf("Stop of a stopped pair: %q, %v", stopped, err)
+	}
+}
+
+func TestTerminateKillsAProcessIgnoringSIGTERM(t *testing.T) {
+	c := exec.Command("sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done")
+	out, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil { // the trap is set
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { c.Wait(); close(done) }()
+	proc, err := processOf(c.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := terminate(context.Background(), proc, 200*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("terminate returned but the process runs")
+	}
+	if !strings.Contains(c.ProcessState.String(), "killed") {
+		t.Errorf("the process ended by %v, want SIGKILL", c.ProcessState)
+	}
+}
+
+// fakePair is a Pair whose children are this test binary acting as ftctl.
+func fakePair(t *testing.T) Pair {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FAKE_FTCTL", "1")
+	// Unix socket paths are short: t.TempDir can be too long.
+	dir, err := os.MkdirTemp("", "ftvm-sup-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+			for _, l := range logs {
+				t.Logf("%s:\n%s", l, mustRead(t, l))
+			}
+		}
+		os.RemoveAll(dir)
+	})
+	return Pair{Name: "kv", Dir: RunDir(dir), Ftctl: exe, Machine: []string{"--image", "ok"}, Timeout: 20 * time.Second}
+}
+
+func TestDetachedRunStatusKillStop(t *testing.T) {
+	p := fakePair(t)
+	ctx := context.Background()
+	_, exited, err := Detach(p.Dir, p.Ftctl, []string{"start", "--run-dir", string(p.Dir), "--image", "ok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	if err := WaitProtected(wctx, p.Dir, exited); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{Supervisor, Switch, Primary, Backup} {
+		if _, err := readPIDFile(p.Dir.PIDFile(name)); err != nil {
+			t.Errorf("%s pid file: %v", name, err)
+		}
+	}
+	if log := mustRead(t, p.Dir.LogFile(Backup)); !strings.Contains(log, `"--role" "backup"`) {
+		t.Errorf("backup log lacks its command line:\n%s", log)
+	}
+	ps := Read(ctx, p.Name, p.Dir)
+	if ps.Primary.Status == nil || ps.Primary.Status.Phase != "protected" || ps.Primary.Status.HeldOutputs != 2 ||
+		ps.Backup.Status == nil || ps.Backup.Status.Phase != "replaying" {
+		t.Fatalf("status of a started pair: %+v", ps)
+	}
+	var text bytes.Buffer
+	ps.WriteText(&text)
+	if !strings.Contains(text.String(), "primary  protected") || !strings.Contains(text.String(), "held outputs 2") {
+		t.Errorf("status text:\n%s", text.String())
+	}
+	if err := p.Run(ctx, nil); err == nil || !strings.Contains(err.Error(), "already running") {
+		t.Errorf("a second supervisor on the same run directory: %v", err)
+	}
+
+	if _, err := KillPrimary(p.Dir); err != nil {
+		t.Fatal(err)
+	}
+	st, err := WaitPhase(wctx, p.Dir, Backup, "live", "halted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Failover == nil || st.Failover.Generation != 2 {
+		t.Fatalf("live backup without its timeline: %+v", st)
+	}
+	ps = Read(ctx, p.Name, p.Dir)
+	if ps.Primary.Err != "gone" || ps.LastFailover() == nil {
+		t.Fatalf("after the kill: %+v", ps)
+	}
+	text.Reset()
+	ps.WriteText(&text)
+	if !strings.Contains(text.String(), "primary  gone") || !strings.Contains(text.String(), "last failover: primary lost") {
+		t.Errorf("status text after failover:\n%s", text.String())
+	}
+	if b, err := json.Marshal(ps); err != nil || !strings.Contains(string(b), `"error":"gone"`) {
+		t.Errorf("status JSON: %s, %v", b, err)
+	}
+	if _, err := KillPrimary(p.Dir); err == nil {
+		t.Error("a second kill found a primary")
+	}
+
+	stopped, err := Stop(ctx, p.Dir, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range stopped {
+		names = append(names, strings.Fields(s)[0])
+	}
+	// Once the backup is gone the supervisor stops the switch and exits
+	// on its own: Stop may find them gone.
+	if len(names) == 0 || names[0] != Backup {
+		t.Errorf("stopped %q, want the backup first", stopped)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("the supervisor after Stop: %v\n%s", err, mustRead(t, p.Dir.LogFile(Supervisor)))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the supervisor did not exit after its pair was stopped")
+	}
+	if files, _ := filepath.Glob(filepath.Join(string(p.Dir), "*.sock")); len(files) != 0 {
+		t.Errorf("sockets left: %q", files)
+	}
+}
+
+func TestRunReportsAChildThatFailsToStart(t *testing.T) {
+	p := fakePair(t)
+	p.Machine = []string{"--image", "fail"}
+	err := p.Run(context.Background(), func() { t.Error("ready called for a pair that never started") })
+	if err == nil || !strings.Contains(err.Error(), "the backup exited") || !strings.Contains(err.Error(), "image fail: no such image") {
+		t.Fatalf("Run with a failing backup: %v", err)
+	}
+	if _, err := readPIDFile(p.Dir.PIDFile(Switch)); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("the switch outlived a failed start: %v", err)
+	}
+}
