@@ -21,6 +21,7 @@ import (
 	"github.com/ftvm/ftvm/images"
 	"github.com/ftvm/ftvm/network"
 	"github.com/ftvm/ftvm/storage"
+	"github.com/ftvm/ftvm/storage/server"
 )
 
 // DefaultMAC is the guest NIC's address unless configured: a locally
@@ -67,7 +68,15 @@ type Config struct {
 	// frames under the output rule).
 	WrapTransmit func(send func(frame []byte)) func(frame []byte)
 	// WrapDisk, if set, wraps each opened disk (a primary holds writes).
-	WrapDisk func(index int, d *storage.Disk) virtio.BlockBackend
+	WrapDisk func(index int, d virtio.BlockBackend) virtio.BlockBackend
+	// StorageServer, if set, is the unix socket of an 'ftctl storage serve'
+	// that owns the disks: they are opened through it for pair Pair, and
+	// every write and flush carries Generation (see SetGeneration); the
+	// server refuses them once another side claimed a newer generation
+	// (fencing). StorageDir is then not used for the disks.
+	StorageServer string
+	Pair          string
+	Generation    uint64
 	// WallTime is what the guest's RTC reads at power-on (default now);
 	// both sides of a pair must agree on it.
 	WallTime time.Time
@@ -85,10 +94,11 @@ type Config struct {
 // replays (reads come from the log, writes are the primary's to make and
 // are handed to keep, if set), and the real disk once the VM went live.
 type backupDisk struct {
-	m     *storage.Metadata
+	size  int64
+	id    string
 	index int
 	keep  func(index int, off int64, p []byte)
-	live  *storage.Disk // set by GoLive, on the vCPU goroutine
+	live  virtio.BlockBackend // set by GoLive, on the vCPU goroutine
 }
 
 func (d *backupDisk) ReadAt(p []byte, off int64) (int, error) {
@@ -115,20 +125,39 @@ func (d *backupDisk) Flush() error {
 	return nil
 }
 
-func (d *backupDisk) Size() int64 { return d.m.Size }
-func (d *backupDisk) ID() string  { return d.m.ID }
+func (d *backupDisk) Size() int64 { return d.size }
+func (d *backupDisk) ID() string  { return d.id }
 
 // Instance is a VM with its network port and disks.
 type Instance struct {
-	VM    *vm.VM
-	cfg   Config
-	port  network.Port
-	disks []*storage.Disk
+	VM   *vm.VM
+	cfg  Config
+	port network.Port
+	// disks are the open disks (local files or a storage server's);
+	// served are the storage server's, whose generation can change.
+	disks  []openDisk
+	served []*server.Disk
+	client *server.Client
 	// A backup's: its disks until it goes live, and where the NIC sends
 	// once it does (nil before).
 	store       *storage.Store
 	backupDisks []*backupDisk
 	livePort    network.Port
+}
+
+// openDisk is an open disk: a storage directory's file, or one served by a
+// storage server (closing the client closes those).
+type openDisk interface {
+	virtio.BlockBackend
+}
+
+// closeDisk flushes d and, for a local file, closes it.
+func closeDisk(d openDisk) error {
+	err := d.Flush()
+	if c, ok := d.(interface{ Close() error }); ok {
+		err = errors.Join(err, c.Close())
+	}
+	return err
 }
 
 // New prepares the instance: it opens the disks (locking them), attaches to
@@ -154,40 +183,26 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 	}
 	vcfg.Kernel, vcfg.Initrd, vcfg.Cmdline = boot.Kernel, boot.Initrd, boot.Cmdline
 
-	if len(cfg.Disks) > 0 {
-		dir := cfg.StorageDir
-		if dir == "" {
-			if dir, err = storage.DefaultDir(); err != nil {
-				return nil, err
-			}
-		}
-		store, err := storage.Open(dir)
-		if err != nil {
-			return nil, err
-		}
-		inst.store = store
-		for i, name := range cfg.Disks {
-			if cfg.Backup {
-				m, err := store.Metadata(name)
-				if err != nil {
-					return nil, err
-				}
-				d := &backupDisk{m: m, index: i, keep: cfg.KeepBackupWrite}
-				inst.backupDisks = append(inst.backupDisks, d)
-				vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: d})
-				continue
-			}
-			d, err := store.OpenDisk(name)
+	for i, name := range cfg.Disks {
+		if cfg.Backup {
+			size, id, err := inst.diskInfo(ctx, name)
 			if err != nil {
 				return nil, err
 			}
-			inst.disks = append(inst.disks, d)
-			var backend virtio.BlockBackend = d
-			if cfg.WrapDisk != nil {
-				backend = cfg.WrapDisk(i, d)
-			}
-			vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: backend})
+			d := &backupDisk{size: size, id: id, index: i, keep: cfg.KeepBackupWrite}
+			inst.backupDisks = append(inst.backupDisks, d)
+			vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: d})
+			continue
 		}
+		d, err := inst.openDisk(ctx, name, cfg.Generation)
+		if err != nil {
+			return nil, err
+		}
+		var backend virtio.BlockBackend = d
+		if cfg.WrapDisk != nil {
+			backend = cfg.WrapDisk(i, d)
+		}
+		vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: backend})
 	}
 
 	if cfg.NetSocket != "" && cfg.Backup {
@@ -258,6 +273,16 @@ func Check(cfg Config) error {
 	if len(cfg.Disks) == 0 {
 		return nil
 	}
+	if cfg.StorageServer != "" {
+		inst := &Instance{cfg: cfg}
+		defer inst.Close()
+		for _, name := range cfg.Disks {
+			if _, _, err := inst.diskInfo(context.Background(), name); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	dir := cfg.StorageDir
 	if dir == "" {
 		if dir, err = storage.DefaultDir(); err != nil {
@@ -274,6 +299,90 @@ func Check(cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// storageFor returns the storage server's client or the storage
+// directory, whichever serves this instance's disks, opening it once.
+func (i *Instance) storageFor(ctx context.Context) (*server.Client, *storage.Store, error) {
+	if i.cfg.StorageServer != "" {
+		if i.client == nil {
+			c, err := server.Dial(ctx, "unix", strings.TrimPrefix(i.cfg.StorageServer, "unix:"))
+			if err != nil {
+				return nil, nil, fmt.Errorf("connect to the storage server at %s (is 'ftctl storage serve' running?): %w", i.cfg.StorageServer, err)
+			}
+			i.client = c
+		}
+		return i.client, nil, nil
+	}
+	if i.store == nil {
+		dir := i.cfg.StorageDir
+		if dir == "" {
+			var err error
+			if dir, err = storage.DefaultDir(); err != nil {
+				return nil, nil, err
+			}
+		}
+		s, err := storage.Open(dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		i.store = s
+	}
+	return nil, i.store, nil
+}
+
+// openDisk opens disk name for I/O, writing with generation gen when a
+// storage server serves it.
+func (i *Instance) openDisk(ctx context.Context, name string, gen uint64) (openDisk, error) {
+	client, store, err := i.storageFor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if client != nil {
+		d, _, err := client.OpenDisk(ctx, i.cfg.Pair, name, gen)
+		if err != nil {
+			return nil, fmt.Errorf("open disk %s on the storage server: %w", name, err)
+		}
+		i.served = append(i.served, d)
+		i.disks = append(i.disks, d)
+		return d, nil
+	}
+	d, err := store.OpenDisk(name)
+	if err != nil {
+		return nil, err
+	}
+	i.disks = append(i.disks, d)
+	return d, nil
+}
+
+// diskInfo is a disk's size and ID, without opening it for I/O (a backup's
+// disks until it goes live).
+func (i *Instance) diskInfo(ctx context.Context, name string) (int64, string, error) {
+	client, store, err := i.storageFor(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	if client != nil {
+		d, _, err := client.OpenDisk(ctx, i.cfg.Pair, name, 0)
+		if err != nil {
+			return 0, "", fmt.Errorf("disk %s on the storage server: %w", name, err)
+		}
+		return d.Size(), d.ID(), nil
+	}
+	m, err := store.Metadata(name)
+	if err != nil {
+		return 0, "", err
+	}
+	return m.Size, m.ID, nil
+}
+
+// SetGeneration makes every later write and flush to the storage server's
+// disks carry gen: after this side won the arbiter's record (no effect on
+// local disks, which are not fenced).
+func (i *Instance) SetGeneration(gen uint64) {
+	for _, d := range i.served {
+		d.SetGeneration(gen)
+	}
 }
 
 // attachPort dials the switch and starts a port whose received frames go
@@ -389,17 +498,17 @@ func (i *Instance) Run(ctx context.Context) (vm.StopReason, error) {
 }
 
 // GoLive turns a backup's instance into a live one, on the vCPU goroutine
-// (from Config.GoLive): it opens the disks for I/O (taking their locks),
+// (from Config.GoLive): it opens the disks for I/O (taking their locks;
+// writing with generation gen on a storage server),
 // writes first what rewrite returns for each disk (the writes the primary
 // may not have released), attaches the NIC to the switch with the same MAC
 // and announces it there, and returns the frames for the guest.
-func (i *Instance) GoLive(ctx context.Context, rewrite func(index int, d *storage.Disk) error) (vm.LiveInputs, error) {
+func (i *Instance) GoLive(ctx context.Context, gen uint64, rewrite func(index int, d virtio.BlockBackend) error) (vm.LiveInputs, error) {
 	for _, bd := range i.backupDisks {
-		d, err := i.store.OpenDisk(i.cfg.Disks[bd.index])
+		d, err := i.openDisk(ctx, i.cfg.Disks[bd.index], gen)
 		if err != nil {
 			return vm.LiveInputs{}, fmt.Errorf("go live: open disk %s: %w", i.cfg.Disks[bd.index], err)
 		}
-		i.disks = append(i.disks, d)
 		if rewrite != nil {
 			if err := rewrite(bd.index, d); err != nil {
 				return vm.LiveInputs{}, fmt.Errorf("go live: disk %s: %w", i.cfg.Disks[bd.index], err)
@@ -457,7 +566,10 @@ func (i *Instance) Close() error {
 		errs = append(errs, i.port.Close())
 	}
 	for _, d := range i.disks {
-		errs = append(errs, d.Flush(), d.Close())
+		errs = append(errs, closeDisk(d))
+	}
+	if i.client != nil {
+		errs = append(errs, i.client.Close())
 	}
 	return errors.Join(errs...)
 }

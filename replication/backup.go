@@ -13,11 +13,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftvm/ftvm/hypervisor/virtio"
 	"github.com/ftvm/ftvm/hypervisor/vm"
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/replay"
-	"github.com/ftvm/ftvm/storage"
 	"github.com/ftvm/ftvm/storage/arbiter"
 )
 
@@ -236,6 +236,9 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	}
 	icfg := cfg.Instance
 	icfg.Replay, icfg.Record, icfg.Backup, icfg.WallTime = rep, nil, true, hdr.WallTime
+	if icfg.Pair == "" {
+		icfg.Pair = cfg.Pair
+	}
 	icfg.KeepBackupWrite = func(disk int, off int64, p []byte) {
 		kept.keep(lastSeq, disk, off, p)
 		statusMu.Lock()
@@ -262,7 +265,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		}
 		gen = rec.Generation
 		timeline.Generation = gen
-		in, err := inst.GoLive(ctx, func(disk int, d *storage.Disk) error {
+		in, err := inst.GoLive(ctx, gen, func(disk int, d virtio.BlockBackend) error {
 			n, err := kept.rewrite(disk, d)
 			timeline.RewrittenWrites += n
 			return err
@@ -345,6 +348,10 @@ func claimUntilAnswered(ctx context.Context, arb arbiter.Arbiter, pair, owner st
 			return rec, nil
 		case errors.Is(err, arbiter.ErrLostClaim):
 			return arbiter.Record{}, &LostArbitrationError{Err: err}
+		case errors.Is(err, arbiter.ErrAhead), errors.Is(err, arbiter.ErrInvalid):
+			// Asking again cannot help: a bad pair name or a record
+			// changed by hand.
+			return arbiter.Record{}, fmt.Errorf("claim the pair's record: %w", err)
 		case ctx.Err() != nil:
 			return arbiter.Record{}, fmt.Errorf("claim the pair's record: %w", ctx.Err())
 		}

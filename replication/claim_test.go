@@ -36,7 +36,9 @@ func (f *flakyArbiter) Claim(ctx context.Context, pair, owner string, seen uint6
 	return arbiter.Record{Pair: pair, Generation: seen + 1, Owner: owner}, nil
 }
 
-func (f *flakyArbiter) Read(context.Context, string) (arbiter.Record, error) { return arbiter.Record{}, nil }
+func (f *flakyArbiter) Read(context.Context, string) (arbiter.Record, error) {
+	return arbiter.Record{}, nil
+}
 
 // TestClaimWaitsForAnUnreachableArbiter: a side that cannot reach the
 // arbiter never acts alone on a guess: it asks again, says why it waits,

@@ -3,7 +3,7 @@ package replication
 import (
 	"context"
 
-	"github.com/ftvm/ftvm/storage"
+	"github.com/ftvm/ftvm/hypervisor/virtio"
 )
 
 // gatedDisk is a primary's block backend: writes and flushes are outputs
@@ -12,7 +12,7 @@ import (
 // writes on top.
 type gatedDisk struct {
 	ctx   context.Context
-	disk  *storage.Disk
+	disk  virtio.BlockBackend
 	index int
 	gate  *Gate
 	noted func() // tells the recorder this exit produced an output

@@ -77,6 +77,9 @@ type Gate struct {
 	onLeave func(Released)
 	// onFail is told of the first failed release, once: the VM must stop.
 	onFail func(error)
+	// beforeDisk, if set, runs before each disk output is issued (a test
+	// hook: fencing tests hold a released write back).
+	beforeDisk func()
 
 	mu     sync.Mutex
 	open   []output      // produced since the last Seal
@@ -359,6 +362,9 @@ func (g *Gate) emit(o *output) error {
 			g.console.Write(o.data)
 		}
 	case OutputDiskWrite:
+		if g.beforeDisk != nil {
+			g.beforeDisk()
+		}
 		if _, err := g.disks[o.disk].WriteAt(o.data, o.off); err != nil {
 			return fmt.Errorf("release a held write of %d bytes at %d to disk %d: %w", len(o.data), o.off, o.disk, err)
 		}

@@ -11,12 +11,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +30,7 @@ import (
 	"github.com/ftvm/ftvm/replication"
 	"github.com/ftvm/ftvm/storage"
 	"github.com/ftvm/ftvm/storage/arbiter"
+	"github.com/ftvm/ftvm/storage/server"
 	"github.com/ftvm/ftvm/testbench/guesttest"
 	"github.com/ftvm/ftvm/testbench/kvmhost"
 	"github.com/ftvm/ftvm/testbench/testimage"
@@ -38,7 +41,7 @@ import (
 const backupProcessEnv = "FTVM_TEST_BACKUP_PROCESS"
 
 // primaryProcessEnv makes the test binary a primary process (the failover
-// test kills one): "peer|image|storage|switch|arbiter".
+// test kills one): "peer|image|storage|switch|arbiter|storage-server".
 const primaryProcessEnv = "FTVM_TEST_PRIMARY_PROCESS"
 
 func TestMain(m *testing.M) {
@@ -592,30 +595,213 @@ func TestOutputRuleHoldsOutputsUntilAcked(t *testing.T) {
 }
 
 // primaryProcess runs a primary as this process (spec
-// "peer|image|storage|switch|arbiter") until it is killed or its VM stops.
+// "peer|image|storage|switch|arbiter|storage-server") until it is killed or
+// its VM stops. With a storage server, the disks and the arbiter are the
+// server's. SIGUSR1 arms a test hook: the next held disk write to be
+// issued waits 15 s first (fencing test).
 func primaryProcess(spec string) int {
 	f := strings.Split(spec, "|")
-	if len(f) != 5 {
+	if len(f) != 6 {
 		fmt.Fprintln(os.Stderr, "bad", primaryProcessEnv)
 		return 2
 	}
-	arb, err := arbiter.OpenDir(f[4])
+	cfg := instance.Config{
+		Image: f[1], NetSocket: f[3], IP: "192.168.127.2/24", Disks: []string{"data"}, StorageDir: f[2],
+		Append: "ftvm.workload=kv ftvm.port=7000", MemoryMiB: 128, Console: os.Stderr, StorageServer: f[5],
+	}
+	var arb arbiter.Arbiter
+	var err error
+	if f[5] != "" {
+		arb, err = server.Dial(context.Background(), "unix", f[5])
+	} else {
+		arb, err = arbiter.OpenDir(f[4])
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "primary:", err)
 		return 1
 	}
-	cfg := instance.Config{
-		Image: f[1], NetSocket: f[3], IP: "192.168.127.2/24", Disks: []string{"data"}, StorageDir: f[2],
-		Append: "ftvm.workload=kv ftvm.port=7000", MemoryMiB: 128, Console: os.Stderr,
-	}
+	var armed atomic.Bool
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		for range usr1 {
+			armed.Store(true)
+		}
+	}()
 	_, err = replication.RunPrimary(context.Background(), replication.PrimaryConfig{
 		Instance: cfg, Peer: "unix:" + f[0], Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "primary process",
-		StatusEvery: 5 * time.Second})
+		StatusEvery: 5 * time.Second,
+		BeforeDiskRelease: func() {
+			if armed.CompareAndSwap(true, false) {
+				fmt.Fprintln(os.Stderr, "primary: test hook: holding a released disk write for 15 s")
+				time.Sleep(15 * time.Second)
+			}
+		}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "primary:", err)
 		return 1
 	}
 	return 0
+}
+
+// startPrimaryProcess runs a primary in a child process (one the test can
+// SIGKILL or SIGSTOP); storageServer may be "". The child's stderr is
+// logged if the test fails.
+func (s *pairSetup) startPrimaryProcess(t *testing.T, arbDir, storageServer string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), primaryProcessEnv+"="+strings.Join([]string{s.logSock, s.inst.Image, s.storeDir, s.sock, arbDir, storageServer}, "|"))
+	perr := &syncBuffer{}
+	cmd.Stderr = perr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGCONT)
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("the primary process's stderr (its console and log):\n%s", perr.String())
+		}
+	})
+	return cmd, perr
+}
+
+// syncBuffer is a strings.Builder safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestFencedOldPrimaryHalts: the disks belong to a storage server, which
+// also holds the arbiter's record. The primary has a released write on its
+// way to the disk (a test hook holds it back) when it is paused (SIGSTOP).
+// The backup finds it silent, claims generation 1 through the server, goes
+// live (re-issuing the writes the primary may not have released) and
+// serves the client. Resumed, the old primary's write carries generation 0:
+// the server refuses it, and the old primary halts naming the generations.
+func TestFencedOldPrimaryHalts(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	s := newPairSetup(t)
+	store, err := storage.Open(s.storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := arbiter.OpenDir(filepath.Join(t.TempDir(), "arbiter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Store: store, Arbiter: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	defer scancel()
+	srvSock := filepath.Join(t.TempDir(), "storage.sock")
+	go srv.ServeUnix(sctx, srvSock)
+	for i := 0; ; i++ {
+		if _, err := os.Stat(srvSock); err == nil {
+			break
+		}
+		if i > 100 {
+			t.Fatal("the storage server did not listen")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	client, err := server.Dial(context.Background(), "unix", srvSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	s.inst.StorageServer, s.inst.Pair = srvSock, "kv"
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, Arbiter: client, Pair: "kv", Owner: "the test's backup"})
+	cmd, perr := s.startPrimaryProcess(t, "", srvSock)
+
+	conn, r := guesttest.DialKV(t, s.fwd)
+	defer conn.Close()
+	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	for i := 0; i < 10; i++ {
+		c.mixed(t, i)
+	}
+	// Arm the hook, then PUT: the write is acked by the backup and held
+	// back in the primary's releaser; its answer waits behind it.
+	if err := cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	answered := make(chan string, 1)
+	go func() { answered <- c.do(t, "PUT fenced-key v1", "OK ", false) }()
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(perr.String(), "holding a released disk write") {
+		if time.Now().After(deadline) {
+			t.Fatal("the primary never held a released write back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	select {
+	case line := <-answered:
+		t.Logf("the PUT held by the paused primary was answered by the live backup %v after the pause: %q", time.Since(stopped).Round(time.Millisecond), line)
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the PUT was never answered")
+	}
+	c.puts["fenced-key"] = "v1"
+	c.do(t, "PUT fenced-key v2", "OK ", false)
+	c.puts["fenced-key"] = "v2"
+	rec, err := client.Read(context.Background(), "kv")
+	if err != nil || rec.Generation != 1 || rec.Owner != "the test's backup" {
+		t.Fatalf("record %v, %v; want generation 1 owned by the backup", rec, err)
+	}
+	// Resume the old primary: its held write (generation 0) is refused.
+	if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case err := <-waited:
+		if err == nil {
+			t.Fatal("the old primary exited 0 after being fenced")
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the old primary kept running after it was fenced")
+	}
+	out := perr.String()
+	fenced := strings.Contains(out, "with generation 0 refused") && strings.Contains(out, "generation 1")
+	if !fenced {
+		t.Fatalf("the old primary did not report its write refused for generation 0 (the record is at 1):\n%s", lastLines(out, 30))
+	}
+	for k, v := range c.puts {
+		c.do(t, "GET "+k, "VALUE "+v, true)
+	}
+	bcancel()
+	if b := <-backup; b.err != nil || !b.res.WentLive {
+		t.Fatalf("backup: %v", b.err)
+	}
+	t.Logf("old primary fenced: %s", lastLines(out, 3))
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // TestKillPrimaryBackupGoesLive is the kill-the-primary proof: a client
@@ -638,14 +824,7 @@ func TestKillPrimaryBackupGoesLive(t *testing.T) {
 	defer bcancel()
 	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "the test's backup"})
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), primaryProcessEnv+"="+strings.Join([]string{s.logSock, s.inst.Image, s.storeDir, s.sock, arbDir}, "|"))
-	var perr strings.Builder
-	cmd.Stderr = &perr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	cmd, perr := s.startPrimaryProcess(t, arbDir, "")
 
 	conn, r := guesttest.DialKV(t, s.fwd)
 	defer conn.Close()

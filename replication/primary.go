@@ -14,7 +14,6 @@ import (
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/replay"
-	"github.com/ftvm/ftvm/storage"
 	"github.com/ftvm/ftvm/storage/arbiter"
 )
 
@@ -46,6 +45,9 @@ type PrimaryConfig struct {
 	Logger      *slog.Logger
 	// OnRelease, if set, is told of every output as it leaves (tests).
 	OnRelease func(Released)
+	// BeforeDiskRelease, if set, runs before each held disk write is
+	// issued (tests: hold a released write back to prove fencing).
+	BeforeDiskRelease func()
 	// Arbiter, if set, decides what happens when the backup is lost: the
 	// primary claims Pair's record from the generation it read at start.
 	// If it wins it releases every held output and runs on unprotected;
@@ -194,6 +196,7 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 		return nil, fmt.Errorf("send the start header: %w", err)
 	}
 	p.gate = newGate(p.sender, nil, cfg.OnRelease)
+	p.gate.beforeDisk = cfg.BeforeDiskRelease
 	runCtx, stopVM := context.WithCancelCause(ctx)
 	p.runCtx, p.stopVM = runCtx, stopVM
 	p.gate.onFail = func(err error) {
@@ -207,6 +210,10 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 
 	icfg := cfg.Instance
 	icfg.Record, icfg.Backup, icfg.WallTime = p.rec, false, wall
+	if icfg.Pair == "" {
+		icfg.Pair = cfg.Pair
+	}
+	icfg.Generation = p.gen // writes to a storage server's disks carry it
 	if !cfg.ConsoleLive && icfg.Console != nil {
 		p.gate.console = icfg.Console
 		icfg.Console = consoleOutput(func(b []byte) {
@@ -221,7 +228,7 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 			p.rec.NoteOutput()
 		}
 	}
-	icfg.WrapDisk = func(i int, d *storage.Disk) virtio.BlockBackend {
+	icfg.WrapDisk = func(i int, d virtio.BlockBackend) virtio.BlockBackend {
 		for len(p.gate.disks) <= i {
 			p.gate.disks = append(p.gate.disks, nil)
 		}
@@ -431,6 +438,7 @@ func (p *Primary) arbitrate(ctx context.Context) {
 		p.state = fmt.Sprintf("unprotected: the backup was lost and this primary won generation %d; outputs flow without a backup", rec.Generation)
 		p.mu.Unlock()
 		p.log.Warn("won the arbiter's record: running on without a backup", "generation", rec.Generation)
+		p.inst.SetGeneration(rec.Generation)
 		p.gate.goAlone()
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sort"
-
-	"github.com/ftvm/ftvm/storage"
 )
 
 // A primary tells its backup, in the log, how far its releases got: a
@@ -73,7 +71,7 @@ func (k *keptWrites) released(seq uint64) {
 }
 
 // rewrite writes disk's kept writes to d, in order, and flushes.
-func (k *keptWrites) rewrite(disk int, d *storage.Disk) (int, error) {
+func (k *keptWrites) rewrite(disk int, d blockWriter) (int, error) {
 	n := 0
 	for _, w := range k.writes {
 		if w.disk != disk {

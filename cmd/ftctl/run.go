@@ -129,6 +129,8 @@ was lost (the log ended without a clean close).`,
 			if consoleLive && role != "primary" {
 				return errors.New("--console-live is for --role primary (only a primary holds console output)")
 			}
+			cfg.StorageServer, _ = cmd.Flags().GetString("storage-server")
+			cfg.Pair, _ = cmd.Flags().GetString("pair")
 			if err := instance.Check(cfg); err != nil {
 				return err
 			}
