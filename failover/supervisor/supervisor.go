@@ -170,37 +170,35 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 	}
 	defer os.Remove(p.Dir.PIDFile(Supervisor))
 
+	type step struct {
+		name  string
+		args  []string
+		what  string // what ready waits for
+		ready func(context.Context) bool
+	}
+	var steps []step
+	if p.Net == "" {
+		steps = append(steps, step{Switch, p.SwitchArgs(), "the switch's socket " + p.Dir.NetSocket(), exists(p.Dir.NetSocket())})
+	}
+	steps = append(steps,
+		step{Backup, p.VMMArgs(Backup), "the backup to listen on " + p.Dir.LogChannel(), exists(p.Dir.LogSocket())},
+		step{Primary, p.VMMArgs(Primary), "the primary to report the pair protected", func(ctx context.Context) bool {
+			st, err := control.Get(ctx, p.Dir.Control(Primary))
+			return err == nil && st.Phase == "protected"
+		}})
 	var started []*child // in start order; stopped in reverse
 	defer func() { p.stopChildren(started) }()
-	if p.Net == "" {
-		sw, err := p.start(Switch, p.SwitchArgs())
+	for _, s := range steps {
+		c, err := p.start(s.name, s.args)
 		if err != nil {
 			return err
 		}
-		started = append(started, sw)
-		if err := p.waitFor(ctx, sw, "the switch's socket "+p.Dir.NetSocket(), exists(p.Dir.NetSocket())); err != nil {
+		started = append(started, c)
+		if err := p.waitFor(ctx, c, s.what, s.ready); err != nil {
 			return err
 		}
 	}
-	backup, err := p.start(Backup, p.VMMArgs(Backup))
-	if err != nil {
-		return err
-	}
-	started = append(started, backup)
-	if err := p.waitFor(ctx, backup, "the backup to listen on "+p.Dir.LogChannel(), exists(p.Dir.LogSocket())); err != nil {
-		return err
-	}
-	primary, err := p.start(Primary, p.VMMArgs(Primary))
-	if err != nil {
-		return err
-	}
-	started = append(started, primary)
-	if err := p.waitFor(ctx, primary, "the primary to report the pair protected", func(ctx context.Context) bool {
-		st, err := control.Get(ctx, p.Dir.Control(Primary))
-		return err == nil && st.Phase == "protected"
-	}); err != nil {
-		return err
-	}
+	backup, primary := started[len(started)-2], started[len(started)-1]
 	p.Log.Info("pair protected", "pair", p.Name, "primary", primary.proc.PID, "backup", backup.proc.PID)
 	if err := os.WriteFile(p.Dir.ProtectedFile(), fmt.Appendf(nil, "%s\n", time.Now().Format(time.RFC3339Nano)), 0o600); err != nil {
 		return fmt.Errorf("mark the pair protected: %w", err)
