@@ -115,7 +115,7 @@ waitfor "$w/net.log" "switch listening" 15 "$net"
 say "ftctl disk create data --size 64M --mkfs ext4: the disk the guest'\''s kv store logs to"
 "$ftctl" disk create data --size 64M --mkfs ext4 --storage "$w/storage" | grep -E "^(created|size|filesystem)" || fail "disk create"
 
-machine="--image $image --mem 128 --net $w/net.sock --ip 192.168.127.2/24 --disk data --storage $w/storage --append ftvm.workload=kv --peer-timeout 10s --status-every 5s --arbiter $w/arbiter --pair demo"
+machine="--image $image --mem 128 --net $w/net.sock --ip 192.168.127.2/24 --disk data --storage $w/storage --append ftvm.workload=kv --peer-timeout 10s --status-every 20s --arbiter $w/arbiter --pair demo"
 say "backup:  ftctl run $machine --role backup --listen unix:$w/log.sock --console none"
 show backup; backup_shown=$shown
 "$ftctl" run $machine --role backup --listen "unix:$w/log.sock" --console none > "$w/backup.fifo" 2>&1 &
@@ -150,7 +150,7 @@ say "kill -9 of the primary (pid $primary); the backup takes over while the clie
 waitexit "$primary" 30 || fail "the primary did not die within 30s of SIGKILL"
 primary_status=$status
 primary=
-waitfor "$w/backup.log" "went live" 180 "$backup"
+waitfor "$w/backup.log" "live: the guest runs on here" 180 "$backup"
 say "waiting for the clients to finish, read back every key and check the history"
 waitexit "$client" 600 || fail "the kv client did not finish within 600s"
 client_status=$status
@@ -172,7 +172,7 @@ grep -q "^kvclient: errors: 0$" "$w/client.log" || fail "the kv client saw error
 grep -q "^kvclient: linearizable: yes" "$w/client.log" || fail "the history is not linearizable"
 grep -q "^kvclient: read back all [0-9]* keys written" "$w/client.log" || fail "not every acknowledged PUT read back"
 [ "$primary_status" = 137 ] || fail "the primary exited with status $primary_status (want 137: SIGKILL)"
-live=$(grep "^ftctl: went live at exit" "$w/backup.log") || fail "the backup did not say it went live"
+live=$(grep "^ftctl: went live at exit" "$w/backup.log") || fail "the backup did not report going live when it stopped"
 [ "$backup_status" = 130 ] || fail "the backup exited with status $backup_status after SIGTERM (want 130)"
 case $gen0 in *"generation 0 "*) ;; *) fail "before the kill the record was not at generation 0: $gen0" ;; esac
 case $gen1 in *"generation 1 owned"*) ;; *) fail "after the kill the record is not at generation 1: $gen1" ;; esac
@@ -180,23 +180,33 @@ case $gen1 in *"generation 1 owned"*) ;; *) fail "after the kill the record is n
 # The timeline, in ms after the kill. The history has Unix ns times; the
 # slog time stamps of the backup (ms, UTC) place the verdict of its failure
 # detector, which its went-live line counts from.
-first=$(awk -v k="$killed_ns" '\''
+# From the history: the first answer after the kill, and the requests that
+# were in flight at the kill (sent before it, answered after it).
+set -- $(awk -v k="$killed_ns" '\''
+  match($0, /"call_unix_ns":[0-9]+/) { c = substr($0, RSTART + 15, RLENGTH - 15) + 0 }
   match($0, /"return_unix_ns":[0-9]+/) { r = substr($0, RSTART + 17, RLENGTH - 17) + 0
-    if (r > k && (best == "" || r < best)) best = r }
-  END { if (best != "") printf "%d", (best - k) / 1e6 }'\'' "$w/history.jsonl")
+    if (r > k && (best == "" || r < best)) best = r
+    if (c <= k && r > k) { n++; if (r - k > w) w = r - k } }
+  END { if (best != "") printf "%d %d %d", (best - k) / 1e6, n, w / 1e6 }'\'' "$w/history.jsonl")
+first=${1:-} inflight=${2:-0} inflight_ms=${3:-}
 ops=$(grep -c . "$w/history.jsonl")
 clientsum=$(grep -E "^kvclient: ([0-9]+ clients, )?[0-9]+ requests" "$w/client.log" | sed "s/^kvclient: //")
 longest=$(grep "^kvclient: longest wait" "$w/client.log" | sed "s/^kvclient: longest wait for an answer: //")
 verdict=$(grep "^kvclient: linearizable" "$w/client.log" | sed "s/^kvclient: //")
 readback=$(grep "^kvclient: read back" "$w/client.log" | sed "s/^kvclient: //")
-claimed_ms=$(grep "primary lost; every entry received is replayed" "$w/backup.log" | head -n 1 |
+# The backup logs "live: the guest runs on here" (slog, ms time stamp) as it
+# goes live; its went-live line counts from the verdict of its failure detector.
+live_at=$(grep "msg=\"live: the guest runs on here\"" "$w/backup.log" | head -n 1 |
   sed -n "s/^time=[0-9-]*T\([0-9]*\):\([0-9]*\):\([0-9.]*\)Z .*/\1 \2 \3/p" |
   awk -v k="$killed_ns" '\''{ t = ($1 * 3600 + $2 * 60 + $3) * 1000; kd = (k / 1e6) % 86400000; printf "%d", t - kd }'\'')
-# drained is counted from the verdict: the warning above is logged once the log is drained.
-drained=$(echo "$live" | sed -En "s/.*log drained \+([0-9.]+)(µs|ms|s),.*/\1 \2/p" |
-  awk '\''{ v = $1; if ($2 == "µs") v /= 1000; if ($2 == "s") v *= 1000; printf "%d", v }'\'')
+ms() { # the milliseconds of the went-live line'\''s "WHAT +DURATION"
+  echo "$live" | sed -En "s/.*$1 \+([0-9.]+)(µs|ms|s)[,;].*/\1 \2/p" |
+    awk '\''{ v = $1; if ($2 == "µs") v /= 1000; if ($2 == "s") v *= 1000; printf "%d", v + 0.5 }'\''
+}
+drained=$(ms "log drained") claimed=$(ms "record claimed \\(generation 1\\)") golive=$(ms "live")
 detected=
-[ -n "$claimed_ms" ] && [ -n "$drained" ] && detected=$((claimed_ms - drained))
+[ -n "$live_at" ] && [ -n "$golive" ] && detected=$((live_at - golive))
+at() { [ -n "$detected" ] && [ -n "$1" ] && printf "~%d" $((detected + $1)); }
 
 say "failover works"
 echo "  client:   $clientsum"
@@ -206,11 +216,15 @@ echo "  arbiter:  before the kill $gen0"
 echo "            after           $gen1"
 echo "  primary:  killed (exit $primary_status); backup: went live, stopped by SIGTERM (exit $backup_status)"
 echo
-echo "  timeline after kill -9 of the primary (ms):"
-echo "         0  kill -9"
-[ -n "$detected" ] && printf "  %8s  backup: primary lost (its failure detector; from its log'\''s ms time stamp)\n" "~$detected"
-echo "            backup: ${live#ftctl: }"
+echo "  timeline after kill -9 of the primary, ms (~: placed by the backup'\''s log time stamp, 1 ms resolution):"
+printf "  %8s  kill -9 of the primary\n" 0
+printf "  %8s  backup: primary lost (log channel reset)\n" "$(at 0)"
+printf "  %8s  backup: log drained       (+%s ms)\n" "$(at "$drained")" "$drained"
+printf "  %8s  backup: record claimed    (+%s ms)\n" "$(at "$claimed")" "$claimed"
+printf "  %8s  backup: live              (+%s ms)\n" "$(at "$golive")" "$golive"
 printf "  %8s  first answer to a client after the kill\n" "${first:-?}"
+[ "$inflight" -gt 0 ] && printf "  %8s  the last of the %d requests in flight at the kill answered\n" "$inflight_ms" "$inflight"
+echo "  backup: ${live#ftctl: }"
 echo
 echo "  The $ops requests of the run, the read-back included, fit one sequential order of a kv store that"
 echo "  agrees with when each was sent and answered (porcupine): the clients saw the same store before"

@@ -111,7 +111,7 @@ func driveKV(ctx context.Context, cfg kvClientConfig, out io.Writer) error {
 		}
 	}()
 	for range cfg.clients {
-		c, err := kvclient.Dial(ctx, cfg.addr, cfg.wait-time.Since(start))
+		c, err := kvclient.Dial(ctx, cfg.addr, cfg.wait)
 		if err != nil {
 			return err
 		}
