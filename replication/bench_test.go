@@ -2,11 +2,16 @@ package replication_test
 
 import (
 	"context"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/replication"
+	"github.com/ftvm/ftvm/storage/arbiter"
 	"github.com/ftvm/ftvm/testbench/guesttest"
 	"github.com/ftvm/ftvm/testbench/kvmhost"
 )
@@ -199,4 +204,136 @@ func BenchmarkKVWithFT(b *testing.B) {
 	b.ReportMetric(float64(w.maxLag.Milliseconds()), "max-lag-ms")
 	b.ReportMetric(float64(w.maxLagEntries), "max-lag-entries")
 	b.Logf("alone: %+v; as primary: %+v", alone, ft)
+}
+
+// failoverTrial is one measured failover: the client's pause, from the
+// signal to the first answer after it.
+type failoverTrial struct {
+	pause time.Duration
+}
+
+// runFailoverTrial boots a fresh pair (backup here, primary in a child
+// process), drives ECHO/PUT/GET traffic on one connection, stops the
+// primary with sig after a few seconds (SIGKILL: a crash, seen at once;
+// SIGSTOP: silence, seen after the peer timeout), and keeps the traffic
+// going until 20 more answers came. It returns the pause the client saw
+// and leaves the backup live; stop it with the returned function.
+func runFailoverTrial(b *testing.B, s *pairSetup, sig syscall.Signal) (failoverTrial, func() backupRun) {
+	arbDir := filepath.Join(b.TempDir(), "arbiter")
+	arb, err := arbiter.OpenDir(arbDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bctx, bcancel := context.WithCancel(context.Background())
+	backup := s.startBackupWith(b, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv"})
+	cmd, _ := s.startPrimaryProcess(b, arbDir, "")
+	conn, r := guesttest.DialKV(b, s.fwd)
+	defer conn.Close()
+	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	var signalled atomic.Int64
+	time.AfterFunc(3*time.Second, func() {
+		signalled.Store(time.Now().UnixNano())
+		cmd.Process.Signal(sig)
+	})
+	var tr failoverTrial
+	after := 0
+	for i := 0; after < 20; i++ {
+		c.mixed(b, i)
+		if at := signalled.Load(); at != 0 {
+			if after == 0 {
+				tr.pause = time.Since(time.Unix(0, at))
+			}
+			after++
+		}
+	}
+	for k, v := range c.puts {
+		c.do(b, "GET "+k, "VALUE "+v, true)
+	}
+	return tr, func() backupRun {
+		bcancel()
+		res := <-backup
+		cmd.Process.Signal(syscall.SIGCONT)
+		cmd.Process.Kill()
+		cmd.Wait()
+		return res
+	}
+}
+
+// BenchmarkFailoverKill and BenchmarkFailoverSilence measure failovers
+// (-benchtime Nx: N trials, each a fresh pair) and, once, the alternative
+// without ftvm: the VM dies and a fresh one boots on the same disk; the
+// client reconnects. They report the client's pause for both and the ratio,
+// and the backup's timeline (drain, claim, go-live after detection).
+func BenchmarkFailoverKill(b *testing.B)    { benchFailover(b, syscall.SIGKILL) }
+func BenchmarkFailoverSilence(b *testing.B) { benchFailover(b, syscall.SIGSTOP) }
+
+func benchFailover(b *testing.B, sig syscall.Signal) {
+	if kvmhost.RanElsewhere(b) {
+		return
+	}
+	var pauses, drains, claims, lives []time.Duration
+	var s *pairSetup
+	for i := 0; i < b.N; i++ {
+		s = newPairSetup(b)
+		tr, stop := runFailoverTrial(b, s, sig)
+		res := stop()
+		if res.err != nil || !res.res.WentLive {
+			b.Fatalf("trial %d: backup %v (went live: %v)", i, res.err, res.res != nil && res.res.WentLive)
+		}
+		tl := res.res.Failover
+		b.Logf("trial %d: client pause %v; backup: %v", i, tr.pause.Round(time.Millisecond), tl)
+		pauses = append(pauses, tr.pause)
+		drains = append(drains, tl.Drained)
+		claims = append(claims, tl.Claimed-tl.Drained)
+		lives = append(lives, tl.Live-tl.Claimed)
+	}
+	restart := restartPause(b, s)
+	b.Logf("restart without ftvm: first answer %v after the VM died", restart.Round(time.Millisecond))
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	p50, p99, mx := quantiles(pauses)
+	b.ReportMetric(ms(p50), "pause-p50-ms")
+	b.ReportMetric(ms(p99), "pause-p99-ms")
+	b.ReportMetric(ms(mx), "pause-max-ms")
+	_, _, d := quantiles(drains)
+	_, _, c := quantiles(claims)
+	_, _, l := quantiles(lives)
+	b.ReportMetric(ms(d), "drain-max-ms")
+	b.ReportMetric(ms(c), "claim-max-ms")
+	b.ReportMetric(ms(l), "golive-max-ms")
+	b.ReportMetric(ms(restart), "restart-pause-ms")
+	b.ReportMetric(float64(restart)/float64(p50), "restart/failover-p50")
+}
+
+// restartPause is the alternative without ftvm: the guest's VM is gone, a
+// fresh VM boots on the same disk and network, and the client reconnects;
+// the pause runs from the death to the first answer.
+func restartPause(b *testing.B, s *pairSetup) time.Duration {
+	died := time.Now() // the previous trial's VMs are already stopped
+	cfg := s.inst
+	cfg.Console = guesttest.NewConsole()
+	inst, err := instance.New(context.Background(), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer inst.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { _, err := inst.Run(ctx); stopped <- err }()
+	defer func() { cancel(); <-stopped }()
+	conn, r := guesttest.DialKV(b, s.fwd)
+	defer conn.Close()
+	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	c.do(b, "ECHO restarted", "restarted", true)
+	return time.Since(died)
+}
+
+// quantiles returns the median, the 99th percentile and the maximum.
+func quantiles(ds []time.Duration) (p50, p99, mx time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0, 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	at := func(q float64) time.Duration { return s[min(len(s)-1, int(q*float64(len(s))))] }
+	return at(0.5), at(0.99), s[len(s)-1]
 }

@@ -647,7 +647,7 @@ func primaryProcess(spec string) int {
 // startPrimaryProcess runs a primary in a child process (one the test can
 // SIGKILL or SIGSTOP); storageServer may be "". The child's stderr is
 // logged if the test fails.
-func (s *pairSetup) startPrimaryProcess(t *testing.T, arbDir, storageServer string) (*exec.Cmd, *syncBuffer) {
+func (s *pairSetup) startPrimaryProcess(t testing.TB, arbDir, storageServer string) (*exec.Cmd, *syncBuffer) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), primaryProcessEnv+"="+strings.Join([]string{s.logSock, s.inst.Image, s.storeDir, s.sock, arbDir, storageServer}, "|"))
