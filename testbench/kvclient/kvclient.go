@@ -1,7 +1,10 @@
 // Package kvclient is a client of the guest's kv workload
 // (images/workloads/kv): it connects through a port forward that may accept
-// before the guest listens, and drives mixed PUT/GET/ECHO traffic in which
-// every answer is checked against the protocol and the client's own writes.
+// before the guest listens, drives mixed PUT/GET/ECHO traffic from one or
+// more concurrent clients in which every answer is checked against the
+// protocol and the client's own writes, records the history of every
+// request, checks it linearizable against a model of the store
+// (porcupine), and reads back every key written.
 package kvclient
 
 import (
