@@ -20,7 +20,7 @@ import (
 // to both sides unchanged (their definitions are run's own).
 func machineFlags() []string {
 	return []string{"image", "kernel", "initrd", "cmdline", "append", "mem", "mac", "ip", "gateway",
-		"disk", "storage", "status-every", "peer-timeout", "max-lag"}
+		"disk", "status-every", "peer-timeout", "max-lag"}
 }
 
 // addRunDirFlag registers --run-dir; pairRunDir reads it back.
@@ -82,6 +82,7 @@ func changedArgs(fs *pflag.FlagSet, names []string) []string {
 func newStartCommand() *cobra.Command {
 	var (
 		netSock    string
+		storageSrv string
 		forwards   []string
 		foreground bool
 		timeout    time.Duration
@@ -90,18 +91,22 @@ func newStartCommand() *cobra.Command {
 		Use:   "start NAME (--image DIR | --kernel FILE ...) [machine options of 'ftctl run'] [--forward HOST=GUEST ...]",
 		Short: "Start a fault-tolerant pair on this host and return once it is protected",
 		Long: `Start a primary/backup pair named NAME on this host: a network switch
-('ftctl net serve', unless --net names a running one), the backup, then the
-primary, each an ftctl process under a supervisor. The machine options are
+('ftctl net serve', unless --net names a running one), a storage server
+('ftctl storage serve': it owns the disks and the arbiter record and refuses
+a stale side's writes; unless --storage-server names a running one, or is
+none), the backup, then the primary, each an ftctl process under a
+supervisor. The machine options are
 those of 'ftctl run' and go to both sides. ftctl start returns once the
 primary reports the pair protected (the backup has the log); the supervisor
 runs on in the background (--foreground: it stays attached, Ctrl-C stops the
 pair).
 
 Everything lives in the run directory (see --run-dir): each process's pid
-file and log (switch.log, backup.log, primary.log, supervisor.log), the
+file and log (switch.log, storage.log, backup.log, primary.log,
+supervisor.log), the
 guests' consoles (primary.console, backup.console), the control sockets
 (primary.sock, backup.sock: 'ftctl status' reads them; GET /metrics gives
-Prometheus text), the log channel socket and the pair's arbiter record.
+Prometheus text) and the log channel socket.
 
 When the primary dies, the backup claims the arbiter's record and goes live
 (see 'ftctl failover'); when the backup dies, the primary claims it and runs
@@ -130,6 +135,9 @@ running.`,
 					return errors.New("give the machine: --image DIR (from 'ftctl image build') or --kernel FILE")
 				}
 			}
+			if f.Changed("storage") && storageSrv != "" && storageSrv != supervisor.NoStorageServer {
+				return errors.New("--storage names the directory of the storage server ftctl start starts; with --storage-server SOCK, that server serves its own")
+			}
 			if len(forwards) > 0 && netSock != "" {
 				return errors.New("--forward configures the switch ftctl start starts; with --net, give the forwards to that switch's 'ftctl net serve'")
 			}
@@ -142,8 +150,14 @@ running.`,
 					return fmt.Errorf("--net: %w", err)
 				}
 			}
+			storageDir, _ := f.GetString("storage")
+			if storageSrv != "" && storageSrv != supervisor.NoStorageServer {
+				if storageSrv, err = filepath.Abs(storageSrv); err != nil {
+					return fmt.Errorf("--storage-server: %w", err)
+				}
+			}
 			pair := supervisor.Pair{Name: name, Dir: dir, Ftctl: exe, Machine: changedArgs(f, machineFlags()),
-				Net: netSock, Forwards: forwards, Timeout: timeout}
+				Net: netSock, Forwards: forwards, StorageServer: storageSrv, StorageDir: storageDir, Timeout: timeout}
 			out := cmd.OutOrStdout()
 			if foreground {
 				return pair.Run(cmd.Context(), func() { printWatchHints(out, name, dir, os.Getpid()) })
@@ -151,7 +165,7 @@ running.`,
 			// Detached: the same command again with --foreground, in a
 			// session of its own.
 			again := append([]string{"start", name, "--foreground", "--run-dir=" + string(dir)},
-				changedArgs(f, append([]string{"net", "forward", "timeout"}, machineFlags()...))...)
+				changedArgs(f, append([]string{"net", "forward", "storage", "storage-server", "timeout"}, machineFlags()...))...)
 			pid, exited, err := supervisor.Detach(dir, exe, again)
 			if err != nil {
 				return err
@@ -172,9 +186,10 @@ running.`,
 	}
 	f := cmd.Flags()
 	run := newRunCommand().Flags()
-	for _, name := range machineFlags() {
+	for _, name := range append(machineFlags(), "storage") {
 		f.AddFlag(run.Lookup(name))
 	}
+	f.StringVar(&storageSrv, "storage-server", "", "the socket of a running 'ftctl storage serve' that owns the disks and the arbiter record; default: start one in the run directory (serving --storage); 'none': each side opens the disks itself, the arbiter record in the run directory, no fencing")
 	f.StringVar(&netSock, "net", "", "attach both sides to this running switch's socket ('ftctl net serve') instead of starting one in the run directory")
 	f.StringArrayVar(&forwards, "forward", nil, "expose a guest TCP port through the switch ftctl start starts, HOST:PORT=GUEST:PORT (repeatable)")
 	f.BoolVar(&foreground, "foreground", false, "stay attached: run the supervisor in this process until both sides exit or Ctrl-C (which stops the pair, primary first)")

@@ -42,6 +42,7 @@ func TestPairCommandsNameTheBadInput(t *testing.T) {
 		{[]string{"start", "../kv", "--image", "x"}, `pair name "../kv"`},
 		{[]string{"start", "--image", "x"}, "give the pair's NAME"},
 		{[]string{"start", "kv", "--image", "x", "--net", "n.sock", "--forward", "1=1"}, "--forward configures the switch"},
+		{[]string{"start", "kv", "--image", "x", "--storage", "d", "--storage-server", "s.sock"}, "with --storage-server SOCK"},
 		{[]string{"status", "nosuch", "--run-dir", dir + "/nosuch"}, `no pair "nosuch" on this host`},
 		{[]string{"status", "kv", "-o", "yaml"}, `-o "yaml"`},
 		{[]string{"failover", "kv", "--planned"}, "--planned is not built yet"},

@@ -141,7 +141,7 @@ func WaitPhase(ctx context.Context, dir RunDir, role, phase string, fail ...stri
 }
 
 // Stop stops a pair: SIGTERM to the primary, then the backup, then the
-// switch and the supervisor, each waited for (SIGKILL after grace), then
+// storage server, the switch and the supervisor, each waited for (SIGKILL after grace), then
 // removes the sockets and pid files. It returns which processes it
 // stopped; none is not an error.
 func Stop(ctx context.Context, dir RunDir, grace time.Duration) ([]string, error) {
@@ -149,7 +149,7 @@ func Stop(ctx context.Context, dir RunDir, grace time.Duration) ([]string, error
 	var errs []error
 	// The primary first: its log ends cleanly, so the backup stops too
 	// instead of going live.
-	for _, name := range []string{Primary, Backup, Switch, Supervisor} {
+	for _, name := range []string{Primary, Backup, Storage, Switch, Supervisor} {
 		proc, err := readPIDFile(dir.PIDFile(name))
 		if errors.Is(err, ErrNotRunning) {
 			continue

@@ -18,7 +18,7 @@ import (
 )
 
 // The test binary doubles as a fake ftctl (FAKE_FTCTL=1): 'net serve'
-// listens on its socket; 'run --role backup' serves a control socket in
+// and 'storage serve' listen on their socket; 'run --role backup' serves a control socket in
 // phase replaying, listens on the log channel and goes "live" when the
 // primary's connection breaks without a clean "bye"; 'run --role
 // primary' connects, serves phase protected, and says "bye" on SIGTERM;
@@ -48,7 +48,7 @@ func fakeFtctl(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	fmt.Fprintf(os.Stderr, "fake ftctl %q\n", args)
-	if len(args) > 1 && args[0] == "net" && args[1] == "serve" {
+	if len(args) > 1 && (args[0] == "net" || args[0] == "storage") && args[1] == "serve" {
 		ln, err := net.Listen("unix", flagValue(args, "--socket"))
 		if err != nil {
 			return err

@@ -24,18 +24,22 @@ const (
 	Primary    = "primary"
 	Backup     = "backup"
 	Switch     = "switch"
+	Storage    = "storage"
 	Supervisor = "supervisor"
 )
 
 // RunDir is a pair's run directory:
 //
-//	supervisor.pid, primary.pid, backup.pid, switch.pid   "PID STARTTIME"
-//	supervisor.log, primary.log, backup.log, switch.log   each process's stderr and stdout
+//	supervisor.pid, primary.pid, backup.pid, switch.pid,  "PID STARTTIME"
+//	storage.pid
+//	supervisor.log, primary.log, backup.log, switch.log,  each process's stderr and stdout
+//	storage.log
 //	primary.console, backup.console                       the guest's serial console
 //	primary.sock, backup.sock                             control sockets (GET /status, /metrics)
 //	log.sock                                              the log channel (the backup listens)
 //	net.sock                                              the switch the supervisor started
-//	arbiter/                                              the pair's arbiter record
+//	storage.sock                                          the storage server it started
+//	arbiter/                                              the pair's arbiter record without a storage server
 //	protected                                             the supervisor saw the pair protected
 type RunDir string
 
@@ -94,7 +98,11 @@ func (d RunDir) NetSocket() string { return d.path("net.sock") }
 // the pair protected: what a detached 'ftctl start' waits for.
 func (d RunDir) ProtectedFile() string { return d.path("protected") }
 
-// Arbiter is the directory holding the pair's arbiter record.
+// StorageSocket is the socket of the storage server the supervisor starts.
+func (d RunDir) StorageSocket() string { return d.path("storage.sock") }
+
+// Arbiter is the directory holding the pair's arbiter record when the
+// pair has no storage server (which holds it otherwise).
 func (d RunDir) Arbiter() string { return d.path("arbiter") }
 
 // Create makes the run directory (only its owner may enter: it holds the

@@ -27,10 +27,37 @@ type Pair struct {
 	// directory with Forwards.
 	Net      string
 	Forwards []string
+	// StorageServer is the socket of a running 'ftctl storage serve'
+	// (which owns the disks, holds the arbiter record and fences a stale
+	// side's writes); "" starts one in the run directory serving
+	// StorageDir; NoStorageServer has each side open the disks itself,
+	// with the arbiter record in the run directory (no fencing).
+	StorageServer string
+	// StorageDir is the storage directory ("" for the default).
+	StorageDir string
 	// Timeout bounds each start step (switch up, backup listening,
 	// primary protected).
 	Timeout time.Duration
 	Log     *slog.Logger
+}
+
+// NoStorageServer as Pair.StorageServer: no storage server.
+const NoStorageServer = "none"
+
+func (p Pair) storageSocket() string {
+	if p.StorageServer != "" {
+		return p.StorageServer
+	}
+	return p.Dir.StorageSocket()
+}
+
+// StorageArgs are the storage server's arguments after the executable.
+func (p Pair) StorageArgs() []string {
+	args := []string{"storage", "serve", "--socket", p.Dir.StorageSocket()}
+	if p.StorageDir != "" {
+		args = append(args, "--dir", p.StorageDir)
+	}
+	return args
 }
 
 func (p Pair) netSocket() string {
@@ -59,8 +86,15 @@ func (p Pair) VMMArgs(role string) []string {
 	} else {
 		args = append(args, "--peer", p.Dir.LogChannel())
 	}
-	return append(args,
-		"--arbiter", p.Dir.Arbiter(), "--pair", p.Name,
+	if p.StorageServer == NoStorageServer {
+		args = append(args, "--arbiter", p.Dir.Arbiter())
+		if p.StorageDir != "" {
+			args = append(args, "--storage", p.StorageDir)
+		}
+	} else {
+		args = append(args, "--storage-server", p.storageSocket())
+	}
+	return append(args, "--pair", p.Name,
 		"--control", p.Dir.Control(role),
 		"--console", p.Dir.ConsoleFile(role))
 }
@@ -142,9 +176,11 @@ func exists(path string) func(context.Context) bool {
 }
 
 // Run is the supervisor: it starts the switch (unless Net is given), the
-// backup and the primary, calls ready once the primary reports the pair
+// storage server (unless StorageServer is given or none), the backup and
+// the primary, calls ready once the primary reports the pair
 // protected, and then waits until both sides have exited or ctx ends; it
-// stops what it started in order (primary, backup, switch) on its way out.
+// stops what it started in order (primary, backup, storage server,
+// switch) on its way out.
 func (p Pair) Run(ctx context.Context, ready func()) error {
 	if p.Timeout <= 0 {
 		p.Timeout = 2 * time.Minute
@@ -155,7 +191,7 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 	if err := p.Dir.Create(); err != nil {
 		return err
 	}
-	for _, name := range []string{Supervisor, Primary, Backup, Switch} {
+	for _, name := range []string{Supervisor, Primary, Backup, Storage, Switch} {
 		if proc, err := readPIDFile(p.Dir.PIDFile(name)); err == nil && proc.PID != os.Getpid() {
 			return fmt.Errorf("pair %s is already running (%s pid %d, run directory %s); 'ftctl stop %s' first", p.Name, name, proc.PID, p.Dir, p.Name)
 		}
@@ -179,6 +215,9 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 	var steps []step
 	if p.Net == "" {
 		steps = append(steps, step{Switch, p.SwitchArgs(), "the switch's socket " + p.Dir.NetSocket(), exists(p.Dir.NetSocket())})
+	}
+	if p.StorageServer == "" {
+		steps = append(steps, step{Storage, p.StorageArgs(), "the storage server's socket " + p.Dir.StorageSocket(), exists(p.Dir.StorageSocket())})
 	}
 	steps = append(steps,
 		step{Backup, p.VMMArgs(Backup), "the backup to listen on " + p.Dir.LogChannel(), exists(p.Dir.LogSocket())},
@@ -222,7 +261,7 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 
 // stopChildren stops the children still running, last started first:
 // the primary before the backup, so the backup sees the log end cleanly
-// and does not go live, and the switch last.
+// and does not go live, then the storage server and the switch.
 func (p Pair) stopChildren(started []*child) {
 	for i := len(started) - 1; i >= 0; i-- {
 		c := started[i]

@@ -20,15 +20,27 @@ func TestVMMArgs(t *testing.T) {
 	got := p.VMMArgs(Backup)
 	want := []string{"run", "--image", "out/image", "--mem", "512", "--net", "/run/ftvm/kv/net.sock",
 		"--role", "backup", "--listen", "unix:/run/ftvm/kv/log.sock",
-		"--arbiter", "/run/ftvm/kv/arbiter", "--pair", "kv",
+		"--storage-server", "/run/ftvm/kv/storage.sock", "--pair", "kv",
 		"--control", "/run/ftvm/kv/backup.sock", "--console", "/run/ftvm/kv/backup.console"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("backup args\n got %q\nwant %q", got, want)
 	}
+	// Without a storage server: the arbiter record in the run directory,
+	// the disks from the storage directory.
+	p.StorageServer, p.StorageDir = NoStorageServer, "/srv/disks"
+	got = p.VMMArgs(Backup)
+	if flagValue(got, "--arbiter") != "/run/ftvm/kv/arbiter" || flagValue(got, "--storage") != "/srv/disks" || slices.Contains(got, "--storage-server") {
+		t.Errorf("backup args without a storage server: %q", got)
+	}
+	if got, want := p.StorageArgs(), []string{"storage", "serve", "--socket", "/run/ftvm/kv/storage.sock", "--dir", "/srv/disks"}; !slices.Equal(got, want) {
+		t.Errorf("storage server args %q, want %q", got, want)
+	}
+	p.StorageServer = "/run/shared/storage.sock"
 	p.Net = "/tmp/other-net.sock"
 	got = p.VMMArgs(Primary)
 	for _, pair := range [][2]string{{"--role", "primary"}, {"--peer", "unix:/run/ftvm/kv/log.sock"}, {"--net", "/tmp/other-net.sock"},
-		{"--control", "/run/ftvm/kv/primary.sock"}, {"--console", "/run/ftvm/kv/primary.console"}} {
+		{"--control", "/run/ftvm/kv/primary.sock"}, {"--console", "/run/ftvm/kv/primary.console"},
+		{"--storage-server", "/run/shared/storage.sock"}, {"--pair", "kv"}} {
 		if v := flagValue(got, pair[0]); v != pair[1] {
 			t.Errorf("primary %s = %q, want %q (args %q)", pair[0], v, pair[1], got)
 		}
@@ -224,7 +236,7 @@ func TestDetachedRunStatusKillStop(t *testing.T) {
 	if err := WaitProtected(wctx, p.Dir, exited); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{Supervisor, Switch, Primary, Backup} {
+	for _, name := range []string{Supervisor, Switch, Storage, Primary, Backup} {
 		if _, err := readPIDFile(p.Dir.PIDFile(name)); err != nil {
 			t.Errorf("%s pid file: %v", name, err)
 		}
@@ -305,7 +317,9 @@ func TestRunReportsAChildThatFailsToStart(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "the backup exited") || !strings.Contains(err.Error(), "image fail: no such image") {
 		t.Fatalf("Run with a failing backup: %v", err)
 	}
-	if _, err := readPIDFile(p.Dir.PIDFile(Switch)); !errors.Is(err, ErrNotRunning) {
-		t.Errorf("the switch outlived a failed start: %v", err)
+	for _, name := range []string{Switch, Storage} {
+		if _, err := readPIDFile(p.Dir.PIDFile(name)); !errors.Is(err, ErrNotRunning) {
+			t.Errorf("the %s outlived a failed start: %v", name, err)
+		}
 	}
 }
