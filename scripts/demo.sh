@@ -180,15 +180,6 @@ case $gen1 in *"generation 1 owned"*) ;; *) fail "after the kill the record is n
 # The timeline, in ms after the kill. The history has Unix ns times; the
 # slog time stamps of the backup (ms, UTC) place the verdict of its failure
 # detector, which its went-live line counts from.
-# From the history: the first answer after the kill, and the requests that
-# were in flight at the kill (sent before it, answered after it).
-set -- $(awk -v k="$killed_ns" '\''
-  match($0, /"call_unix_ns":[0-9]+/) { c = substr($0, RSTART + 15, RLENGTH - 15) + 0 }
-  match($0, /"return_unix_ns":[0-9]+/) { r = substr($0, RSTART + 17, RLENGTH - 17) + 0
-    if (r > k && (best == "" || r < best)) best = r
-    if (c <= k && r > k) { n++; if (r - k > w) w = r - k } }
-  END { if (best != "") printf "%d %d %d", (best - k) / 1e6, n, w / 1e6 }'\'' "$w/history.jsonl")
-first=${1:-} inflight=${2:-0} inflight_ms=${3:-}
 ops=$(grep -c . "$w/history.jsonl")
 clientsum=$(grep -E "^kvclient: ([0-9]+ clients, )?[0-9]+ requests" "$w/client.log" | sed "s/^kvclient: //")
 longest=$(grep "^kvclient: longest wait" "$w/client.log" | sed "s/^kvclient: longest wait for an answer: //")
@@ -208,6 +199,20 @@ detected=
 [ -n "$live_at" ] && [ -n "$golive" ] && detected=$((live_at - golive))
 at() { [ -n "$detected" ] && [ -n "$1" ] && printf "~%d" $((detected + $1)); }
 
+# From the history: answers that arrived between the kill and the moment
+# the backup went live (released by the primary before it died, still on
+# their way), the first answer after that, and the requests in flight at
+# the kill (sent before it, answered after it): the pause the clients saw.
+set -- $(awk -v k="$killed_ns" -v l="${live_at:-0}" '\''
+  BEGIN { l = k + l * 1e6 }
+  match($0, /"call_unix_ns":[0-9]+/) { c = substr($0, RSTART + 15, RLENGTH - 15) + 0 }
+  match($0, /"return_unix_ns":[0-9]+/) { r = substr($0, RSTART + 17, RLENGTH - 17) + 0
+    if (r > k && r <= l) early++
+    if (r > l && (best == "" || r < best)) best = r
+    if (c <= k && r > k) { n++; if (r - k > w) w = r - k } }
+  END { if (best != "") printf "%d %d %d %d", (best - k) / 1e6, n, w / 1e6, early }'\'' "$w/history.jsonl")
+first=${1:-} inflight=${2:-0} inflight_ms=${3:-} early=${4:-0}
+
 say "failover works"
 echo "  client:   $clientsum"
 echo "            $verdict; $readback; no errors"
@@ -222,8 +227,9 @@ printf "  %8s  backup: primary lost (log channel reset)\n" "$(at 0)"
 printf "  %8s  backup: log drained       (+%s ms)\n" "$(at "$drained")" "$drained"
 printf "  %8s  backup: record claimed    (+%s ms)\n" "$(at "$claimed")" "$claimed"
 printf "  %8s  backup: live              (+%s ms)\n" "$(at "$golive")" "$golive"
-printf "  %8s  first answer to a client after the kill\n" "${first:-?}"
-[ "$inflight" -gt 0 ] && printf "  %8s  the last of the %d requests in flight at the kill answered\n" "$inflight_ms" "$inflight"
+[ "$early" -gt 0 ] && printf "  %8s  (%d answers arrived before that: released by the primary before it died)\n" "" "$early"
+printf "  %8s  first answer to a client after the backup went live\n" "${first:-?}"
+[ "$inflight" -gt 0 ] && printf "  %8s  the last of the %d requests in flight at the kill answered: the pause clients saw\n" "$inflight_ms" "$inflight"
 echo "  backup: ${live#ftctl: }"
 echo
 echo "  The $ops requests of the run, the read-back included, fit one sequential order of a kv store that"
