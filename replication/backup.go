@@ -123,6 +123,9 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	if cfg.Instance.Pair == "" {
+		cfg.Instance.Pair = cfg.Pair // a storage server's disks belong to the pair
+	}
 	var gen uint64
 	if cfg.Arbiter != nil {
 		if cfg.Owner == "" {
@@ -236,9 +239,6 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	}
 	icfg := cfg.Instance
 	icfg.Replay, icfg.Record, icfg.Backup, icfg.WallTime = rep, nil, true, hdr.WallTime
-	if icfg.Pair == "" {
-		icfg.Pair = cfg.Pair
-	}
 	icfg.KeepBackupWrite = func(disk int, off int64, p []byte) {
 		kept.keep(lastSeq, disk, off, p)
 		statusMu.Lock()

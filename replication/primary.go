@@ -162,6 +162,10 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 			p.Close()
 		}
 	}()
+	if cfg.Instance.Pair == "" {
+		cfg.Instance.Pair = cfg.Pair // a storage server's disks belong to the pair
+	}
+	p.cfg.Instance.Pair = cfg.Instance.Pair
 	if err := instance.Check(cfg.Instance); err != nil {
 		return nil, fmt.Errorf("the primary's machine: %w", err)
 	}
