@@ -68,3 +68,14 @@ func TestStatusOfAStoppedPairExits3(t *testing.T) {
 		t.Fatalf("stop of a stopped pair: %v (%s)", err, stderr)
 	}
 }
+
+// A bad --control path fails before a VM is built, naming the flag.
+func TestRunControlFlag(t *testing.T) {
+	img := imageWithWorkloads(t, "kv", "none")
+	dir := t.TempDir()
+	_, err := runFtctlTimeout(t, 30*time.Second, "run", "--image", img, "--console", "none", "--role", "backup",
+		"--listen", "unix:"+dir+"/log.sock", "--control", dir+"/no/such/dir/backup.sock")
+	if err == nil || !strings.Contains(err.Error(), "--control") || !strings.Contains(err.Error(), "no/such/dir") {
+		t.Fatalf("run with a bad --control: %v, want an error naming --control and the path", err)
+	}
+}
