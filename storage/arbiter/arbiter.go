@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ftvm/ftvm/storage"
@@ -113,7 +114,9 @@ func validateClaim(pair, owner string, seen uint64) error {
 // digits, '.', '_', '-'), since it names files and keys.
 func ValidatePair(pair string) error {
 	if err := storage.ValidateName(pair); err != nil {
-		return fmt.Errorf("%w: pair: %v", ErrInvalid, err)
+		// ValidateName speaks of disks; a pair's name follows the same rule.
+		msg := strings.TrimPrefix(err.Error(), storage.ErrInvalidName.Error()+": ")
+		return fmt.Errorf("%w: pair name %s", ErrInvalid, msg)
 	}
 	return nil
 }
