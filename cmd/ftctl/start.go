@@ -345,12 +345,12 @@ halted or did not go live within --timeout.`,
 				}
 				return fmt.Errorf("the backup is not replaying (%s): killing the primary would stop the guest for good; not killing it (see 'ftctl status %s')", state, args[0])
 			}
-			killedAt, err := supervisor.KillPrimary(dir)
+			pid, killedAt, err := supervisor.KillPrimary(dir)
 			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "ftctl: killed the primary (pid %d) at %s; waiting for the backup to go live\n", ps.Primary.Status.PID, killedAt.Format("15:04:05.000"))
+			fmt.Fprintf(out, "ftctl: killed the primary (pid %d) at %s; waiting for the backup to go live\n", pid, killedAt.Format("15:04:05.000"))
 			wctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			st, err := supervisor.WaitPhase(wctx, dir, supervisor.Backup, "live", "halted", "stopped")

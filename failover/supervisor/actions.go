@@ -91,20 +91,20 @@ func FormatFailover(f control.Failover) string {
 }
 
 // KillPrimary SIGKILLs the pair's primary (the demo of a failover) and
-// returns when it did.
-func KillPrimary(dir RunDir) (time.Time, error) {
+// returns its pid and when it was killed.
+func KillPrimary(dir RunDir) (int, time.Time, error) {
 	proc, err := readPIDFile(dir.PIDFile(Primary))
 	if errors.Is(err, ErrNotRunning) {
-		return time.Time{}, fmt.Errorf("no primary is running in %s (already failed over, or stopped? see 'ftctl status')", dir)
+		return 0, time.Time{}, fmt.Errorf("no primary is running in %s (already failed over, or stopped? see 'ftctl status')", dir)
 	}
 	if err != nil {
-		return time.Time{}, err
+		return 0, time.Time{}, err
 	}
 	at := time.Now()
 	if err := proc.signal(syscall.SIGKILL); err != nil {
-		return time.Time{}, fmt.Errorf("kill the primary (pid %d): %w", proc.PID, err)
+		return 0, time.Time{}, fmt.Errorf("kill the primary (pid %d): %w", proc.PID, err)
 	}
-	return at, nil
+	return proc.PID, at, nil
 }
 
 // WaitPhase polls role's control socket until it reports phase, a phase
@@ -161,6 +161,9 @@ func Stop(ctx context.Context, dir RunDir, grace time.Duration) ([]string, error
 		if err := terminate(ctx, proc, grace); err != nil {
 			errs = append(errs, fmt.Errorf("stop the %s: %w", name, err))
 			continue
+		}
+		if name == Storage {
+			name = "storage server"
 		}
 		stopped = append(stopped, fmt.Sprintf("%s (pid %d)", name, proc.PID))
 	}

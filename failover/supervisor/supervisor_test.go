@@ -258,8 +258,8 @@ func TestDetachedRunStatusKillStop(t *testing.T) {
 		t.Errorf("a second supervisor on the same run directory: %v", err)
 	}
 
-	if _, err := KillPrimary(p.Dir); err != nil {
-		t.Fatal(err)
+	if pid, _, err := KillPrimary(p.Dir); err != nil || pid != ps.Primary.Status.PID {
+		t.Fatalf("killed pid %d (%v); the primary said it was %d", pid, err, ps.Primary.Status.PID)
 	}
 	st, err := WaitPhase(wctx, p.Dir, Backup, "live", "halted")
 	if err != nil {
@@ -280,7 +280,7 @@ func TestDetachedRunStatusKillStop(t *testing.T) {
 	if b, err := json.Marshal(ps); err != nil || !strings.Contains(string(b), `"error":"gone"`) {
 		t.Errorf("status JSON: %s, %v", b, err)
 	}
-	if _, err := KillPrimary(p.Dir); err == nil {
+	if _, _, err := KillPrimary(p.Dir); err == nil {
 		t.Error("a second kill found a primary")
 	}
 
