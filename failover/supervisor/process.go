@@ -79,9 +79,9 @@ func readPIDFile(path string) (Process, error) {
 	if err != nil {
 		return Process{}, err
 	}
-	var p Process
-	if _, err := fmt.Sscanf(string(b), "%d %d", &p.PID, &p.Start); err != nil {
-		return Process{}, fmt.Errorf("pid file %s: %q: want \"PID STARTTIME\"", path, strings.TrimSpace(string(b)))
+	p, err := parsePIDFile(b)
+	if err != nil {
+		return Process{}, fmt.Errorf("pid file %s: %w", path, err)
 	}
 	if !p.Alive() {
 		return Process{}, ErrNotRunning
@@ -116,4 +116,23 @@ func (p Process) waitGone(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// parsePIDFile reads "PID STARTTIME\n".
+func parsePIDFile(b []byte) (Process, error) {
+	var p Process
+	fields := strings.Fields(string(b))
+	bad := fmt.Errorf("%q: want \"PID STARTTIME\"", b)
+	if len(fields) != 2 {
+		return Process{}, bad
+	}
+	pid, err := strconv.Atoi(fields[0])
+	if err != nil || pid <= 0 {
+		return Process{}, bad
+	}
+	if p.Start, err = strconv.ParseUint(fields[1], 10, 64); err != nil {
+		return Process{}, bad
+	}
+	p.PID = pid
+	return p, nil
 }

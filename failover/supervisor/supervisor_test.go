@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -322,4 +323,25 @@ func TestRunReportsAChildThatFailsToStart(t *testing.T) {
 			t.Errorf("the %s outlived a failed start: %v", name, err)
 		}
 	}
+}
+
+// A pid file is read back only as it was written: a positive pid and a
+// start time, nothing else (a pid of 0 or -1 would signal a group).
+func FuzzParsePIDFile(f *testing.F) {
+	f.Add([]byte("123 456\n"))
+	f.Add([]byte("-1 0"))
+	f.Add([]byte("0 5\n"))
+	f.Add([]byte("12 34 56"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := parsePIDFile(b)
+		if err != nil {
+			return
+		}
+		if p.PID <= 0 {
+			t.Fatalf("%q parsed to pid %d", b, p.PID)
+		}
+		if again, err := parsePIDFile(fmt.Appendf(nil, "%d %d\n", p.PID, p.Start)); err != nil || again != p {
+			t.Fatalf("%q: %+v does not round-trip: %+v, %v", b, p, again, err)
+		}
+	})
 }
