@@ -166,21 +166,22 @@ running.`,
 			// session of its own.
 			again := append([]string{"start", name, "--foreground", "--run-dir=" + string(dir)},
 				changedArgs(f, append([]string{"net", "forward", "storage", "storage-server", "timeout"}, machineFlags()...))...)
-			pid, exited, err := supervisor.Detach(dir, exe, again)
+			if err := dir.CheckNotRunning(name); err != nil {
+				return err
+			}
+			sup, err := supervisor.Detach(dir, exe, again)
 			if err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 3*timeout+10*time.Second)
 			defer cancel()
-			if err := supervisor.WaitProtected(ctx, dir, exited); err != nil {
-				// A start that failed (or was interrupted) leaves nothing
-				// running.
-				if _, stopErr := supervisor.Stop(context.WithoutCancel(ctx), dir, 15*time.Second); stopErr != nil {
-					err = errors.Join(err, fmt.Errorf("stopping what was started: %w", stopErr))
-				}
+			if err := sup.WaitProtected(ctx); err != nil {
+				// A start that failed or was interrupted leaves nothing
+				// running: the supervisor stops what it started.
+				sup.Stop(time.Minute)
 				return err
 			}
-			printWatchHints(out, name, dir, pid)
+			printWatchHints(out, name, dir, sup.PID)
 			return nil
 		},
 	}

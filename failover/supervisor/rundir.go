@@ -40,7 +40,7 @@ const (
 //	net.sock                                              the switch the supervisor started
 //	storage.sock                                          the storage server it started
 //	arbiter/                                              the pair's arbiter record without a storage server
-//	protected                                             the supervisor saw the pair protected
+//	protected                                             the supervisor (pid) saw the pair protected
 type RunDir string
 
 // DefaultDir is where a pair's run directory lives unless given:
@@ -95,7 +95,8 @@ func (d RunDir) LogChannel() string { return "unix:" + d.LogSocket() }
 func (d RunDir) NetSocket() string { return d.path("net.sock") }
 
 // ProtectedFile is written by the supervisor once the primary reported
-// the pair protected: what a detached 'ftctl start' waits for.
+// the pair protected (it holds the supervisor's pid): what a detached
+// 'ftctl start' waits for.
 func (d RunDir) ProtectedFile() string { return d.path("protected") }
 
 // StorageSocket is the socket of the storage server the supervisor starts.
@@ -142,6 +143,17 @@ func (d RunDir) CleanSockets() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CheckNotRunning is an error if a process of the pair named in the run
+// directory (other than this one) runs.
+func (d RunDir) CheckNotRunning(name string) error {
+	for _, proc := range []string{Supervisor, Primary, Backup, Storage, Switch} {
+		if p, err := readPIDFile(d.PIDFile(proc)); err == nil && p.PID != os.Getpid() {
+			return fmt.Errorf("pair %s is already running (%s pid %d, run directory %s); 'ftctl stop %s' first", name, proc, p.PID, d, name)
+		}
+	}
+	return nil
 }
 
 // List names the pairs with a run directory under parent.

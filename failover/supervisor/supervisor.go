@@ -191,10 +191,8 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 	if err := p.Dir.Create(); err != nil {
 		return err
 	}
-	for _, name := range []string{Supervisor, Primary, Backup, Storage, Switch} {
-		if proc, err := readPIDFile(p.Dir.PIDFile(name)); err == nil && proc.PID != os.Getpid() {
-			return fmt.Errorf("pair %s is already running (%s pid %d, run directory %s); 'ftctl stop %s' first", p.Name, name, proc.PID, p.Dir, p.Name)
-		}
+	if err := p.Dir.CheckNotRunning(p.Name); err != nil {
+		return err
 	}
 	// What is left is a dead run's: its log socket would pass for a
 	// listening backup.
@@ -239,7 +237,7 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 	}
 	backup, primary := started[len(started)-2], started[len(started)-1]
 	p.Log.Info("pair protected", "pair", p.Name, "primary", primary.proc.PID, "backup", backup.proc.PID)
-	if err := os.WriteFile(p.Dir.ProtectedFile(), fmt.Appendf(nil, "%s\n", time.Now().Format(time.RFC3339Nano)), 0o600); err != nil {
+	if err := os.WriteFile(p.Dir.ProtectedFile(), fmt.Appendf(nil, "%d\n", os.Getpid()), 0o600); err != nil {
 		return fmt.Errorf("mark the pair protected: %w", err)
 	}
 	defer os.Remove(p.Dir.ProtectedFile())

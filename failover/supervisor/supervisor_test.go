@@ -228,14 +228,23 @@ func fakePair(t *testing.T) Pair {
 func TestDetachedRunStatusKillStop(t *testing.T) {
 	p := fakePair(t)
 	ctx := context.Background()
-	_, exited, err := Detach(p.Dir, p.Ftctl, []string{"start", "--run-dir", string(p.Dir), "--image", "ok"})
+	sup, err := Detach(p.Dir, p.Ftctl, []string{"start", "--run-dir", string(p.Dir), "--image", "ok"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
 	defer wcancel()
-	if err := WaitProtected(wctx, p.Dir, exited); err != nil {
+	if err := sup.WaitProtected(wctx); err != nil {
 		t.Fatal(err)
+	}
+	// A second start on the same run directory fails and leaves the
+	// running pair alone.
+	again, err := Detach(p.Dir, p.Ftctl, []string{"start", "--run-dir", string(p.Dir), "--image", "ok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := again.WaitProtected(wctx); err == nil || !strings.Contains(err.Error(), "already running") {
+		t.Errorf("a second supervisor on the same run directory: %v", err)
 	}
 	for _, name := range []string{Supervisor, Switch, Storage, Primary, Backup} {
 		if _, err := readPIDFile(p.Dir.PIDFile(name)); err != nil {
@@ -254,9 +263,6 @@ func TestDetachedRunStatusKillStop(t *testing.T) {
 	ps.WriteText(&text)
 	if !strings.Contains(text.String(), "primary  protected") || !strings.Contains(text.String(), "held outputs 2") {
 		t.Errorf("status text:\n%s", text.String())
-	}
-	if err := p.Run(ctx, nil); err == nil || !strings.Contains(err.Error(), "already running") {
-		t.Errorf("a second supervisor on the same run directory: %v", err)
 	}
 
 	if pid, _, err := KillPrimary(p.Dir); err != nil || pid != ps.Primary.Status.PID {
@@ -299,7 +305,7 @@ func TestDetachedRunStatusKillStop(t *testing.T) {
 		t.Errorf("stopped %q, want the backup first", stopped)
 	}
 	select {
-	case err := <-exited:
+	case err := <-sup.exited:
 		if err != nil {
 			t.Fatalf("the supervisor after Stop: %v\n%s", err, mustRead(t, p.Dir.LogFile(Supervisor)))
 		}
