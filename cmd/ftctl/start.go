@@ -208,11 +208,11 @@ func exactlyOneName(cmd *cobra.Command, args []string) error {
 
 func printWatchHints(w io.Writer, name string, dir supervisor.RunDir, supervisorPID int) {
 	fmt.Fprintf(w, `ftctl: pair %[1]s is protected (supervisor pid %[3]d, run directory %[2]s)
-  ftctl status %[1]s                 both sides: state, generation, lag, held outputs
-  tail -f %[4]s       the guest's console
-  curl -s --unix-socket %[5]s http://ftvm/metrics
-  ftctl failover %[1]s --kill        kill the primary; the backup goes live
-  ftctl stop %[1]s
+  both sides:  ftctl status %[1]s
+  console:     tail -f %[4]s
+  metrics:     curl -s --unix-socket %[5]s http://ftvm/metrics
+  fail over:   ftctl failover %[1]s --kill
+  stop:        ftctl stop %[1]s
 `, name, dir, supervisorPID, dir.ConsoleFile(supervisor.Primary), dir.Control(supervisor.Primary))
 }
 
