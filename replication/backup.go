@@ -201,6 +201,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	var (
 		lastSeq    uint64
 		primaryErr error
+		handover   bool // the primary handed the guest over (planned)
 		kept       keptWrites
 	)
 	rep := replay.NewStreamReplayer(func() ([]byte, error) {
@@ -216,6 +217,11 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 				return nil, io.EOF // the log ends here either way
 			}
 			lastSeq = seq
+			if isHandover(entry) {
+				handover = true
+				detected.Store(time.Now().UnixNano())
+				continue
+			}
 			if !isReleased(entry) {
 				return entry, nil
 			}
@@ -247,16 +253,20 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	}
 	var inst *instance.Instance
 	icfg.GoLive = func() (vm.LiveInputs, error) {
-		if primaryErr == nil || cfg.Arbiter == nil {
+		if primaryErr == nil && !handover || cfg.Arbiter == nil {
 			return vm.LiveInputs{}, vm.ErrLogEnd // a clean end, or no say in it
+		}
+		why := primaryErr
+		if handover {
+			why = errors.New("the primary handed the guest over (planned switchover)")
 		}
 		lostAt := time.Now()
 		if d := detected.Load(); d != 0 {
 			lostAt = time.Unix(0, d)
 		}
-		timeline = FailoverTimeline{PrimaryLost: lostAt, Why: primaryErr, Drained: time.Since(lostAt)}
-		setState(fmt.Sprintf("primary lost (%v): claiming the arbiter's record", primaryErr))
-		log.Warn("primary lost; every entry received is replayed; claiming the pair's record", "err", primaryErr, "generation", gen)
+		timeline = FailoverTimeline{PrimaryLost: lostAt, Why: why, Drained: time.Since(lostAt)}
+		setState(fmt.Sprintf("primary lost (%v): claiming the arbiter's record", why))
+		log.Warn("primary lost; every entry received is replayed; claiming the pair's record", "err", why, "generation", gen)
 		rec, err := claimUntilAnswered(ctx, cfg.Arbiter, cfg.Pair, cfg.Owner, gen, log, setState)
 		timeline.Claimed = time.Since(lostAt)
 		if err != nil {

@@ -982,6 +982,55 @@ func TestPartitionLeavesExactlyOneSide(t *testing.T) {
 	t.Logf("partitioned; %s won generation 1; the client's %d requests all answered (%v after the partition)", rec.Owner, c.ops, time.Since(parted).Round(time.Millisecond))
 }
 
+// TestPlannedHandover: a planned switchover under client traffic. The
+// primary stops at an exit, waits until the backup has everything and all
+// its outputs left, and hands over; the backup claims the record and goes
+// live; the client, on the same connection, loses nothing.
+func TestPlannedHandover(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	s := newPairSetup(t)
+	arb, err := arbiter.OpenDir(filepath.Join(t.TempDir(), "arbiter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "backup"})
+	pr := s.startPrimary(t, replication.PrimaryConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "primary"})
+	conn, r := guesttest.DialKV(t, s.fwd)
+	defer conn.Close()
+	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	for i := 0; i < 10; i++ {
+		c.mixed(t, i)
+	}
+	asked := time.Now()
+	pr.p.Handover()
+	pd := pr.wait()
+	if pd.err != nil || !pd.res.HandedOver || pd.res.Final.Outputs.HeldOutputs != 0 {
+		t.Fatalf("primary after the handover: %v (handed over %v, held %d)", pd.err, pd.res != nil && pd.res.HandedOver, pd.res.Final.Outputs.HeldOutputs)
+	}
+	c.do(t, "ECHO after-the-handover", "after-the-handover", true)
+	pause := time.Since(asked)
+	for i := 10; i < 20; i++ {
+		c.mixed(t, i)
+	}
+	for k, v := range c.puts {
+		c.do(t, "GET "+k, "VALUE "+v, true)
+	}
+	rec, err := arb.Read(context.Background(), "kv")
+	if err != nil || rec.Generation != 1 || rec.Owner != "backup" {
+		t.Fatalf("record %v, %v; want generation 1 owned by the backup", rec, err)
+	}
+	bcancel()
+	b := <-backup
+	if b.err != nil || !b.res.WentLive || b.res.PrimaryErr != nil {
+		t.Fatalf("backup: %v (went live %v, primary error %v)", b.err, b.res != nil && b.res.WentLive, b.res.PrimaryErr)
+	}
+	t.Logf("handed over; first answer %v after asking; backup: %v; %d requests", pause.Round(time.Millisecond), b.res.Failover, c.ops)
+}
+
 // backupProcess runs a backup as this process (spec "listen|image|storage")
 // until the log ends or it is killed.
 func backupProcess(spec string) int {

@@ -123,9 +123,11 @@ type Primary struct {
 
 // PrimaryResult is how a primary's run ended.
 type PrimaryResult struct {
-	Reason vm.StopReason
-	Stats  vm.Stats
-	Final  PrimaryStatus
+	// HandedOver: a planned switchover completed; the backup goes live.
+	HandedOver bool
+	Reason     vm.StopReason
+	Stats      vm.Stats
+	Final      PrimaryStatus
 }
 
 // RunPrimary connects to the backup, sends the start header, boots the VM
@@ -330,13 +332,29 @@ func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
 	}
 	stopBG()
 	wg.Wait()
+	handedOver := false
+	if errors.Is(context.Cause(p.runCtx), errHandover) && p.lostErr() == nil && p.gate.Err() == nil {
+		// The last released marker, then the handover: the backup re-issues
+		// only what did not leave, and goes live.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err1 := p.sender.Append(ctx, encodeReleased(p.gate.lastReleased()))
+		seq, err2 := p.sender.Append(ctx, handoverEntry)
+		if err := errors.Join(err1, err2); err == nil {
+			handedOver = p.sender.WaitAcked(ctx, seq) == nil
+		}
+		cancel()
+	}
 	// A clean close tells the backup the log ends here; it replays the
-	// rest and stops where the primary did.
+	// rest and stops where the primary did (or goes live, after a
+	// handover).
 	if err := p.sender.Close(); err != nil && !errors.Is(err, logchannel.ErrClosed) && p.lostErr() == nil {
 		p.log.Warn("close the log channel", "err", err)
 	}
-	res := &PrimaryResult{Reason: reason, Stats: p.inst.VM.Stats(), Final: p.Status()}
+	res := &PrimaryResult{Reason: reason, Stats: p.inst.VM.Stats(), Final: p.Status(), HandedOver: handedOver}
 	res.Final.State = "stopped"
+	if handedOver {
+		res.Final.State = "handed over to the backup"
+	}
 	var errs []error
 	if err := p.gate.Err(); err != nil {
 		errs = append(errs, err)
@@ -344,6 +362,9 @@ func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
 	var lostArb *LostArbitrationError
 	if errors.As(context.Cause(p.runCtx), &lostArb) {
 		errs = append(errs, lostArb)
+	}
+	if errors.Is(context.Cause(p.runCtx), errHandover) && !handedOver {
+		errs = append(errs, errors.New("the handover to the backup did not complete: it did not acknowledge the log within 10 s"))
 	}
 	if runErr != nil && !errors.Is(runErr, context.Cause(p.runCtx)) {
 		errs = append(errs, runErr)
@@ -487,6 +508,17 @@ func (p *Primary) background(ctx context.Context) {
 		}
 	}
 }
+
+// errHandover is why a primary's VM stops for a planned switchover.
+var errHandover = errors.New("handing the guest over to the backup")
+
+// Handover asks for a planned switchover: the VM stops at its next exit,
+// the primary waits until the backup acknowledged the whole log and every
+// output left, then tells the backup to go live where the log ends and
+// closes the channel; Run returns with HandedOver set. Nothing is lost:
+// the backup holds everything the guest did. The backup must have an
+// arbiter (it claims the pair's record; this side does not).
+func (p *Primary) Handover() { p.stopVM(errHandover) }
 
 // Close releases the VM and the log channel.
 func (p *Primary) Close() error {

@@ -21,6 +21,13 @@ const releasedTag = 0xF0
 
 const releasedSize = 1 + 8
 
+// handoverEntry is the last entry of a planned switchover: the primary
+// stopped its VM, every output of its log has left, and the backup is to
+// go live where the log ends instead of stopping there.
+var handoverEntry = []byte{0xF1}
+
+func isHandover(entry []byte) bool { return len(entry) == 1 && entry[0] == handoverEntry[0] }
+
 func encodeReleased(seq uint64) []byte {
 	b := make([]byte, releasedSize)
 	b[0] = releasedTag

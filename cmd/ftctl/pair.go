@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -48,6 +51,16 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 		fmt.Fprintln(cmd.ErrOrStderr(), "ftctl: --console-live: console output is shown as printed, not held until the backup has the log")
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: primary connected to the backup at %s; replicating\n", peer)
+	// SIGUSR2: a planned switchover (ftctl failover --planned sends it).
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	go func() {
+		if _, ok := <-usr2; ok {
+			fmt.Fprintln(cmd.ErrOrStderr(), "ftctl: SIGUSR2: handing the guest over to the backup (planned switchover)")
+			p.Handover()
+		}
+	}()
 	res, err := p.Run(ctx)
 	if res != nil {
 		fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %v\n", res.Final)
@@ -61,6 +74,10 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 	}
 	if err != nil {
 		return err
+	}
+	if res.HandedOver {
+		fmt.Fprintln(cmd.ErrOrStderr(), "ftctl: handed over: the backup has the whole log and goes live")
+		return nil
 	}
 	return stopError(res.Reason, p.VM())
 }

@@ -72,6 +72,10 @@ wins goes live where the log ends: it opens the disks, re-issues the disk
 writes the primary may not have released, attaches the NIC to the switch with
 the guest's MAC and announces it, and the guest runs on (clients through the
 switch keep their TCP connections). If the primary won, the backup exits 7.
+SIGUSR2 to a primary is a planned switchover: its VM stops at an exit, it
+waits until the backup acknowledged everything and every output left, and
+hands the guest over; the backup claims the record and goes live where the
+log ends, losing nothing (the primary exits 0).
 
 The VM follows ftvm's determinism contract even without a backup: no in-kernel
 interrupt controller or clocks; a userspace 8259 PIC, 8254 PIT, ACPI PM timer
