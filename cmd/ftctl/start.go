@@ -342,7 +342,7 @@ halted or did not go live within --timeout.`,
 			if b := ps.Backup.Status; b == nil || b.Phase != "replaying" {
 				state := ps.Backup.Err
 				if b != nil {
-					state = b.Phase + ": " + b.State
+					state = b.State
 				}
 				return fmt.Errorf("the backup is not replaying (%s): killing the primary would stop the guest for good; not killing it (see 'ftctl status %s')", state, args[0])
 			}
