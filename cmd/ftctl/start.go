@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -305,33 +306,38 @@ func newFailoverCommand() *cobra.Command {
 		timeout       time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "failover NAME --kill",
-		Short: "Fail a pair over to its backup: kill the primary and watch the backup go live",
+		Use:   "failover NAME (--kill | --planned)",
+		Short: "Fail a pair over to its backup: kill the primary, or hand the guest over, and watch the backup go live",
 		Long: `--kill sends SIGKILL to the pair's primary process (the demo of a host
-dying: no clean close of the log channel), then waits until the backup reports
-itself live and prints the failover's timeline: kill, primary found lost by the
-backup's failure detector, log drained (the backup replayed everything it
-received), arbiter record claimed, live (disks open, writes re-issued, NIC
-attached and announced). Clients of the guest see a pause, not an error.
-The pair then runs unprotected on the former backup.
+dying: no clean close of the log channel). --planned asks the primary for a
+switchover (SIGUSR2): it stops its VM at an exit, waits until the backup has
+acknowledged the whole log and every output has left, and hands the guest
+over; nothing is lost and the primary exits 0.
 
---planned (a switchover that loses nothing: the backup catches up, the
-primary stops at an exit, the backup goes live) is not built yet.
+Either way ftctl then waits until the backup reports itself live and prints
+the timeline: the signal, the primary found lost (--kill: by the backup's
+failure detector; --planned: the handover entry arrived), log drained (the
+backup replayed everything it received), arbiter record claimed, live (disks
+open, writes re-issued, NIC attached and announced). Clients of the guest see
+a pause, not an error. The pair then runs unprotected on the former backup.
 
-Exit status: 0 when the backup went live; 1 when there is no primary to
-kill, the backup is not there to take over (nothing is killed then), or it
-halted or did not go live within --timeout.`,
+Exit status: 0 when the backup went live; 1 when there is no primary, the
+pair is not protected (nothing is signalled then: without a replaying backup
+a kill would stop the guest for good), or the backup halted or did not go
+live within --timeout.`,
 		Example: `  ftctl failover kv --kill
+  ftctl failover kv --planned
   ftctl status kv`,
 		Args: exactlyOneName,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			sig, what := syscall.SIGKILL, "killed"
 			switch {
 			case planned && kill:
 				return errors.New("give one of --kill and --planned")
 			case planned:
-				return errors.New("--planned is not built yet (it needs a switchover in replication: the primary stopping at an exit once the backup caught up); use --kill")
+				sig, what = syscall.SIGUSR2, "asked for a handover from"
 			case !kill:
-				return errors.New("say how: --kill (SIGKILL the primary; the backup goes live)")
+				return errors.New("say how: --kill (SIGKILL the primary) or --planned (the primary hands the guest over); the backup goes live either way")
 			}
 			dir, err := existingRunDir(cmd, args[0])
 			if err != nil {
@@ -344,14 +350,24 @@ halted or did not go live within --timeout.`,
 				if b != nil {
 					state = b.State
 				}
-				return fmt.Errorf("the backup is not replaying (%s): killing the primary would stop the guest for good; not killing it (see 'ftctl status %s')", state, args[0])
+				return fmt.Errorf("the backup is not replaying (%s): nothing could take over; the primary is left alone (see 'ftctl status %s')", state, args[0])
 			}
-			pid, killedAt, err := supervisor.KillPrimary(dir)
+			// A primary that is not replicating yet has no handler for
+			// SIGUSR2 (it would die of it), and is not handing anything
+			// over.
+			if p := ps.Primary.Status; planned && (p == nil || p.Phase != "protected") {
+				state := ps.Primary.Err
+				if p != nil {
+					state = p.State
+				}
+				return fmt.Errorf("the primary is not replicating (%s): no switchover to plan (see 'ftctl status %s')", state, args[0])
+			}
+			pid, at, err := supervisor.SignalPrimary(dir, sig)
 			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "ftctl: killed the primary (pid %d) at %s; waiting for the backup to go live\n", pid, killedAt.Format("15:04:05.000"))
+			fmt.Fprintf(out, "ftctl: %s the primary (pid %d) at %s; waiting for the backup to go live\n", what, pid, at.Format("15:04:05.000"))
 			wctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			st, err := supervisor.WaitPhase(wctx, dir, supervisor.Backup, "live", "halted", "stopped")
@@ -359,8 +375,8 @@ halted or did not go live within --timeout.`,
 				return err
 			}
 			if f := st.Failover; f != nil {
-				fmt.Fprintf(out, "ftctl: backup live, generation %d: primary found lost +%d ms after the kill (%s), then log drained +%.0f ms, record claimed +%.0f ms, live +%.0f ms; %d disk writes re-issued\n",
-					st.Generation, f.PrimaryLost.Sub(killedAt).Milliseconds(), f.Why, f.DrainedMS, f.ClaimedMS, f.LiveMS, f.RewrittenWrites)
+				fmt.Fprintf(out, "ftctl: backup live, generation %d: primary found lost +%d ms after the signal (%s), then log drained +%.0f ms, record claimed +%.0f ms, live +%.0f ms; %d disk writes re-issued\n",
+					st.Generation, f.PrimaryLost.Sub(at).Milliseconds(), f.Why, f.DrainedMS, f.ClaimedMS, f.LiveMS, f.RewrittenWrites)
 			} else {
 				fmt.Fprintf(out, "ftctl: backup live: %s\n", st.State)
 			}
@@ -369,8 +385,8 @@ halted or did not go live within --timeout.`,
 	}
 	f := cmd.Flags()
 	f.BoolVar(&kill, "kill", false, "SIGKILL the primary (the demo: no clean close)")
-	f.BoolVar(&planned, "planned", false, "a switchover that loses nothing (not built yet)")
-	f.DurationVar(&timeout, "timeout", time.Minute, "give up when the backup is not live this long after the kill")
+	f.BoolVar(&planned, "planned", false, "a switchover that loses nothing: the primary stops at an exit and hands the guest over once the backup has everything")
+	f.DurationVar(&timeout, "timeout", time.Minute, "give up when the backup is not live this long after the signal")
 	addRunDirFlag(f)
 	return cmd
 }

@@ -45,9 +45,10 @@ func TestPairCommandsNameTheBadInput(t *testing.T) {
 		{[]string{"start", "kv", "--image", "x", "--storage", "d", "--storage-server", "s.sock"}, "with --storage-server SOCK"},
 		{[]string{"status", "nosuch", "--run-dir", dir + "/nosuch"}, `no pair "nosuch" on this host`},
 		{[]string{"status", "kv", "-o", "yaml"}, `-o "yaml"`},
-		{[]string{"failover", "kv", "--planned"}, "--planned is not built yet"},
+		{[]string{"failover", "kv", "--planned", "--kill"}, "one of --kill and --planned"},
 		{[]string{"failover", "kv"}, "--kill"},
 		{[]string{"failover", "kv", "--kill", "--run-dir", dir}, "the backup is not replaying (gone)"},
+		{[]string{"failover", "kv", "--planned", "--run-dir", dir}, "the backup is not replaying (gone)"},
 		{[]string{"stop", "nosuch", "--run-dir", dir + "/nosuch"}, `no pair "nosuch"`},
 	} {
 		stderr, err := runFtctlTimeout(t, 10*time.Second, c.args...)

@@ -90,9 +90,10 @@ func FormatFailover(f control.Failover) string {
 		f.PrimaryLost.Format("15:04:05.000"), f.Why, f.DrainedMS, f.Generation, f.ClaimedMS, f.LiveMS, f.RewrittenWrites)
 }
 
-// KillPrimary SIGKILLs the pair's primary (the demo of a failover) and
-// returns its pid and when it was killed.
-func KillPrimary(dir RunDir) (int, time.Time, error) {
+// SignalPrimary sends sig to the pair's primary: SIGKILL is the demo of
+// a failover, SIGUSR2 asks for a planned switchover ('ftctl run' hands
+// the guest over). It returns the primary's pid and when it was signalled.
+func SignalPrimary(dir RunDir, sig syscall.Signal) (int, time.Time, error) {
 	proc, err := readPIDFile(dir.PIDFile(Primary))
 	if errors.Is(err, ErrNotRunning) {
 		return 0, time.Time{}, fmt.Errorf("no primary is running in %s (already failed over, or stopped? see 'ftctl status')", dir)
@@ -101,8 +102,8 @@ func KillPrimary(dir RunDir) (int, time.Time, error) {
 		return 0, time.Time{}, err
 	}
 	at := time.Now()
-	if err := proc.signal(syscall.SIGKILL); err != nil {
-		return 0, time.Time{}, fmt.Errorf("kill the primary (pid %d): %w", proc.PID, err)
+	if err := proc.signal(sig); err != nil {
+		return 0, time.Time{}, fmt.Errorf("signal the primary (pid %d): %w", proc.PID, err)
 	}
 	return proc.PID, at, nil
 }

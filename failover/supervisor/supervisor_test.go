@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -265,7 +266,7 @@ func TestDetachedRunStatusKillStop(t *testing.T) {
 		t.Errorf("status text:\n%s", text.String())
 	}
 
-	if pid, _, err := KillPrimary(p.Dir); err != nil || pid != ps.Primary.Status.PID {
+	if pid, _, err := SignalPrimary(p.Dir, syscall.SIGKILL); err != nil || pid != ps.Primary.Status.PID {
 		t.Fatalf("killed pid %d (%v); the primary said it was %d", pid, err, ps.Primary.Status.PID)
 	}
 	st, err := WaitPhase(wctx, p.Dir, Backup, "live", "halted")
@@ -287,7 +288,7 @@ func TestDetachedRunStatusKillStop(t *testing.T) {
 	if b, err := json.Marshal(ps); err != nil || !strings.Contains(string(b), `"error":"gone"`) {
 		t.Errorf("status JSON: %s, %v", b, err)
 	}
-	if _, _, err := KillPrimary(p.Dir); err == nil {
+	if _, _, err := SignalPrimary(p.Dir, syscall.SIGKILL); err == nil {
 		t.Error("a second kill found a primary")
 	}
 
