@@ -86,8 +86,10 @@ type Config struct {
 	KeepBackupWrite func(index int, off int64, p []byte)
 	// GoLive, on a backup, is asked where the log ends whether the VM goes
 	// live (it arbitrates); on yes it calls Instance.GoLive and returns its
-	// inputs (see vm.GoLiveFunc).
-	GoLive vm.GoLiveFunc
+	// inputs (see vm.GoLiveFunc). LogEnded is closed when the log will grow
+	// no more (see vm.Config.LogEnded).
+	GoLive   vm.GoLiveFunc
+	LogEnded <-chan struct{}
 }
 
 // backupDisk is a backup's disk: its size and ID, no I/O while the VM
@@ -172,7 +174,7 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 	vcfg := vm.Config{
 		MemoryMiB: cfg.MemoryMiB, Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline,
 		Console: cfg.Console, ConsoleInput: cfg.ConsoleInput,
-		Record: cfg.Record, Replay: cfg.Replay, WallTime: cfg.WallTime, GoLive: cfg.GoLive,
+		Record: cfg.Record, Replay: cfg.Replay, WallTime: cfg.WallTime, GoLive: cfg.GoLive, LogEnded: cfg.LogEnded,
 	}
 	if cfg.Backup {
 		vcfg.ConsoleInput = nil // from the log

@@ -453,6 +453,9 @@ func (r *Replayer) Injected(n uint64, vector uint8) error {
 	return nil
 }
 
+// Drained implements vm.Replayer.
+func (r *Replayer) Drained() bool { return r.peek() == nil && r.err == nil }
+
 // endErr is why peek found nothing: a broken stream, or the end of the log
 // (vm.ErrLogEnd: a backup whose primary was lost may go live here).
 func (r *Replayer) endErr() error {

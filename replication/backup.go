@@ -251,6 +251,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		keptN, keptBytes = len(kept.writes), kept.bytes
 		statusMu.Unlock()
 	}
+	icfg.LogEnded = recv.Done()
 	var inst *instance.Instance
 	icfg.GoLive = func() (vm.LiveInputs, error) {
 		if primaryErr == nil && !handover || cfg.Arbiter == nil {

@@ -187,6 +187,10 @@ type Replayer interface {
 	// n was handled against the one the primary's produced there. The
 	// backup's outputs go nowhere; this is only a check.
 	Output(n uint64, kind OutputKind, dev int, off int64, data []byte) error
+	// Drained reports whether every entry of the log was consumed and
+	// the log has ended. Call it only once Config.LogEnded is closed (it
+	// may wait for the log otherwise).
+	Drained() bool
 }
 
 // ErrLogEnd is returned by a Replayer whose log ends: the backup has

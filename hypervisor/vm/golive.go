@@ -1,9 +1,11 @@
 package vm
 
 import (
+	"context"
 	"time"
 
 	"github.com/ftvm/ftvm/hypervisor/devices"
+	"github.com/ftvm/ftvm/hypervisor/kvm"
 )
 
 // A backup goes live where its log ends, if its primary was lost: the
@@ -61,6 +63,7 @@ func (l *loop) tryGoLive() error {
 	// back: the timers' deadlines are in that timeline.
 	l.clock = &offsetClock{base: l.clock, offset: l.lastReplayedClock - l.clock.Now()}
 	l.rep = nil
+	l.live.Store(true)
 	l.noWindows = false
 	if l.frames != nil && in.Received != nil {
 		l.frames.source = in.Received
@@ -71,4 +74,47 @@ func (l *loop) tryGoLive() error {
 		l.startWatchdog()
 	}
 	return nil
+}
+
+// pastLogEnd reports, at an interrupted KVM_RUN of a backup, whether the
+// log has ended and all of it was replayed: nothing more can come for the
+// guest to reach by itself.
+func (l *loop) pastLogEnd() bool {
+	if l.logEnded == nil {
+		return false
+	}
+	select {
+	case <-l.logEnded:
+		return l.rep.Drained()
+	default:
+		return false
+	}
+}
+
+// logEndKick is how often a backup whose log ended interrupts a guest that
+// keeps running without exits, until it is live or stopped.
+const logEndKick = 50 * time.Millisecond
+
+// watchLogEnd kicks the vCPU every logEndKick once the log has ended, so a
+// guest spinning past the log's last exit does not keep the backup from
+// going live (the loop looks at each kick and resumes if the log is not
+// drained yet).
+func (l *loop) watchLogEnd(ctx context.Context, kicker *kvm.Kicker) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-l.logEnded:
+	}
+	tick := time.NewTicker(logEndKick)
+	defer tick.Stop()
+	for !l.live.Load() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if l.inRunSince.Load() != 0 {
+			_ = kicker.Kick()
+		}
+	}
 }

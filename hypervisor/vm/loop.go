@@ -171,6 +171,8 @@ type loop struct {
 	// time the log gave the devices; startWatchdog starts the liveness
 	// watchdog a live VM needs (set by run).
 	goLive            GoLiveFunc
+	logEnded          <-chan struct{}
+	live              atomic.Bool // set by tryGoLive, read by the end watcher
 	liveErr           error
 	lastReplayedClock time.Duration
 	startWatchdog     func()
@@ -238,6 +240,12 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		// A backup's timers fire when the log says, never by wall time:
 		// it has nothing for a watchdog to rescue until it goes live.
 		l.startWatchdog()
+	} else if l.logEnded != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.watchLogEnd(watchCtx, kicker)
+		}()
 	}
 	defer func() {
 		stopWatch()
@@ -345,7 +353,7 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 			// thread. Clear immediate_exit before looking at why, so a
 			// kick arriving meanwhile is not lost.
 			l.vcpu.SetImmediateExit(false)
-			if l.rep != nil {
+			if l.rep != nil && !l.pastLogEnd() {
 				// The primary logged nothing here: a backup must neither
 				// expire timers by wall time nor inject at a point where
 				// the primary had no exit (kvm_run's readiness flags now
@@ -353,6 +361,13 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 				// made a backup inject a timer interrupt early.
 				resume = true
 				continue
+			}
+			if l.rep != nil {
+				// The whole log is replayed and the guest runs on past its
+				// end without an exit: go live here, or stop.
+				if err := l.tryGoLive(); err != nil {
+					return l.replayStop(err)
+				}
 			}
 			if l.rec != nil && ctx.Err() == nil {
 				if err := l.rec.Kicked(l.syncExits, l.guest); err != nil {

@@ -127,6 +127,9 @@ func (r *memReplayer) MoreAt(n uint64) (bool, error) {
 	return false, nil
 }
 
+// Drained: the in-memory log never grows, and tests give no LogEnded.
+func (r *memReplayer) Drained() bool { return false }
+
 func (r *memReplayer) Injected(n uint64, vector uint8) error {
 	if r.ii >= len(r.log.injects) {
 		return fmt.Errorf("injected vector %#x, the primary injected nothing more", vector)

@@ -49,6 +49,11 @@ type Config struct {
 	// GoLive, with Replay, is asked where the log ends whether this backup
 	// goes live there (golive.go). Without it a backup stops at the end.
 	GoLive GoLiveFunc
+	// LogEnded, with Replay, is closed once the log will grow no more
+	// (the primary closed it or was lost). A guest the backup runs past
+	// the log's last exit may spin without exits (the primary stopped it
+	// mid-loop); the loop then interrupts it, and goes live or stops.
+	LogEnded <-chan struct{}
 
 	// Clock is the guest's time (default: a LiveClock started at Run).
 	Clock devices.Clock
@@ -158,7 +163,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if clock == nil {
 		clock = NewLiveClock()
 	}
-	v.loop = &loop{vcpu: v.vcpu, clock: clock, rec: cfg.Record, rep: cfg.Replay, guest: v, goLive: cfg.GoLive,
+	v.loop = &loop{vcpu: v.vcpu, clock: clock, rec: cfg.Record, rep: cfg.Replay, guest: v, goLive: cfg.GoLive, logEnded: cfg.LogEnded,
 		noWindows: cfg.Record != nil || cfg.Replay != nil, syncRegs: syncRegs}
 	devClock := clock
 	switch {
