@@ -27,6 +27,22 @@ type PairStatus struct {
 	Backup  Side   `json:"backup"`
 }
 
+// askTimeout bounds one question to a control socket: a side whose
+// status does not come (its process stopped with SIGSTOP, or stuck) must
+// not hang 'ftctl status'.
+const askTimeout = 3 * time.Second
+
+// ask reads role's status from its control socket.
+func ask(ctx context.Context, dir RunDir, role string) (control.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, askTimeout)
+	defer cancel()
+	st, err := control.Get(ctx, dir.Control(role))
+	if err != nil && ctx.Err() != nil && !errors.Is(err, control.ErrGone) {
+		return st, fmt.Errorf("not answering within %v (stopped or stuck?): %w", askTimeout, err)
+	}
+	return st, err
+}
+
 // Read asks both sides' control sockets.
 func Read(ctx context.Context, name string, dir RunDir) PairStatus {
 	ps := PairStatus{Name: name, Dir: dir}
@@ -36,7 +52,7 @@ func Read(ctx context.Context, name string, dir RunDir) PairStatus {
 			role = Backup
 		}
 		side.Role = role
-		st, err := control.Get(ctx, dir.Control(role))
+		st, err := ask(ctx, dir, role)
 		if err != nil {
 			side.Err = err.Error()
 			if errors.Is(err, control.ErrGone) {
@@ -116,7 +132,7 @@ func WaitPhase(ctx context.Context, dir RunDir, role, phase string, fail ...stri
 	var last control.Status
 	var lastErr error
 	for {
-		st, err := control.Get(ctx, dir.Control(role))
+		st, err := ask(ctx, dir, role)
 		if err == nil {
 			last, lastErr = st, nil
 			if st.Phase == phase {

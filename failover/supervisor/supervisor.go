@@ -10,8 +10,6 @@ import (
 	"os/exec"
 	"syscall"
 	"time"
-
-	"github.com/ftvm/ftvm/failover/control"
 )
 
 // Pair is what 'ftctl start' runs.
@@ -220,7 +218,7 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 	steps = append(steps,
 		step{Backup, p.VMMArgs(Backup), "the backup to listen on " + p.Dir.LogChannel(), exists(p.Dir.LogSocket())},
 		step{Primary, p.VMMArgs(Primary), "the primary to report the pair protected", func(ctx context.Context) bool {
-			st, err := control.Get(ctx, p.Dir.Control(Primary))
+			st, err := ask(ctx, p.Dir, Primary)
 			return err == nil && st.Phase == "protected"
 		}})
 	var started []*child // in start order; stopped in reverse

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -201,6 +202,18 @@ func TestTerminateKillsAProcessIgnoringSIGTERM(t *testing.T) {
 	}
 }
 
+// shortTempDir is a temporary directory with a path short enough for
+// unix sockets (t.TempDir's can be too long).
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ftvm-sup-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // fakePair is a Pair whose children are this test binary acting as ftctl.
 func fakePair(t *testing.T) Pair {
 	t.Helper()
@@ -209,11 +222,7 @@ func fakePair(t *testing.T) Pair {
 		t.Fatal(err)
 	}
 	t.Setenv("FAKE_FTCTL", "1")
-	// Unix socket paths are short: t.TempDir can be too long.
-	dir, err := os.MkdirTemp("", "ftvm-sup-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := shortTempDir(t)
 	t.Cleanup(func() {
 		if t.Failed() {
 			logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
@@ -221,7 +230,6 @@ func fakePair(t *testing.T) Pair {
 				t.Logf("%s:\n%s", l, mustRead(t, l))
 			}
 		}
-		os.RemoveAll(dir)
 	})
 	return Pair{Name: "kv", Dir: RunDir(dir), Ftctl: exe, Machine: []string{"--image", "ok"}, Timeout: 20 * time.Second}
 }
@@ -351,4 +359,22 @@ func FuzzParsePIDFile(f *testing.F) {
 			t.Fatalf("%q: %+v does not round-trip: %+v, %v", b, p, again, err)
 		}
 	})
+}
+
+// A side whose process is stuck (its socket accepts but nothing answers)
+// is reported as such, in bounded time, next to the other side.
+func TestReadAStuckSide(t *testing.T) {
+	dir := RunDir(shortTempDir(t))
+	ln, err := net.Listen("unix", dir.Control(Primary)) // never accepts
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ps := Read(context.Background(), "kv", dir)
+	if ps.Primary.Status != nil || !strings.Contains(ps.Primary.Err, "not answering") {
+		t.Errorf("stuck primary: %+v", ps.Primary)
+	}
+	if ps.Backup.Err != "gone" {
+		t.Errorf("absent backup: %+v", ps.Backup)
+	}
 }
