@@ -997,7 +997,7 @@ func TestPlannedHandover(t *testing.T) {
 	}
 	bctx, bcancel := context.WithCancel(context.Background())
 	defer bcancel()
-	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "backup"})
+	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "backup", StatusEvery: 2 * time.Second})
 	pr := s.startPrimary(t, replication.PrimaryConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "primary"})
 	conn, r := guesttest.DialKV(t, s.fwd)
 	defer conn.Close()
@@ -1005,6 +1005,13 @@ func TestPlannedHandover(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		c.mixed(t, i)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			bcancel()
+			b := <-backup
+			t.Logf("backup after the failure: %v; %+v", b.err, b.res)
+		}
+	})
 	asked := time.Now()
 	pr.p.Handover()
 	pd := pr.wait()

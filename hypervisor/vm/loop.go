@@ -297,7 +297,13 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 					return l.replayStop(err)
 				}
 				if more {
-					if err := l.replayInputs(); err != nil {
+					err := l.replayInputs()
+					if errors.Is(err, ErrLogEnd) {
+						// The log ends inside this exit's entries: go live
+						// here (or stop, if that is the answer).
+						err = l.tryGoLive()
+					}
+					if err != nil {
 						return l.replayStop(err)
 					}
 					continue
