@@ -378,6 +378,18 @@ func (i *Instance) diskInfo(ctx context.Context, name string) (int64, string, er
 	return m.Size, m.ID, nil
 }
 
+// CloseDisks flushes and closes the disks (releasing their locks), for a
+// primary handing its guest over: the backup opens them next. The VM must
+// have stopped.
+func (i *Instance) CloseDisks() error {
+	var errs []error
+	for _, d := range i.disks {
+		errs = append(errs, closeDisk(d))
+	}
+	i.disks = nil
+	return errors.Join(errs...)
+}
+
 // SetGeneration makes every later write and flush to the storage server's
 // disks carry gen: after this side won the arbiter's record (no effect on
 // local disks, which are not fenced).
@@ -507,9 +519,22 @@ func (i *Instance) Run(ctx context.Context) (vm.StopReason, error) {
 // and announces it there, and returns the frames for the guest.
 func (i *Instance) GoLive(ctx context.Context, gen uint64, rewrite func(index int, d virtio.BlockBackend) error) (vm.LiveInputs, error) {
 	for _, bd := range i.backupDisks {
-		d, err := i.openDisk(ctx, i.cfg.Disks[bd.index], gen)
+		name := i.cfg.Disks[bd.index]
+		d, err := i.openDisk(ctx, name, gen)
+		// A disk still locked is held by the old primary on this host: it
+		// releases it when it stops (a handover closes its disks first,
+		// a crash releases the lock with the process, a lost claim halts
+		// it). Writing before that could interleave with its last writes.
+		for wait := 10 * time.Millisecond; errors.Is(err, storage.ErrLocked); wait = min(2*wait, time.Second) {
+			select {
+			case <-ctx.Done():
+				return vm.LiveInputs{}, fmt.Errorf("go live: disk %s still in use: %w", name, err)
+			case <-time.After(wait):
+			}
+			d, err = i.openDisk(ctx, name, gen)
+		}
 		if err != nil {
-			return vm.LiveInputs{}, fmt.Errorf("go live: open disk %s: %w", i.cfg.Disks[bd.index], err)
+			return vm.LiveInputs{}, fmt.Errorf("go live: open disk %s: %w", name, err)
 		}
 		if rewrite != nil {
 			if err := rewrite(bd.index, d); err != nil {

@@ -337,6 +337,10 @@ func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
 		// The last released marker, then the handover: the backup re-issues
 		// only what did not leave, and goes live.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// Every write is out; the backup opens the disks next.
+		if err := p.inst.CloseDisks(); err != nil {
+			p.log.Warn("close the disks for the handover", "err", err)
+		}
 		_, err1 := p.sender.Append(ctx, encodeReleased(p.gate.lastReleased()))
 		seq, err2 := p.sender.Append(ctx, handoverEntry)
 		if err := errors.Join(err1, err2); err == nil {
