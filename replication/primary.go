@@ -354,6 +354,13 @@ func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
 	if err := p.sender.Close(); err != nil && !errors.Is(err, logchannel.ErrClosed) && p.lostErr() == nil {
 		p.log.Warn("close the log channel", "err", err)
 	}
+	// The VM has stopped and nothing more will be released: let go of the
+	// disks now, not at Close, so a backup taking over can open them.
+	if !handedOver {
+		if err := p.inst.CloseDisks(); err != nil {
+			p.log.Warn("close the disks", "err", err)
+		}
+	}
 	res := &PrimaryResult{Reason: reason, Stats: p.inst.VM.Stats(), Final: p.Status(), HandedOver: handedOver}
 	res.Final.State = "stopped"
 	if handedOver {
