@@ -36,6 +36,9 @@ type Replayer struct {
 	state                 stateTracker
 	statsMu               sync.Mutex
 	stats                 ReplayerStats
+	// idle: every event decoded so far was consumed (read from any
+	// goroutine: a backup reports its replay progress by it).
+	idle atomic.Bool
 	// recent are the last entries consumed, for divergence reports;
 	// copied, not formatted, so consuming costs no allocation.
 	recent     [16]Event
@@ -47,7 +50,16 @@ func (r *Replayer) consume() {
 	r.recent[r.recentNext%len(r.recent)] = r.events[r.i]
 	r.recentNext++
 	r.i++
+	if r.i >= len(r.events) {
+		r.idle.Store(true)
+	}
 }
+
+// Idle reports, safely from any goroutine, whether the backup has used
+// every entry it was given. A backup whose guest runs on without exits
+// (waiting for an interrupt only the next batch brings) does not ask for
+// more, so its progress must be reported from outside the vCPU loop.
+func (r *Replayer) Idle() bool { return r.idle.Load() }
 
 // Recent lists the last entries the backup consumed, oldest first: the
 // context of a divergence.
@@ -82,6 +94,7 @@ func NewStreamReplayer(next func() ([]byte, error)) *Replayer {
 // decode appends the events of the next batch; an error names the batch
 // (counting from 1) and the offset of the entry in it.
 func (r *Replayer) decode(b []byte) error {
+	r.idle.Store(false)
 	r.batches++
 	if err := r.dec.Reset(b); err != nil {
 		return fmt.Errorf("batch %d: %w", r.batches, err)

@@ -196,6 +196,28 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		case <-watchDone:
 		}
 	}()
+	// fetched is the last entry handed to the replayer. The replayer asks
+	// for more only when it needs it, so while the guest runs on without
+	// exits it reports nothing; a primary bounding the lag would then wait
+	// for a report that a guest spinning for an interrupt in the next batch
+	// never makes. So progress is also reported from here whenever the
+	// replayer has used everything it was given.
+	var fetched atomic.Uint64
+	var repRef atomic.Pointer[replay.Replayer]
+	go func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-watchDone:
+				return
+			case <-t.C:
+			}
+			if rep := repRef.Load(); rep != nil && rep.Idle() {
+				recv.ReportReplayed(fetched.Load())
+			}
+		}
+	}()
 	// The vCPU goroutine owns these: the replayer pulls the stream there,
 	// and the backup's disks hand their writes over there.
 	var (
@@ -217,6 +239,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 				return nil, io.EOF // the log ends here either way
 			}
 			lastSeq = seq
+			fetched.Store(seq)
 			if isHandover(entry) {
 				handover = true
 				detected.Store(time.Now().UnixNano())
@@ -232,6 +255,8 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 			kept.released(through)
 		}
 	})
+
+	repRef.Store(rep)
 
 	var statusMu sync.Mutex
 	state := "replaying"
