@@ -17,25 +17,46 @@ import (
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/replication"
+	"github.com/ftvm/ftvm/storage/arbiter"
 )
+
+// pairSide is what either side of a pair opens from its flags: the log
+// channel's configuration, the arbiter (nil without one) and the pair's
+// name, and the control socket.
+type pairSide struct {
+	log   logchannel.Config
+	arb   arbiter.Arbiter
+	pair  string
+	ctl   *controlSocket
+	close func()
+}
+
+func openSide(cmd *cobra.Command, role logchannel.Role, flag, addr string, silence time.Duration, name string) (pairSide, error) {
+	lcfg, err := logChannelConfig(cmd, role, flag, addr, silence)
+	if err != nil {
+		return pairSide{}, err
+	}
+	arb, pair, closeArb, err := arbiterFromFlags(cmd)
+	if err != nil {
+		return pairSide{}, err
+	}
+	ctl, err := serveControl(cmd, name)
+	if err != nil {
+		closeArb()
+		return pairSide{}, err
+	}
+	return pairSide{log: lcfg, arb: arb, pair: pair, ctl: ctl, close: func() { ctl.Close(); closeArb() }}, nil
+}
 
 // runPrimary runs the VM as the primary of a pair (ftctl run --role primary).
 func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, silence, maxLag time.Duration, stats, consoleLive bool) error {
 	ctx := cmd.Context()
-	lcfg, err := logChannelConfig(cmd, logchannel.RoleSender, "--peer", peer, silence)
+	side, err := openSide(cmd, logchannel.RoleSender, "--peer", peer, silence, "primary")
 	if err != nil {
 		return err
 	}
-	arb, pair, closeArb, err := arbiterFromFlags(cmd)
-	if err != nil {
-		return err
-	}
-	defer closeArb()
-	ctl, err := serveControl(cmd, "primary")
-	if err != nil {
-		return err
-	}
-	defer ctl.Close()
+	defer side.close()
+	lcfg, arb, pair, ctl := side.log, side.arb, side.pair, side.ctl
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	p, err := replication.NewPrimary(ctx, replication.PrimaryConfig{
 		Instance: cfg, Peer: peer, Log: lcfg,
@@ -86,20 +107,12 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, silence time.Duration) error {
 	ctx := cmd.Context()
 	cfg.ConsoleInput = nil // the primary's console input arrives in the log
-	lcfg, err := logChannelConfig(cmd, logchannel.RoleReceiver, "--listen", listen, silence)
+	side, err := openSide(cmd, logchannel.RoleReceiver, "--listen", listen, silence, "backup")
 	if err != nil {
 		return err
 	}
-	arb, pair, closeArb, err := arbiterFromFlags(cmd)
-	if err != nil {
-		return err
-	}
-	defer closeArb()
-	ctl, err := serveControl(cmd, "backup")
-	if err != nil {
-		return err
-	}
-	defer ctl.Close()
+	defer side.close()
+	lcfg, arb, pair, ctl := side.log, side.arb, side.pair, side.ctl
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	res, err := replication.RunBackup(ctx, replication.BackupConfig{
 		Instance: cfg, Listen: listen, Log: lcfg,
