@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ftvm/ftvm/internal/testenv"
 )
 
 // testHost is the one nested host shared by all tests of a test binary.
@@ -148,7 +150,7 @@ func RanElsewhere(tb testing.TB) bool {
 		tb.Fatal(verr)
 	}
 	if skipped {
-		tb.Skipf("%s was skipped in the nested KVM host", tb.Name())
+		testenv.Skipf(tb, "%s was skipped in the nested KVM host", tb.Name())
 	}
 	if isBench {
 		testHost.benchMu.Lock()
