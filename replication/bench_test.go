@@ -227,9 +227,8 @@ func runFailoverTrial(b *testing.B, s *pairSetup, sig syscall.Signal) (failoverT
 	bctx, bcancel := context.WithCancel(context.Background())
 	backup := s.startBackupWith(b, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv"})
 	cmd, _ := s.startPrimaryProcess(b, arbDir, "")
-	conn, r := guesttest.DialKV(b, s.fwd)
-	defer conn.Close()
-	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	c := dialKVClient(b, s.fwd)
+	defer c.conn.Close()
 	var signalled atomic.Int64
 	time.AfterFunc(3*time.Second, func() {
 		signalled.Store(time.Now().UnixNano())
@@ -246,9 +245,7 @@ func runFailoverTrial(b *testing.B, s *pairSetup, sig syscall.Signal) (failoverT
 			after++
 		}
 	}
-	for k, v := range c.puts {
-		c.do(b, "GET "+k, "VALUE "+v, true)
-	}
+	c.readBack(b)
 	return tr, func() backupRun {
 		bcancel()
 		res := <-backup
@@ -320,9 +317,8 @@ func restartPause(b *testing.B, s *pairSetup) time.Duration {
 	stopped := make(chan error, 1)
 	go func() { _, err := inst.Run(ctx); stopped <- err }()
 	defer func() { cancel(); <-stopped }()
-	conn, r := guesttest.DialKV(b, s.fwd)
-	defer conn.Close()
-	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	c := dialKVClient(b, s.fwd)
+	defer c.conn.Close()
 	c.do(b, "ECHO restarted", "restarted", true)
 	return time.Since(died)
 }

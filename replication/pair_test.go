@@ -199,6 +199,20 @@ type kvClient struct {
 	ops  int
 }
 
+// dialKVClient connects to the kv guest through the forward at addr.
+func dialKVClient(tb testing.TB, addr string) *kvClient {
+	conn, r := guesttest.DialKV(tb, addr)
+	return &kvClient{conn: conn, r: r, puts: map[string]string{}}
+}
+
+// readBack GETs every key the client PUT and checks the last value.
+func (c *kvClient) readBack(tb testing.TB) {
+	tb.Helper()
+	for k, v := range c.puts {
+		c.do(tb, "GET "+k, "VALUE "+v, true)
+	}
+}
+
 // do sends req and checks the answer: the whole line when exact, else its
 // start (a PUT's sequence number is the server's to choose).
 func (c *kvClient) do(t testing.TB, req, want string, exact bool) string {
@@ -271,9 +285,8 @@ func TestBackupFollowsPrimaryUnderKVTraffic(t *testing.T) {
 	pr := s.startPrimary(t, replication.PrimaryConfig{StatusEvery: 10 * time.Second})
 	booted := time.Now()
 
-	conn, r := guesttest.DialKV(t, s.fwd)
-	defer conn.Close()
-	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	c := dialKVClient(t, s.fwd)
+	defer c.conn.Close()
 	soak := soakDuration()
 	start := time.Now()
 	// The soak runs for $FTVM_SOAK and at least minSoakRequests requests,
@@ -733,9 +746,8 @@ func TestFencedOldPrimaryHalts(t *testing.T) {
 	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, Arbiter: client, Pair: "kv", Owner: "the test's backup"})
 	cmd, perr := s.startPrimaryProcess(t, "", srvSock)
 
-	conn, r := guesttest.DialKV(t, s.fwd)
-	defer conn.Close()
-	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	c := dialKVClient(t, s.fwd)
+	defer c.conn.Close()
 	for i := 0; i < 10; i++ {
 		c.mixed(t, i)
 	}
@@ -789,9 +801,7 @@ func TestFencedOldPrimaryHalts(t *testing.T) {
 	if !fenced {
 		t.Fatalf("the old primary did not report its write refused for generation 0 (the record is at 1):\n%s", lastLines(out, 30))
 	}
-	for k, v := range c.puts {
-		c.do(t, "GET "+k, "VALUE "+v, true)
-	}
+	c.readBack(t)
 	bcancel()
 	if b := <-backup; b.err != nil || !b.res.WentLive {
 		t.Fatalf("backup: %v", b.err)
@@ -826,9 +836,8 @@ func TestKillPrimaryBackupGoesLive(t *testing.T) {
 
 	cmd, perr := s.startPrimaryProcess(t, arbDir, "")
 
-	conn, r := guesttest.DialKV(t, s.fwd)
-	defer conn.Close()
-	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	c := dialKVClient(t, s.fwd)
+	defer c.conn.Close()
 	for i := 0; i < 20; i++ {
 		c.mixed(t, i)
 	}
@@ -841,9 +850,7 @@ func TestKillPrimaryBackupGoesLive(t *testing.T) {
 	for i := 20; i < 40; i++ {
 		c.mixed(t, i)
 	}
-	for k, v := range c.puts {
-		c.do(t, "GET "+k, "VALUE "+v, true)
-	}
+	c.readBack(t)
 	rec, err := arb.Read(context.Background(), "kv")
 	if err != nil || rec.Generation != 1 || rec.Owner != "the test's backup" {
 		t.Fatalf("arbiter record %v, %v; want generation 1 owned by the backup", rec, err)
@@ -933,9 +940,8 @@ func TestPartitionLeavesExactlyOneSide(t *testing.T) {
 	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: log, Arbiter: arb, Pair: "kv", Owner: "backup"})
 	proxy := newPartitionProxy(t, s.logSock)
 	pr := s.startPrimary(t, replication.PrimaryConfig{Peer: "unix:" + proxy.sock, Log: log, Arbiter: arb, Pair: "kv", Owner: "primary"})
-	conn, r := guesttest.DialKV(t, s.fwd)
-	defer conn.Close()
-	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	c := dialKVClient(t, s.fwd)
+	defer c.conn.Close()
 	for i := 0; i < 10; i++ {
 		c.mixed(t, i)
 	}
@@ -944,9 +950,7 @@ func TestPartitionLeavesExactlyOneSide(t *testing.T) {
 	for i := 10; i < 20; i++ {
 		c.mixed(t, i)
 	}
-	for k, v := range c.puts {
-		c.do(t, "GET "+k, "VALUE "+v, true)
-	}
+	c.readBack(t)
 	rec, err := arb.Read(context.Background(), "kv")
 	if err != nil || rec.Generation != 1 {
 		t.Fatalf("arbiter record %v, %v; want generation 1", rec, err)
@@ -999,9 +1003,8 @@ func TestPlannedHandover(t *testing.T) {
 	defer bcancel()
 	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "backup", StatusEvery: 2 * time.Second})
 	pr := s.startPrimary(t, replication.PrimaryConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "primary"})
-	conn, r := guesttest.DialKV(t, s.fwd)
-	defer conn.Close()
-	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	c := dialKVClient(t, s.fwd)
+	defer c.conn.Close()
 	for i := 0; i < 10; i++ {
 		c.mixed(t, i)
 	}
@@ -1023,9 +1026,7 @@ func TestPlannedHandover(t *testing.T) {
 	for i := 10; i < 20; i++ {
 		c.mixed(t, i)
 	}
-	for k, v := range c.puts {
-		c.do(t, "GET "+k, "VALUE "+v, true)
-	}
+	c.readBack(t)
 	rec, err := arb.Read(context.Background(), "kv")
 	if err != nil || rec.Generation != 1 || rec.Owner != "backup" {
 		t.Fatalf("record %v, %v; want generation 1 owned by the backup", rec, err)
@@ -1097,9 +1098,8 @@ func TestKilledBackupPrimaryWinsTheArbiter(t *testing.T) {
 	}
 	cmd := s.startBackupProcess(t)
 	pr := s.startPrimary(t, replication.PrimaryConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "the test's primary"})
-	conn, r := guesttest.DialKV(t, s.fwd)
-	defer conn.Close()
-	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	c := dialKVClient(t, s.fwd)
+	defer c.conn.Close()
 	for i := 0; i < 10; i++ {
 		c.mixed(t, i)
 	}
@@ -1122,9 +1122,7 @@ func TestKilledBackupPrimaryWinsTheArbiter(t *testing.T) {
 	if err != nil || rec.Generation != 1 || rec.Owner != "the test's primary" {
 		t.Fatalf("arbiter record %v, %v; want generation 1 owned by the primary", rec, err)
 	}
-	for k, v := range c.puts {
-		c.do(t, "GET "+k, "VALUE "+v, true)
-	}
+	c.readBack(t)
 	pr.cancel()
 	pd := pr.wait()
 	if pd.err != nil || pd.res.Final.Outputs.HeldOutputs != 0 {
@@ -1144,9 +1142,8 @@ func TestKilledBackupLeavesPrimaryHoldingOutputs(t *testing.T) {
 	// The kill is seen at once (the connection resets); the silence timeout
 	// stays wide so a loaded machine cannot trip it before the kill.
 	pr := s.startPrimary(t, replication.PrimaryConfig{Log: pairLog})
-	conn, r := guesttest.DialKV(t, s.fwd)
-	defer conn.Close()
-	c := &kvClient{conn: conn, r: r, puts: map[string]string{}}
+	c := dialKVClient(t, s.fwd)
+	defer c.conn.Close()
 	for i := 0; i < 10; i++ {
 		c.mixed(t, i)
 	}
@@ -1165,9 +1162,9 @@ func TestKilledBackupLeavesPrimaryHoldingOutputs(t *testing.T) {
 	}
 	noticed := time.Since(killed)
 	// A request now gets no answer: its reply is an output nobody acks.
-	conn.SetDeadline(time.Now().Add(3 * time.Second))
-	fmt.Fprintf(conn, "ECHO after-the-backup-died\n")
-	if line, err := r.ReadString('\n'); !errors.Is(err, os.ErrDeadlineExceeded) {
+	c.conn.SetDeadline(time.Now().Add(3 * time.Second))
+	fmt.Fprintf(c.conn, "ECHO after-the-backup-died\n")
+	if line, err := c.r.ReadString('\n'); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("got %q, %v with no backup to ack its log; want the read to time out (no answer, connection open)", line, err)
 	}
 	select {
