@@ -11,14 +11,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/containers/gvisor-tap-vsock/pkg/types"
 	"github.com/containers/gvisor-tap-vsock/pkg/virtualnetwork"
+	"github.com/ftvm/ftvm/internal/unixsock"
 )
 
 // Defaults of the virtual network, the ones gvproxy uses, so guests and
@@ -327,12 +326,9 @@ func (s *Switch) Serve(ctx context.Context, socketPath string) error {
 		s.mu.Unlock()
 	}()
 
-	if err := clearStaleSocket(socketPath); err != nil {
-		return err
-	}
-	ln, err := net.Listen("unix", socketPath)
+	ln, err := unixsock.Listen(socketPath)
 	if err != nil {
-		return fmt.Errorf("network switch: listen on %s: %w", socketPath, err)
+		return fmt.Errorf("network switch: %w", err)
 	}
 	// Close removes the socket file (Go unlinks sockets it created).
 	defer ln.Close()
@@ -368,33 +364,6 @@ func (s *Switch) Serve(ctx context.Context, socketPath string) error {
 			_ = s.Attach(ctx, conn)
 		}()
 	}
-}
-
-// clearStaleSocket makes path free for listening: absent is fine, a socket
-// nobody answers on is removed (its switch died), anything else is an error.
-func clearStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("network switch: socket path %s: %w", path, err)
-	}
-	if fi.Mode().Type() != os.ModeSocket {
-		return fmt.Errorf("network switch: socket path %s exists and is not a socket", path)
-	}
-	conn, err := net.Dial("unix", path)
-	if err == nil {
-		conn.Close()
-		return fmt.Errorf("network switch: socket path %s is in use (another switch is serving it)", path)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("network switch: socket path %s: probe: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("network switch: remove stale socket: %w", err)
-	}
-	return nil
 }
 
 // exposeForwards starts the forwards one by one through gvisor-tap-vsock's

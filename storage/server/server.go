@@ -8,11 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/ftvm/ftvm/internal/unixsock"
 	"github.com/ftvm/ftvm/storage"
 	"github.com/ftvm/ftvm/storage/arbiter"
 )
@@ -106,33 +105,11 @@ func New(cfg Config) (*Server, error) {
 // then removes the socket. A socket file nobody answers on (left by a
 // server that died) is replaced; one a live server answers on is an error.
 func (s *Server) ServeUnix(ctx context.Context, path string) error {
-	if err := clearStaleSocket(path); err != nil {
-		return err
-	}
-	ln, err := net.Listen("unix", path)
+	ln, err := unixsock.Listen(path)
 	if err != nil {
-		return fmt.Errorf("storage server: listen on %s: %w", path, err)
+		return fmt.Errorf("storage server: %w", err)
 	}
 	return s.Serve(ctx, ln)
-}
-
-func clearStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return nil
-	case err != nil:
-		return fmt.Errorf("storage server: socket %s: %w", path, err)
-	case fi.Mode().Type() != os.ModeSocket:
-		return fmt.Errorf("storage server: %s exists and is not a socket", path)
-	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return fmt.Errorf("storage server: socket %s is in use by a running server", path)
-	} else if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("storage server: probe socket %s: %w", path, err)
-	}
-	return os.Remove(path)
 }
 
 // Serve accepts connections on ln until ctx is done, then closes ln and
