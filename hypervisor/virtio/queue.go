@@ -126,22 +126,38 @@ func (q *Queue) enable(mem *Memory, indirect, eventIdx bool) error {
 	if q.err != nil {
 		return q.err
 	}
+	if err := q.mapRings(mem); err != nil {
+		return q.failWith(err)
+	}
+	q.mem, q.indirectOK, q.eventIdx, q.ready = mem, indirect, eventIdx, true
+	return nil
+}
+
+// mapRings checks the configured size and ring addresses and maps the
+// three rings, or returns a *QueueError and fails nothing (a restore uses
+// it on untrusted state).
+func (q *Queue) mapRings(mem *Memory) error {
+	bad := func(format string, args ...any) error {
+		return &QueueError{Queue: q.index, Desc: -1, Problem: fmt.Sprintf(format, args...)}
+	}
 	n := q.size
 	if n == 0 || n > q.maxSize || n&(n-1) != 0 {
-		return q.fail(-1, "queue size %d is not a power of two in 1..%d", n, q.maxSize)
+		return bad("queue size %d is not a power of two in 1..%d", n, q.maxSize)
 	}
 	if q.descAddr%descAlign != 0 || q.driverAddr%availAlign != 0 || q.devAddr%usedAlign != 0 {
-		return q.fail(-1, "misaligned rings: desc %#x, avail %#x, used %#x", q.descAddr, q.driverAddr, q.devAddr)
+		return bad("misaligned rings: desc %#x, avail %#x, used %#x", q.descAddr, q.driverAddr, q.devAddr)
 	}
-	var err error
-	if q.desc, err = mem.Slice(q.descAddr, descSize*uint64(n)); err != nil {
-		return q.fail(-1, "descriptor table: %v", err)
+	desc, err := mem.Slice(q.descAddr, descSize*uint64(n))
+	if err != nil {
+		return bad("descriptor table: %v", err)
 	}
-	if q.avail, err = mem.Slice(q.driverAddr, availSize(n)); err != nil {
-		return q.fail(-1, "available ring: %v", err)
+	avail, err := mem.Slice(q.driverAddr, availSize(n))
+	if err != nil {
+		return bad("available ring: %v", err)
 	}
-	if q.used, err = mem.Slice(q.devAddr, usedSize(n)); err != nil {
-		return q.fail(-1, "used ring: %v", err)
+	used, err := mem.Slice(q.devAddr, usedSize(n))
+	if err != nil {
+		return bad("used ring: %v", err)
 	}
 	// The device writes the used ring; if it overlapped the descriptor
 	// table or available ring, Push would rewrite the driver's side
@@ -150,9 +166,9 @@ func (q *Queue) enable(mem *Memory, indirect, eventIdx bool) error {
 	if overlaps(q.devAddr, usedSize(n), q.descAddr, descSize*uint64(n)) ||
 		overlaps(q.devAddr, usedSize(n), q.driverAddr, availSize(n)) ||
 		overlaps(q.descAddr, descSize*uint64(n), q.driverAddr, availSize(n)) {
-		return q.fail(-1, "rings overlap: desc %#x, avail %#x, used %#x (size %d)", q.descAddr, q.driverAddr, q.devAddr, n)
+		return bad("rings overlap: desc %#x, avail %#x, used %#x (size %d)", q.descAddr, q.driverAddr, q.devAddr, n)
 	}
-	q.mem, q.indirectOK, q.eventIdx, q.ready = mem, indirect, eventIdx, true
+	q.desc, q.avail, q.used = desc, avail, used
 	return nil
 }
 
