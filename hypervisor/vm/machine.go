@@ -24,6 +24,11 @@ func (v *VM) wireDevices(clock devices.Clock) error {
 	pic := devices.NewPICPair()
 	pit := devices.NewPIT(clock, pic)
 	uart := devices.NewUART(devices.COM1Port, pic, devices.COM1IRQ, v.console)
+	portB := devices.NewPortB(pit)
+	rtc := devices.NewRTC(clock, v.cfg.WallTime)
+	pm := devices.NewACPIPM(clock, v.loop, pic)
+	legacy := devices.NewLegacy(v.loop)
+	v.models = machineModels{pic: pic, pit: pit, portB: portB, uart: uart, rtc: rtc, pm: pm, legacy: legacy}
 	bus := devices.NewPortBus()
 
 	fixed := []struct {
@@ -34,19 +39,14 @@ func (v *VM) wireDevices(clock devices.Clock) error {
 		{devices.PIC2Port, 2, pic},
 		{devices.ELCRPort, 2, pic},
 		{devices.PITPort, 4, pit},
-		{devices.Port61, 1, devices.NewPortB(pit)},
+		{devices.Port61, 1, portB},
 	}
 	for _, f := range fixed {
 		if err := bus.Register(f.base, f.size, f.dev); err != nil {
 			return fmt.Errorf("wire devices: %w", err)
 		}
 	}
-	for _, d := range []portDevice{
-		uart,
-		devices.NewRTC(clock, v.cfg.WallTime),
-		devices.NewACPIPM(clock, v.loop, pic),
-		devices.NewLegacy(v.loop),
-	} {
+	for _, d := range []portDevice{uart, rtc, pm, legacy} {
 		for _, r := range d.Ports() {
 			if err := bus.Register(r.Base, r.Size, d); err != nil {
 				return fmt.Errorf("wire devices: %w", err)

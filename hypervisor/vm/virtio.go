@@ -110,6 +110,7 @@ func (v *VM) wireVirtio(pic devices.IRQSink) (string, error) {
 			return err
 		}
 		params = append(params, t.CmdlineParam())
+		v.models.virtio = append(v.models.virtio, t)
 		slot++
 		return nil
 	}

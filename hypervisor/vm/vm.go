@@ -97,6 +97,11 @@ type VM struct {
 	dma *virtio.Memory
 	// virtioParams tell Linux where the virtio-mmio devices are.
 	virtioParams string
+	// models are the device models, for saving and loading their state.
+	models machineModels
+	// ownClock is the clock New made when Config.Clock was nil; a
+	// restore sets it to the snapshot's guest time.
+	ownClock *LiveClock
 }
 
 // New creates the VM, loads the guest and wires its devices. It does not
@@ -161,7 +166,8 @@ func New(cfg Config) (_ *VM, err error) {
 	}
 	clock := cfg.Clock
 	if clock == nil {
-		clock = NewLiveClock()
+		v.ownClock = NewLiveClock()
+		clock = v.ownClock
 	}
 	v.loop = &loop{vcpu: v.vcpu, clock: clock, rec: cfg.Record, rep: cfg.Replay, guest: v, goLive: cfg.GoLive, logEnded: cfg.LogEnded,
 		noWindows: cfg.Record != nil || cfg.Replay != nil, syncRegs: syncRegs}
