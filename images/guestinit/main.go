@@ -32,7 +32,8 @@
 // Kernel command line parameters (a later one overrides an earlier one):
 //
 //	ftvm.workload=NAME  workload to run: none (default), sleep, crash, kv,
-//	                    tsc, rdtscp (checks of the RDTSC emulation, tsc.go)
+//	                    tsc, rdtscp (checks of the RDTSC emulation, tsc.go),
+//	                    raftkv, mapreduce-coordinator, mapreduce-worker
 //	ftvm.seconds=N      run time of the sleep workload
 //	ftvm.ip=ADDR/LEN    static IPv4 address of eth0, e.g. 192.168.127.2/24
 //	ftvm.ip=dhcp        configure eth0 by DHCPv4 (gvisor-tap-vsock's switch
@@ -46,7 +47,27 @@
 //	                    /dev/vda if it exists, and carry on without /data if
 //	                    the mount fails. ftvm.disk=none skips the disk.
 //	ftvm.fs=TYPE        filesystem of the disk (default ext4)
-//	ftvm.port=N         TCP port of the kv workload (default 7000)
+//	ftvm.port=N         TCP port of the kv workload, the MapReduce
+//	                    coordinator and a worker's file server (default 7000)
+//
+// Distributed workloads, one guest per replica or role (raftkv.go,
+// mapreduce.go):
+//
+//	ftvm.workload=raftkv                  a replica of the Raft key/value
+//	                                      service; needs a disk (Raft's state)
+//	ftvm.peers=IP:PORT,IP:PORT,...        every replica, the same list on all
+//	ftvm.id=N                             this replica's index in ftvm.peers
+//	ftvm.election-ms=N                    Raft's election timeout (default 300)
+//	ftvm.snapshot-bytes=N                 snapshot when Raft's state reaches N
+//	                                      bytes (default 65536, 0 never)
+//	ftvm.workload=mapreduce-coordinator   runs one job, prints its output
+//	ftvm.app=wordcount|index              the application (default wordcount)
+//	ftvm.nreduce=N                        reduce tasks (default 3)
+//	ftvm.seed=N ftvm.splits=M             make M input splits from seed N
+//	                                      (default: the files in /data/input)
+//	ftvm.task-timeout-ms=N                reassign a task after N ms (10000)
+//	ftvm.workload=mapreduce-worker        runs tasks until the job is done
+//	ftvm.coordinator=IP:PORT              where the coordinator listens
 //
 // Without ftvm.ip only lo is brought up. With it, /init waits up to 10s for
 // eth0 to appear (a virtio-net device, declared with virtio_mmio.device=)

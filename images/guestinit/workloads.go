@@ -28,6 +28,11 @@ func registry() map[string]Workload {
 		"sleep": sleepWorkload,
 		"cpu":   cpuWorkload,
 		"kv":    kvWorkload,
+		// Distributed workloads: one guest per replica or role, talking
+		// over the guest network (raftkv.go, mapreduce.go).
+		workloadRaftKV:        raftkvWorkload,
+		workloadMRCoordinator: mrCoordinatorWorkload,
+		workloadMRWorker:      mrWorkerWorkload,
 		// tsc and rdtscp check the kernel's RDTSC/RDTSCP emulation (tsc.go).
 		"tsc":    tscWorkload,
 		"rdtscp": rdtscpWorkload,

@@ -19,34 +19,6 @@ import (
 
 const testTaskTimeout = 500 * time.Millisecond
 
-// genInputs makes n texts of random words from a small vocabulary (so
-// keys repeat across splits) with punctuation and mixed case.
-func genInputs(n int, seed uint64) []Split {
-	rng := rand.New(rand.NewPCG(seed, 1))
-	vocab := []string{"raft", "Raft", "log", "leader", "term", "vote", "map", "reduce", "split", "key",
-		"value", "worker", "master", "disk", "fault", "tolerant", "replica", "primary", "backup", "exit"}
-	var splits []Split
-	for i := range n {
-		var b strings.Builder
-		for w := range 300 + rng.IntN(300) {
-			b.WriteString(vocab[rng.IntN(len(vocab))])
-			if rng.IntN(7) == 0 {
-				b.WriteString(fmt.Sprintf("%d", rng.IntN(5))) // a word break inside a token
-			}
-			switch {
-			case w%13 == 12:
-				b.WriteString(".\n")
-			case rng.IntN(5) == 0:
-				b.WriteString(", ")
-			default:
-				b.WriteString(" ")
-			}
-		}
-		splits = append(splits, Split{Name: fmt.Sprintf("input-%d.txt", i), Data: []byte(b.String())})
-	}
-	return splits
-}
-
 type job struct {
 	t      *testing.T
 	c      *Coordinator
@@ -135,7 +107,7 @@ func lines(b []byte) []string {
 func first(s []string) []string { return s[:min(5, len(s))] }
 
 func TestWordCountMatchesSequential(t *testing.T) {
-	inputs := genInputs(8, 1)
+	inputs := GenerateSplits(8, 1)
 	j := startJob(t, "wordcount", inputs, 5)
 	var results []<-chan error
 	for i := range 3 {
@@ -156,7 +128,7 @@ func TestWordCountMatchesSequential(t *testing.T) {
 }
 
 func TestInvertedIndexMatchesSequential(t *testing.T) {
-	inputs := genInputs(6, 2)
+	inputs := GenerateSplits(6, 2)
 	j := startJob(t, "index", inputs, 3)
 	for i := range 2 {
 		j.worker(fmt.Sprintf("w%d", i), nil)
@@ -169,7 +141,7 @@ func TestInvertedIndexMatchesSequential(t *testing.T) {
 // task's output (before reporting it); replacements keep joining. The
 // first crashes are fixed, so every run has at least three.
 func TestWorkerCrashes(t *testing.T) {
-	inputs := genInputs(10, 3)
+	inputs := GenerateSplits(10, 3)
 	j := startJob(t, "wordcount", inputs, 4)
 	var calls, crashes atomic.Int64
 	fault := func(TaskKind, int) Fault {
@@ -216,7 +188,7 @@ func TestWorkerCrashes(t *testing.T) {
 // slower than the timeout on its first; both tasks run again elsewhere,
 // and the slow worker's late report is ignored.
 func TestWorkerHangsAndSlow(t *testing.T) {
-	inputs := genInputs(6, 4)
+	inputs := GenerateSplits(6, 4)
 	j := startJob(t, "index", inputs, 3)
 	firstOnly := func(f Fault) func(TaskKind, int) Fault {
 		var n atomic.Int64
@@ -250,7 +222,7 @@ func TestWorkerHangsAndSlow(t *testing.T) {
 // when it is handed a reduce task, taking its intermediate files with it;
 // reducers cannot fetch them, and the map tasks run again (Section 3.3).
 func TestLostMapOutputReexecuted(t *testing.T) {
-	inputs := genInputs(5, 5)
+	inputs := GenerateSplits(5, 5)
 	j := startJob(t, "wordcount", inputs, 3)
 	mapper := j.worker("mapper", func(k TaskKind, _ int) Fault {
 		if k == TaskReduce {
@@ -278,7 +250,7 @@ func TestLostMapOutputReexecuted(t *testing.T) {
 }
 
 func TestDoneNeedsEveryOutput(t *testing.T) {
-	inputs := genInputs(2, 6)
+	inputs := GenerateSplits(2, 6)
 	j := startJob(t, "wordcount", inputs, 2)
 	if j.c.Done() {
 		t.Fatal("done before any task")
