@@ -107,6 +107,9 @@ type MapReduceConfig struct {
 	// TaskTimeout is how long the coordinator waits for a task before
 	// giving it to another worker (ftvm.task-timeout-ms=N).
 	TaskTimeout time.Duration
+	// Workers: the coordinator hands out no task until this many workers
+	// asked for one (ftvm.workers=N, default 0: start with the first).
+	Workers int
 	// Coordinator is where a worker finds the coordinator
 	// (ftvm.coordinator=IP:PORT).
 	Coordinator netip.AddrPort
@@ -348,7 +351,7 @@ func parseRaft(p map[string]string, required bool) (RaftConfig, error) {
 }
 
 // parseMapReduce reads ftvm.app, ftvm.nreduce, ftvm.seed, ftvm.splits,
-// ftvm.task-timeout-ms and ftvm.coordinator; isWorker says the workload
+// ftvm.task-timeout-ms, ftvm.workers and ftvm.coordinator; isWorker says the workload
 // is a worker, which needs the coordinator's address.
 func parseMapReduce(p map[string]string, isWorker bool) (MapReduceConfig, error) {
 	mc := MapReduceConfig{App: DefaultApp}
@@ -377,6 +380,9 @@ func parseMapReduce(p map[string]string, isWorker bool) (MapReduceConfig, error)
 		errs = append(errs, err)
 	}
 	mc.TaskTimeout = time.Duration(ms) * time.Millisecond
+	if mc.Workers, err = intParam(p, "workers", 0, 1000, 0); err != nil {
+		errs = append(errs, err)
+	}
 	if s, ok := p["coordinator"]; ok {
 		if mc.Coordinator, err = addrPortParam("coordinator", s); err != nil {
 			errs = append(errs, err)

@@ -17,7 +17,7 @@ func FuzzParseCmdline(f *testing.F) {
 	f.Add("ftvm.workload=unknown ftvm.dns=::1 ftvm.ip=192.168.127.2 \"unterminated")
 	f.Add("ftvm.workload=raftkv ftvm.ip=192.168.127.11/24 ftvm.id=0 ftvm.peers=192.168.127.11:7000,192.168.127.12:7000,192.168.127.13:7000 ftvm.election-ms=1000 ftvm.snapshot-bytes=0")
 	f.Add("ftvm.workload=raftkv ftvm.id=3 ftvm.peers=192.168.127.11:7000,192.168.127.11:7000,[::1]:7000,1.2.3.4:0,0.0.0.0:1 ftvm.election-ms=-5")
-	f.Add("ftvm.workload=mapreduce-coordinator ftvm.app=index ftvm.nreduce=4 ftvm.seed=18446744073709551615 ftvm.splits=12 ftvm.task-timeout-ms=5000")
+	f.Add("ftvm.workload=mapreduce-coordinator ftvm.app=index ftvm.nreduce=4 ftvm.seed=18446744073709551615 ftvm.splits=12 ftvm.task-timeout-ms=5000 ftvm.workers=2")
 	f.Add("ftvm.workload=mapreduce-worker ftvm.ip=dhcp ftvm.coordinator=192.168.127.20:7000 ftvm.port=7001 ftvm.app=grep ftvm.nreduce=0 ftvm.seed=-1")
 	known := registry()
 	f.Fuzz(func(t *testing.T, cmdline string) {
@@ -61,7 +61,7 @@ func FuzzParseCmdline(f *testing.F) {
 			}
 		}
 		mr := cfg.MapReduce
-		if _, err := mapreduce.AppByName(mr.App); err != nil || mr.NReduce < 1 || mr.Splits < 1 || mr.TaskTimeout <= 0 {
+		if _, err := mapreduce.AppByName(mr.App); err != nil || mr.NReduce < 1 || mr.Splits < 1 || mr.TaskTimeout <= 0 || mr.Workers < 0 {
 			t.Fatalf("accepted mapreduce %+v", mr)
 		}
 		if cfg.Workload == workloadMRWorker && (!mr.Coordinator.Addr().Is4() || mr.Coordinator.Port() == 0) {

@@ -118,8 +118,8 @@ func TestParseMapReduce(t *testing.T) {
 	if want := (MapReduceConfig{App: "wordcount", NReduce: 3, Splits: 8, TaskTimeout: 10 * time.Second}); cfg.MapReduce != want {
 		t.Fatalf("defaults: %+v, want %+v", cfg.MapReduce, want)
 	}
-	cfg, err = ParseCmdline("ftvm.workload=mapreduce-coordinator ftvm.app=index ftvm.nreduce=5 ftvm.seed=42 ftvm.splits=12 ftvm.task-timeout-ms=2500", registry())
-	if want := (MapReduceConfig{App: "index", NReduce: 5, Generated: true, Seed: 42, Splits: 12, TaskTimeout: 2500 * time.Millisecond}); err != nil || cfg.MapReduce != want {
+	cfg, err = ParseCmdline("ftvm.workload=mapreduce-coordinator ftvm.app=index ftvm.nreduce=5 ftvm.seed=42 ftvm.splits=12 ftvm.task-timeout-ms=2500 ftvm.workers=2", registry())
+	if want := (MapReduceConfig{App: "index", NReduce: 5, Generated: true, Seed: 42, Splits: 12, TaskTimeout: 2500 * time.Millisecond, Workers: 2}); err != nil || cfg.MapReduce != want {
 		t.Fatalf("%+v %v, want %+v", cfg.MapReduce, err, want)
 	}
 	cfg, err = ParseCmdline("ftvm.workload=mapreduce-worker ftvm.coordinator=192.168.127.20:7000", registry())

@@ -66,6 +66,7 @@
 //	ftvm.seed=N ftvm.splits=M             make M input splits from seed N
 //	                                      (default: the files in /data/input)
 //	ftvm.task-timeout-ms=N                reassign a task after N ms (10000)
+//	ftvm.workers=N                        start once N workers asked (0)
 //	ftvm.workload=mapreduce-worker        runs tasks until the job is done
 //	ftvm.coordinator=IP:PORT              where the coordinator listens
 //

@@ -67,7 +67,10 @@ func mrCoordinatorWorkload(ctx context.Context, cfg Config, out io.Writer) error
 	}
 	c, err := mapreduce.NewCoordinator(mapreduce.CoordinatorConfig{
 		App: mc.App, Inputs: inputs, NReduce: mc.NReduce, OutputDir: outDir, TaskTimeout: mc.TaskTimeout,
-		Logger: slog.New(slog.NewTextHandler(out, nil)),
+		Workers: mc.Workers,
+		// Debug: a line per assignment, which says who did what (a job
+		// has tens of tasks, not thousands).
+		Logger: slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		return err
@@ -77,8 +80,8 @@ func mrCoordinatorWorkload(ctx context.Context, cfg Config, out io.Writer) error
 	if err != nil {
 		return fmt.Errorf("mapreduce-coordinator: %w", err)
 	}
-	fmt.Fprintf(out, "ftvm-guest mapreduce-coordinator listening addr=%s app=%s splits=%d nreduce=%d inputs=%s\n",
-		ln.Addr(), mc.App, len(inputs), mc.NReduce, from)
+	fmt.Fprintf(out, "ftvm-guest mapreduce-coordinator listening addr=%s app=%s splits=%d nreduce=%d workers=%d inputs=%s\n",
+		ln.Addr(), mc.App, len(inputs), mc.NReduce, mc.Workers, from)
 	serveCtx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
 	served := make(chan error, 1)

@@ -20,7 +20,7 @@ func runJob(t *testing.T, job, dataDir string) []string {
 	t.Helper()
 	coord := guesttest.FreeAddr(t)
 	_, port, _ := net.SplitHostPort(coord)
-	c := runInProcess(t, mrCoordinatorWorkload, "ftvm.workload=mapreduce-coordinator ftvm.port="+port+" "+job, dataDir)
+	c := runInProcess(t, mrCoordinatorWorkload, "ftvm.workload=mapreduce-coordinator ftvm.workers=2 ftvm.port="+port+" "+job, dataDir)
 	c.console.WaitFor(t, "ftvm-guest mapreduce-coordinator listening", c.stopped, 10*time.Second)
 	var workers []*inProcess
 	for range 2 {

@@ -92,7 +92,12 @@ type CoordinatorConfig struct {
 	// worker (the paper's master pings workers; a deadline per task
 	// detects both a dead and a hung worker).
 	TaskTimeout time.Duration
-	Logger      *slog.Logger
+	// Workers, if above 1, holds every task back until that many workers
+	// (told apart by TaskRequest.Worker) have asked for one, so a job
+	// whose workers start at different times (guests booting) still
+	// spreads over all of them instead of the first one doing it all.
+	Workers int
+	Logger  *slog.Logger
 }
 
 type taskStatus int
@@ -124,6 +129,7 @@ type Coordinator struct {
 	log *slog.Logger
 
 	mu       sync.Mutex
+	seen     map[string]bool // workers that asked, until cfg.Workers did
 	maps     []taskState
 	reduces  []taskState
 	attempts int
@@ -148,13 +154,17 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Coordinator{
+	c := &Coordinator{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		maps:     make([]taskState, len(cfg.Inputs)),
 		reduces:  make([]taskState, cfg.NReduce),
 		finished: make(chan struct{}),
-	}, nil
+	}
+	if cfg.Workers > 1 {
+		c.seen = map[string]bool{}
+	}
+	return c, nil
 }
 
 // Serve answers workers on ln until ctx ends.
@@ -280,6 +290,15 @@ func (c *Coordinator) requestTask(req *TaskRequest) Task {
 	c.expire(c.maps, TaskMap, now)
 	c.expire(c.reduces, TaskReduce, now)
 	t := Task{App: c.cfg.App, NMap: len(c.maps), NReduce: len(c.reduces)}
+	if c.seen != nil {
+		c.seen[req.Worker] = true
+		if len(c.seen) < c.cfg.Workers {
+			t.Kind = TaskWait
+			return t
+		}
+		c.log.Info("workers arrived; starting", "workers", len(c.seen))
+		c.seen = nil // the job has started: no more waiting
+	}
 	if i, ok := c.assign(c.maps, now); ok {
 		t.Kind, t.ID, t.Attempt, t.Input = TaskMap, i, c.maps[i].attempt, c.cfg.Inputs[i]
 	} else if !allDone(c.maps) {
