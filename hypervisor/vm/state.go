@@ -110,6 +110,11 @@ func (v *VM) setDevices(s DeviceState) error {
 // completes a pending I/O instruction first (see CaptureCPU), so a primary
 // and its backup must save at the same exits or neither.
 func (v *VM) SaveState(s *MachineState) error {
+	if v.loop.rep != nil {
+		// A replaying backup's devices read the logged guest time, not
+		// the loop's clock; a resync from a backup will need that value.
+		return errors.New("save machine state: a VM that replays a log cannot be saved yet (its guest time is the log's)")
+	}
 	var cpu CPUState
 	if err := v.CaptureCPU(&cpu); err != nil {
 		return err
