@@ -2,8 +2,11 @@ package replication_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -14,6 +17,7 @@ import (
 	"github.com/ftvm/ftvm/storage/arbiter"
 	"github.com/ftvm/ftvm/testbench/guesttest"
 	"github.com/ftvm/ftvm/testbench/kvmhost"
+	"golang.org/x/sys/unix"
 )
 
 // VMware FT's published log bandwidth (Scales et al. 2010, table 1): idle
@@ -206,10 +210,14 @@ func BenchmarkKVWithFT(b *testing.B) {
 	b.Logf("alone: %+v; as primary: %+v", alone, ft)
 }
 
-// failoverTrial is one measured failover: the client's pause, from the
-// signal to the first answer after it.
+// failoverTrial is one measured failover: when the primary was stopped,
+// the backup's lag at that moment, and the client's pause, from the signal
+// to the first answer after it.
 type failoverTrial struct {
-	pause time.Duration
+	signalled time.Time
+	lagExits  uint64
+	lagTime   time.Duration
+	pause     time.Duration
 }
 
 // runFailoverTrial boots a fresh pair (backup here, primary in a child
@@ -218,29 +226,42 @@ type failoverTrial struct {
 // SIGSTOP: silence, seen after the peer timeout), and keeps the traffic
 // going until 20 more answers came. It returns the pause the client saw
 // and leaves the backup live; stop it with the returned function.
-func runFailoverTrial(b *testing.B, s *pairSetup, sig syscall.Signal) (failoverTrial, func() backupRun) {
+func runFailoverTrial(b *testing.B, s *pairSetup, sig syscall.Signal) (*failoverTrial, func() backupRun) {
 	arbDir := filepath.Join(b.TempDir(), "arbiter")
 	arb, err := arbiter.OpenDir(arbDir)
 	if err != nil {
 		b.Fatal(err)
 	}
 	bctx, bcancel := context.WithCancel(context.Background())
-	backup := s.startBackupWith(b, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv"})
+	var status atomic.Pointer[func() replication.BackupStatus]
+	log := pairLog
+	if sig == syscall.SIGSTOP {
+		// Silence is found after the peer timeout: measure it with the
+		// one users get by default (ftctl's --peer-timeout).
+		log.Timeout = 3 * time.Second
+	}
+	backup := s.startBackupWith(b, bctx, replication.BackupConfig{Log: log, Arbiter: arb, Pair: "kv",
+		Running: func(f func() replication.BackupStatus) { status.Store(&f) }})
 	cmd, _ := s.startPrimaryProcess(b, arbDir, "")
 	c := dialKVClient(b, s.fwd)
 	defer c.conn.Close()
-	var signalled atomic.Int64
+	tr := &failoverTrial{}
+	var signalled atomic.Bool
 	time.AfterFunc(3*time.Second, func() {
-		signalled.Store(time.Now().UnixNano())
+		if f := status.Load(); f != nil {
+			st := (*f)()
+			tr.lagExits, tr.lagTime = st.LogExit-min(st.LogExit, st.Exit), st.Log.LagTime
+		}
+		tr.signalled = time.Now()
 		cmd.Process.Signal(sig)
+		signalled.Store(true)
 	})
-	var tr failoverTrial
 	after := 0
 	for i := 0; after < 20; i++ {
 		c.mixed(b, i)
-		if at := signalled.Load(); at != 0 {
+		if signalled.Load() {
 			if after == 0 {
-				tr.pause = time.Since(time.Unix(0, at))
+				tr.pause = time.Since(tr.signalled)
 			}
 			after++
 		}
@@ -259,8 +280,10 @@ func runFailoverTrial(b *testing.B, s *pairSetup, sig syscall.Signal) (failoverT
 // BenchmarkFailoverKill and BenchmarkFailoverSilence measure failovers
 // (-benchtime Nx: N trials, each a fresh pair) and, once, the alternative
 // without ftvm: the VM dies and a fresh one boots on the same disk; the
-// client reconnects. They report the client's pause for both and the ratio,
-// and the backup's timeline (drain, claim, go-live after detection).
+// client reconnects. They report p50/p99/max of the client's pause and of
+// each step of the backup's timeline (detection after the signal, drain,
+// claim, go-live), the backup's lag when the primary stopped, the
+// restart's pause and its ratio to the failover's.
 func BenchmarkFailoverKill(b *testing.B)    { benchFailover(b, syscall.SIGKILL) }
 func BenchmarkFailoverSilence(b *testing.B) { benchFailover(b, syscall.SIGSTOP) }
 
@@ -268,7 +291,8 @@ func benchFailover(b *testing.B, sig syscall.Signal) {
 	if kvmhost.RanElsewhere(b) {
 		return
 	}
-	var pauses, drains, claims, lives []time.Duration
+	steps := map[string][]time.Duration{}
+	add := func(name string, d time.Duration) { steps[name] = append(steps[name], d) }
 	var s *pairSetup
 	for i := 0; i < b.N; i++ {
 		s = newPairSetup(b)
@@ -278,27 +302,53 @@ func benchFailover(b *testing.B, sig syscall.Signal) {
 			b.Fatalf("trial %d: backup %v (went live: %v)", i, res.err, res.res != nil && res.res.WentLive)
 		}
 		tl := res.res.Failover
-		b.Logf("trial %d: client pause %v; backup: %v", i, tr.pause.Round(time.Millisecond), tl)
-		pauses = append(pauses, tr.pause)
-		drains = append(drains, tl.Drained)
-		claims = append(claims, tl.Claimed-tl.Drained)
-		lives = append(lives, tl.Live-tl.Claimed)
+		b.Logf("trial %d: lag at the signal %d exits (%v); client pause %v; detected %v after the signal; backup: %v",
+			i, tr.lagExits, tr.lagTime.Round(time.Millisecond), tr.pause.Round(time.Millisecond), tl.PrimaryLost.Sub(tr.signalled).Round(time.Millisecond), tl)
+		add("pause", tr.pause)
+		add("detect", tl.PrimaryLost.Sub(tr.signalled))
+		add("drain", tl.Drained)
+		add("claim", tl.Claimed-tl.Drained)
+		add("golive", tl.Live-tl.Claimed)
+		add("lag", tr.lagTime)
 	}
 	restart := restartPause(b, s)
 	b.Logf("restart without ftvm: first answer %v after the VM died", restart.Round(time.Millisecond))
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	p50, p99, mx := quantiles(pauses)
-	b.ReportMetric(ms(p50), "pause-p50-ms")
-	b.ReportMetric(ms(p99), "pause-p99-ms")
-	b.ReportMetric(ms(mx), "pause-max-ms")
-	_, _, d := quantiles(drains)
-	_, _, c := quantiles(claims)
-	_, _, l := quantiles(lives)
-	b.ReportMetric(ms(d), "drain-max-ms")
-	b.ReportMetric(ms(c), "claim-max-ms")
-	b.ReportMetric(ms(l), "golive-max-ms")
+	for _, name := range []string{"pause", "detect", "drain", "claim", "golive", "lag"} {
+		p50, p99, mx := quantiles(steps[name])
+		b.ReportMetric(ms(p50), name+"-p50-ms")
+		b.ReportMetric(ms(p99), name+"-p99-ms")
+		b.ReportMetric(ms(mx), name+"-max-ms")
+	}
+	p50, p99, _ := quantiles(steps["pause"])
 	b.ReportMetric(ms(restart), "restart-pause-ms")
 	b.ReportMetric(float64(restart)/float64(p50), "restart/failover-p50")
+	b.ReportMetric(float64(restart)/float64(p99), "restart/failover-p99")
+	b.Logf("%d trials, every one live with no client error; client pause histogram:\n%s", b.N, histogram(steps["pause"]))
+	b.Logf("host: %s", hostKind())
+}
+
+// histogram draws the durations in doubling buckets, a bar of # each.
+func histogram(ds []time.Duration) string {
+	var sb strings.Builder
+	lo := time.Duration(0)
+	for hi := 125 * time.Millisecond; ; hi *= 2 {
+		n := 0
+		for _, d := range ds {
+			if d >= lo && (d < hi || hi >= 16*time.Second) {
+				n++
+			}
+		}
+		label := fmt.Sprintf("%v-%v", lo, hi)
+		if hi >= 16*time.Second {
+			label = fmt.Sprintf(">=%v", lo)
+		}
+		fmt.Fprintf(&sb, "  %-14s %4d %s\n", label, n, strings.Repeat("#", n))
+		if hi >= 16*time.Second {
+			return sb.String()
+		}
+		lo = hi
+	}
 }
 
 // restartPause is the alternative without ftvm: the guest's VM is gone, a
@@ -332,4 +382,18 @@ func quantiles(ds []time.Duration) (p50, p99, mx time.Duration) {
 	slices.Sort(s)
 	at := func(q float64) time.Duration { return s[min(len(s)-1, int(q*float64(len(s))))] }
 	return at(0.5), at(0.99), s[len(s)-1]
+}
+
+// hostKind names where the VMs of a benchmark ran: the figures mean
+// little without it.
+func hostKind() string {
+	var u unix.Utsname
+	release := "unknown kernel"
+	if err := unix.Uname(&u); err == nil {
+		release = "kernel " + unix.ByteSliceToString(u.Release[:])
+	}
+	if kvmhost.Inside() {
+		return fmt.Sprintf("nested KVM host under QEMU's software CPU (%s, %d CPUs)", release, runtime.NumCPU())
+	}
+	return fmt.Sprintf("KVM on this machine (%s, %d CPUs)", release, runtime.NumCPU())
 }

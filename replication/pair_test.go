@@ -51,9 +51,13 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(primaryProcessEnv); spec != "" {
 		os.Exit(primaryProcess(spec))
 	}
+	// The nested host has busybox only: it gets this machine's tools to
+	// make the guests' ext4 disks and to read what the guests left on them.
 	var opts []kvmhost.Option
-	if p, err := exec.LookPath("mkfs.ext4"); err == nil && !kvmhost.Inside() {
-		opts = append(opts, kvmhost.WithFiles(p))
+	for _, tool := range []string{"mkfs.ext4", "e2fsck", "debugfs"} {
+		if p, err := findHostTool(tool); err == nil && !kvmhost.Inside() {
+			opts = append(opts, kvmhost.WithFiles(p))
+		}
 	}
 	os.Exit(testimage.Main(m, opts...))
 }
@@ -710,31 +714,8 @@ func TestFencedOldPrimaryHalts(t *testing.T) {
 		return
 	}
 	s := newPairSetup(t)
-	store, err := storage.Open(s.storeDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := arbiter.OpenDir(filepath.Join(t.TempDir(), "arbiter"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(server.Config{Store: store, Arbiter: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, scancel := context.WithCancel(context.Background())
-	defer scancel()
-	srvSock := filepath.Join(t.TempDir(), "storage.sock")
-	go srv.ServeUnix(sctx, srvSock)
-	for i := 0; ; i++ {
-		if _, err := os.Stat(srvSock); err == nil {
-			break
-		}
-		if i > 100 {
-			t.Fatal("the storage server did not listen")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	srv := startStorageServer(t, s.storeDir)
+	srvSock := srv.sock
 	client, err := server.Dial(context.Background(), "unix", srvSock)
 	if err != nil {
 		t.Fatal(err)
@@ -812,178 +793,6 @@ func TestFencedOldPrimaryHalts(t *testing.T) {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// TestKillPrimaryBackupGoesLive is the kill-the-primary proof: a client
-// talks to the kv guest through the switch's port forward, the primary's
-// process is SIGKILLed, and on the same TCP connection the client's next
-// requests are answered by the backup, which replayed the log, won the
-// arbiter's record and went live; every value PUT before and after reads
-// back, and the record names the backup at generation 1.
-func TestKillPrimaryBackupGoesLive(t *testing.T) {
-	if kvmhost.RanElsewhere(t) {
-		return
-	}
-	s := newPairSetup(t)
-	arbDir := filepath.Join(t.TempDir(), "arbiter")
-	arb, err := arbiter.OpenDir(arbDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bctx, bcancel := context.WithCancel(context.Background())
-	defer bcancel()
-	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "the test's backup"})
-
-	cmd, perr := s.startPrimaryProcess(t, arbDir, "")
-
-	c := dialKVClient(t, s.fwd)
-	defer c.conn.Close()
-	for i := 0; i < 20; i++ {
-		c.mixed(t, i)
-	}
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	killed := time.Now()
-	c.do(t, "ECHO first-after-the-kill", "first-after-the-kill", true)
-	pause := time.Since(killed)
-	for i := 20; i < 40; i++ {
-		c.mixed(t, i)
-	}
-	c.readBack(t)
-	rec, err := arb.Read(context.Background(), "kv")
-	if err != nil || rec.Generation != 1 || rec.Owner != "the test's backup" {
-		t.Fatalf("arbiter record %v, %v; want generation 1 owned by the backup", rec, err)
-	}
-	bcancel()
-	b := <-backup
-	if b.err != nil {
-		t.Fatalf("backup: %v\nprimary's stderr:\n%s", b.err, perr.String())
-	}
-	if !b.res.WentLive || b.res.PrimaryErr == nil {
-		t.Fatalf("backup did not go live: %+v", b.res)
-	}
-	t.Logf("primary killed; first reply after %v; backup went live at exit #%d: %v; %d requests in all",
-		pause.Round(time.Millisecond), b.res.Stats.WentLiveAt, b.res.Failover, c.ops)
-}
-
-// partitionProxy passes a log channel connection through until partition
-// is called, then drops every byte both ways and keeps both connections
-// open: a network partition, not a crash (no reset, only silence).
-type partitionProxy struct {
-	sock    string
-	dropped atomic.Bool
-}
-
-func newPartitionProxy(t testing.TB, target string) *partitionProxy {
-	pp := &partitionProxy{sock: filepath.Join(t.TempDir(), "partition.sock")}
-	ln, err := net.Listen("unix", pp.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	pipe := func(dst, src net.Conn) {
-		b := make([]byte, 64<<10)
-		for {
-			n, err := src.Read(b)
-			if n > 0 && !pp.dropped.Load() {
-				if _, err := dst.Write(b[:n]); err != nil {
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("unix", target)
-			if err != nil {
-				in.Close()
-				return
-			}
-			t.Cleanup(func() { in.Close(); out.Close() })
-			go pipe(out, in)
-			go pipe(in, out)
-		}
-	}()
-	return pp
-}
-
-func (pp *partitionProxy) partition() { pp.dropped.Store(true) }
-
-// TestPartitionLeavesExactlyOneSide: the log channel between primary and
-// backup goes silent both ways while the arbiter stays reachable. Both
-// sides find the other silent after the peer timeout and claim the
-// record; exactly one wins and runs on, the other stops with a
-// LostArbitrationError and releases nothing; the client keeps its
-// connection and every value it PUT reads back.
-func TestPartitionLeavesExactlyOneSide(t *testing.T) {
-	if kvmhost.RanElsewhere(t) {
-		return
-	}
-	s := newPairSetup(t)
-	arb, err := arbiter.OpenDir(filepath.Join(t.TempDir(), "arbiter"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Silence must be noticed without false alarms on a loaded machine;
-	// the partition lasts until the test ends.
-	log := pairLog
-	bctx, bcancel := context.WithCancel(context.Background())
-	defer bcancel()
-	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: log, Arbiter: arb, Pair: "kv", Owner: "backup"})
-	proxy := newPartitionProxy(t, s.logSock)
-	pr := s.startPrimary(t, replication.PrimaryConfig{Peer: "unix:" + proxy.sock, Log: log, Arbiter: arb, Pair: "kv", Owner: "primary"})
-	c := dialKVClient(t, s.fwd)
-	defer c.conn.Close()
-	for i := 0; i < 10; i++ {
-		c.mixed(t, i)
-	}
-	proxy.partition()
-	parted := time.Now()
-	for i := 10; i < 20; i++ {
-		c.mixed(t, i)
-	}
-	c.readBack(t)
-	rec, err := arb.Read(context.Background(), "kv")
-	if err != nil || rec.Generation != 1 {
-		t.Fatalf("arbiter record %v, %v; want generation 1", rec, err)
-	}
-	// The loser stops by itself; the winner runs until the test stops it.
-	var lost *replication.LostArbitrationError
-	switch rec.Owner {
-	case "primary":
-		b := <-backup
-		if !errors.As(b.err, &lost) {
-			t.Fatalf("the primary won, but the backup ended with %v", b.err)
-		}
-		if st := pr.p.Status(); !strings.HasPrefix(st.State, "unprotected") {
-			t.Fatalf("the primary won, but its state is %q", st.State)
-		}
-		pr.cancel()
-		if pd := pr.wait(); pd.err != nil {
-			t.Fatalf("the winning primary after a clean stop: %v", pd.err)
-		}
-	case "backup":
-		pd := pr.wait()
-		if !errors.As(pd.err, &lost) {
-			t.Fatalf("the backup won, but the primary ended with %v", pd.err)
-		}
-		bcancel()
-		b := <-backup
-		if b.err != nil || !b.res.WentLive {
-			t.Fatalf("the winning backup: %v (went live %v)", b.err, b.res != nil && b.res.WentLive)
-		}
-	default:
-		t.Fatalf("record owned by %q", rec.Owner)
-	}
-	t.Logf("partitioned; %s won generation 1; the client's %d requests all answered (%v after the partition)", rec.Owner, c.ops, time.Since(parted).Round(time.Millisecond))
 }
 
 // TestPlannedHandover: a planned switchover under client traffic. The

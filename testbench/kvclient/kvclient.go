@@ -153,6 +153,10 @@ func clip(s string) string {
 type Options struct {
 	// Duration is how long to send requests.
 	Duration time.Duration
+	// Stop, if not nil, ends the run early once closed: each client
+	// finishes the request it has in flight and sends no more. A test
+	// uses it to end a run once enough happened, not after a guessed time.
+	Stop <-chan struct{}
 	// RequestTimeout bounds each round trip. Default 3 min: behind a
 	// fault-tolerant pair a request in flight at a failover waits for the
 	// backup to replay its log and go live.
@@ -291,7 +295,7 @@ func RunClients(ctx context.Context, conns []*Conn, opts Options) (Result, error
 func runClient(ctx context.Context, c *Conn, tr *traffic, opts Options, t *tally) error {
 	h := opts.History
 	n := 0
-	for time.Since(t.start) < opts.Duration {
+	for time.Since(t.start) < opts.Duration && !closed(opts.Stop) {
 		q := tr.next()
 		n++
 		op := Op{Client: tr.client, Kind: q.kind.String(), Key: q.key, Call: h.now()}
@@ -319,6 +323,16 @@ func runClient(ctx context.Context, c *Conn, tr *traffic, opts Options, t *tally
 		t.answered(q.kind, op.Wait())
 	}
 	return nil
+}
+
+// closed reports whether c is closed (false for a nil channel).
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // tally sums up the clients' answers as they come.

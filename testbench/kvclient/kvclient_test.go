@@ -244,3 +244,26 @@ func TestQuantilesAndRound(t *testing.T) {
 		}
 	}
 }
+
+// TestRunStopsWhenAsked: closing Options.Stop ends a run long before its
+// Duration, with every request answered (none cut off in flight).
+func TestRunStopsWhenAsked(t *testing.T) {
+	ln := listen(t)
+	serveKV(t, ln)
+	conns := []*Conn{dial(t, ln.Addr().String()), dial(t, ln.Addr().String())}
+	stop := make(chan struct{})
+	time.AfterFunc(300*time.Millisecond, func() { close(stop) })
+	h := NewHistory()
+	res, err := RunClients(context.Background(), conns, Options{Duration: time.Minute, Stop: stop, History: h})
+	if err != nil {
+		t.Fatalf("%v after %v", err, res)
+	}
+	if res.Elapsed > 20*time.Second || res.Requests == 0 || res.Failed != 0 {
+		t.Fatalf("stopped run: %v", res)
+	}
+	for _, o := range h.Ops() {
+		if o.Unknown {
+			t.Fatalf("an op was cut off: %+v", o)
+		}
+	}
+}
