@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,12 +27,39 @@ import (
 	"github.com/ftvm/ftvm/testbench/kvmhost"
 )
 
-// The failover trials CI runs, each on a fresh pair; `make soak` runs many
-// more kills through BenchmarkFailoverKill.
+// The failover trials CI runs, each on a fresh pair. $FTVM_KILL_TRIALS
+// and $FTVM_PARTITION_TRIALS raise them (`make soak`), never lower them.
 const (
 	killTrials      = 5
 	partitionTrials = 3
 )
+
+// trialsWanted is the number of trials to run: at least min.
+func trialsWanted(env string, least int) int {
+	n, err := strconv.Atoi(os.Getenv(env))
+	if err != nil {
+		return least
+	}
+	return max(n, least)
+}
+
+// runTrials runs trial n times as subtests and logs the tally and a
+// histogram of the clients' pauses (the longest wait of a request in
+// flight at the fault).
+func runTrials(t *testing.T, n int, trial func(t *testing.T, i int) time.Duration) {
+	var pauses []time.Duration
+	passed := 0
+	for i := range n {
+		var pause time.Duration
+		if t.Run(fmt.Sprintf("trial%d", i+1), func(t *testing.T) { pause = trial(t, i) }) {
+			passed++
+			pauses = append(pauses, pause)
+		}
+	}
+	p50, p99, mx := quantiles(pauses)
+	t.Logf("%d of %d trials passed; pause across the fault p50 %v p99 %v max %v; histogram:\n%s",
+		passed, n, p50.Round(time.Millisecond), p99.Round(time.Millisecond), mx.Round(time.Millisecond), histogram(pauses))
+}
 
 // A trial's fixed minimum work: its clients, and the requests answered
 // before the fault and invoked after it (the second proves the survivor
@@ -79,16 +107,15 @@ func TestKillPrimaryBackupGoesLive(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
 	}
+	// Where the record lives, by trial (then round again).
 	kinds := []trialStorage{storageDirs, storageDirs, storageServed, storageServed, storageServedDown}
-	if len(kinds) != killTrials {
-		t.Fatalf("%d trial kinds for %d trials", len(kinds), killTrials)
-	}
-	for i, kind := range kinds {
-		t.Run(fmt.Sprintf("trial%d", i+1), func(t *testing.T) { killTrial(t, kind) })
-	}
+	runTrials(t, trialsWanted("FTVM_KILL_TRIALS", killTrials), func(t *testing.T, i int) time.Duration {
+		return killTrial(t, kinds[i%len(kinds)])
+	})
 }
 
-func killTrial(t *testing.T, kind trialStorage) {
+// killTrial runs one kill trial and returns the clients' pause.
+func killTrial(t *testing.T, kind trialStorage) time.Duration {
 	s := newPairSetup(t)
 	var arb arbiter.Arbiter
 	var arbDir string
@@ -207,6 +234,7 @@ func killTrial(t *testing.T, kind trialStorage) {
 	}
 	t.Logf("%v: killed at backup lag %d exits (%v); %s; backup: %v",
 		kind, atKill.LogExit-min(atKill.LogExit, atKill.Exit), atKill.Log.LagTime.Round(time.Millisecond), tr, b.res.Failover)
+	return tr.pause
 }
 
 // TestPartitionLeavesExactlyOneSide, partitionTrials times on fresh pairs:
@@ -220,12 +248,13 @@ func TestPartitionLeavesExactlyOneSide(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
 	}
-	for i := range partitionTrials {
-		t.Run(fmt.Sprintf("trial%d", i+1), partitionTrial)
-	}
+	runTrials(t, trialsWanted("FTVM_PARTITION_TRIALS", partitionTrials), func(t *testing.T, _ int) time.Duration {
+		return partitionTrial(t)
+	})
 }
 
-func partitionTrial(t *testing.T) {
+// partitionTrial runs one partition trial and returns the clients' pause.
+func partitionTrial(t *testing.T) time.Duration {
 	s := newPairSetup(t)
 	arb, err := arbiter.OpenDir(filepath.Join(t.TempDir(), "arbiter"))
 	if err != nil {
@@ -274,6 +303,7 @@ func partitionTrial(t *testing.T) {
 	}
 	tr.checkDisk(t, s.storeDir, "data")
 	t.Logf("partitioned; %s won generation 1; %s", rec.Owner, tr)
+	return tr.pause
 }
 
 // trialRun is what a trial's clients did, as the test recorded it.
