@@ -3,6 +3,7 @@ package snapshot_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -139,4 +140,71 @@ func TestRestoredGuestGoesOn(t *testing.T) {
 	if !strings.HasSuffix(b.out.String(), "\n") || total < 100 || total > 101 {
 		t.Fatalf("%d dots before the snapshot and %q after it: the count did not go on", atSnapshot, b.out.String())
 	}
+}
+
+// TestSnapshotOfRunningGuest takes a snapshot of a guest while its Run is
+// going (vm.VM.AtExit: the loop kicks the vCPU out and saves between two
+// exits), lets the first guest finish, and starts a second VM from the
+// snapshot: it finishes the same count from where the snapshot was taken.
+func TestSnapshotOfRunningGuest(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	cpuid, err := vm.GuestCPUID("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := &snapshot.Identity{MemoryMiB: 16, Cmdline: "raw pit guest", CPUID: cpuid}
+
+	a := &dotCounter{}
+	va := pitGuest(t, a)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() {
+		reason, err := va.Run(ctx)
+		if err == nil && reason != vm.StoppedPowerOff {
+			err = fmt.Errorf("first guest %v", reason)
+		}
+		stopped <- err
+	}()
+	for a.dots.Load() < 30 {
+		time.Sleep(time.Millisecond)
+	}
+	var snap bytes.Buffer
+	var atSnapshot int64
+	start := time.Now()
+	if err := va.AtExit(ctx, func() error {
+		atSnapshot = a.dots.Load() // the console is written on this goroutine
+		_, err := snapshot.Take(&snap, va, id)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	paused, size := time.Since(start), snap.Len()
+	if err := <-stopped; err != nil {
+		t.Fatalf("%v; console %q", err, a.out.String())
+	}
+	if a.dots.Load() < 100 {
+		t.Fatalf("the first guest did not finish its count after the snapshot: %q", a.out.String())
+	}
+	// A request to a VM not running is served at once.
+	if err := va.AtExit(ctx, func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+
+	b := &dotCounter{}
+	vb := pitGuest(t, b)
+	if _, err := snapshot.Restore(vb, id, &snap); err != nil {
+		t.Fatal(err)
+	}
+	reason, err := vb.Run(ctx)
+	if err != nil || reason != vm.StoppedPowerOff {
+		t.Fatalf("restored VM: %v %v, console %q", reason, err, b.out.String())
+	}
+	total := atSnapshot + b.dots.Load()
+	if total < 100 || total > 101 {
+		t.Fatalf("%d dots before the snapshot and %q after it: the count did not go on", atSnapshot, b.out.String())
+	}
+	t.Logf("snapshot of a running guest after %d dots (%d bytes, taken within %v of asking)", atSnapshot, size, paused.Round(time.Microsecond))
 }

@@ -192,6 +192,9 @@ type loop struct {
 	// mmioReported avoids logging every access to unbacked memory.
 	mmioReported bool
 	onMMIO       func(addr uint64, write bool)
+
+	// requests is work asked of the vCPU goroutine between exits (AtExit).
+	requests exitRequests
 }
 
 // RequestPowerOff implements devices.PowerControl.
@@ -226,6 +229,7 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 			<-kickDone
 		}
 	}()
+	defer l.startRequests(kicker)()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	tid := unix.Gettid() // this goroutine's thread is locked: the vCPU thread
@@ -265,6 +269,12 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 	// guest, and goes back in where it stopped, deciding nothing.
 	resume := false
 	for {
+		if l.requests.pending.Load() {
+			// Before the stop checks: a request that stops the VM (a
+			// snapshot taken as its last act) stops it here, not one
+			// guest instruction stream later.
+			l.serveRequests()
+		}
 		switch {
 		case l.powerOff:
 			return StoppedPowerOff, nil
@@ -574,6 +584,10 @@ func (l *loop) halt(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
+		case <-l.requests.wake:
+			// Served here, and the guest stays halted: leaving HLT without
+			// an interrupt would be a point a backup cannot replay.
+			l.serveRequests()
 		case <-l.input.ready():
 		case fr, ok := <-frames:
 			if ok {
