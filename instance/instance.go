@@ -20,6 +20,7 @@ import (
 	"github.com/ftvm/ftvm/hypervisor/vm"
 	"github.com/ftvm/ftvm/images"
 	"github.com/ftvm/ftvm/network"
+	"github.com/ftvm/ftvm/snapshot"
 	"github.com/ftvm/ftvm/storage"
 	"github.com/ftvm/ftvm/storage/server"
 )
@@ -145,6 +146,8 @@ type Instance struct {
 	store       *storage.Store
 	backupDisks []*backupDisk
 	livePort    network.Port
+	// id is the machine's snapshot identity, once asked for.
+	id *snapshot.Identity
 }
 
 // openDisk is an open disk: a storage directory's file, or one served by a
