@@ -80,8 +80,9 @@ type RaftConfig struct {
 	// of its own entry, on every address of the guest.
 	Peers []netip.AddrPort
 	// ElectionTimeout overrides Raft's (ftvm.election-ms=N; 0 keeps
-	// Raft's default). Guests sharing a slow CPU need it longer, or a
-	// replica descheduled for a while starts needless elections.
+	// Raft's default), and the heartbeat, RPC and op timeouts scale with
+	// it. Guests sharing a slow CPU need it longer, or a replica
+	// descheduled for a while starts needless elections.
 	ElectionTimeout time.Duration
 	// SnapshotBytes is the size of the persisted Raft state at which the
 	// service snapshots (ftvm.snapshot-bytes=N, 0 never). Raft rewrites

@@ -57,7 +57,8 @@
 //	                                      service; needs a disk (Raft's state)
 //	ftvm.peers=IP:PORT,IP:PORT,...        every replica, the same list on all
 //	ftvm.id=N                             this replica's index in ftvm.peers
-//	ftvm.election-ms=N                    Raft's election timeout (default 300)
+//	ftvm.election-ms=N                    Raft's election timeout (default 300;
+//	                                      heartbeat, RPC and op timeouts scale)
 //	ftvm.snapshot-bytes=N                 snapshot when Raft's state reaches N
 //	                                      bytes (default 65536, 0 never)
 //	ftvm.workload=mapreduce-coordinator   runs one job, prints its output

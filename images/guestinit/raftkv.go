@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/ftvm/ftvm/images/workloads/raft"
 	"github.com/ftvm/ftvm/images/workloads/raftkv"
@@ -59,10 +60,13 @@ func raftkvWorkload(ctx context.Context, cfg Config, out io.Writer) error {
 		// of the console wants to see (Raft logs them at debug level).
 		Logger: slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
-	if rc.ElectionTimeout > 0 {
-		// Raft's default ratio (300 ms / 50 ms): several heartbeats fit in
-		// the shortest election timeout.
-		node.HeartbeatInterval = rc.ElectionTimeout / 6
+	if e := rc.ElectionTimeout; e > 0 {
+		// The other timings scale with it as Raft's defaults do (300 ms
+		// election, 50 ms heartbeat, 100 ms RPC): a machine slow enough to
+		// need a longer election timeout also answers RPCs more slowly.
+		// A client's op waits for its commit about one election timeout,
+		// at least the server's default second.
+		node.HeartbeatInterval, node.RPCTimeout, node.OpTimeout = e/6, e/3, max(e, time.Second)
 	}
 	return raftkv.ServeNode(ctx, node, ln)
 }

@@ -24,7 +24,14 @@ type NodeConfig struct {
 	// followers elect a new leader meanwhile.
 	ElectionTimeout   time.Duration
 	HeartbeatInterval time.Duration
-	Logger            *slog.Logger
+	// RPCTimeout overrides Raft's bound on one peer RPC (100 ms), and
+	// OpTimeout the server's wait for a client's op to commit (1 s):
+	// replicas on slow machines (guests sharing an emulated CPU, where a
+	// vote's fsync alone can take longer) need both longer, or no RPC
+	// ever completes in time.
+	RPCTimeout time.Duration
+	OpTimeout  time.Duration
+	Logger     *slog.Logger
 }
 
 // RunNode runs a replica until ctx ends: Raft peer, state machine and the
@@ -56,8 +63,9 @@ func ServeNode(ctx context.Context, cfg NodeConfig, ln net.Listener) error {
 	defer tr.Close()
 	s, err := StartServer(ctx, Config{
 		Raft: raft.Config{ID: cfg.ID, Peers: len(cfg.Addrs), Transport: tr, Persister: p, Logger: cfg.Logger,
-			ElectionTimeout: cfg.ElectionTimeout, HeartbeatInterval: cfg.HeartbeatInterval},
+			ElectionTimeout: cfg.ElectionTimeout, HeartbeatInterval: cfg.HeartbeatInterval, RPCTimeout: cfg.RPCTimeout},
 		MaxRaftState: cfg.MaxRaftState,
+		OpTimeout:    cfg.OpTimeout,
 	})
 	if err != nil {
 		ln.Close()
