@@ -154,6 +154,10 @@ type link struct {
 	framesSent  atomic.Uint64
 	batches     atomic.Uint64
 	framesRecvd atomic.Uint64
+
+	// sampleLag, set by the link's owner before start, is called from the
+	// watchdog at every check to feed the owner's lag window.
+	sampleLag func(now int64)
 }
 
 func (l *link) now() int64 { return int64(time.Since(l.epoch)) + 1 }
@@ -457,6 +461,9 @@ func (l *link) watchdog() {
 			if !now.Before(nextHB) {
 				nextHB = now.Add(l.cfg.HeartbeatInterval)
 				signal(l.hbKick)
+			}
+			if l.sampleLag != nil {
+				l.sampleLag(l.now())
 			}
 		}
 	}

@@ -28,6 +28,7 @@ type Receiver struct {
 	acksSent  uint64
 	totBytes  uint64
 	meter     rateMeter
+	lags      lagWindow
 	// arrivals has one record per received batch not yet fully replayed,
 	// for the age of the oldest unreplayed entry.
 	arrivals []arrival
@@ -50,6 +51,7 @@ func NewReceiver(ctx context.Context, conn net.Conn, cfg Config) (*Receiver, err
 		ackKick: make(chan struct{}, 1),
 		avail:   make(chan struct{}),
 	}
+	l.sampleLag = r.sampleLag
 	l.start()
 	l.wg.Add(2)
 	go r.reader()
@@ -240,6 +242,20 @@ func (r *Receiver) Close() error {
 	return r.l.shutdown(r.writeAckLocked)
 }
 
+// lagLocked is the age of the oldest received entry not yet replayed.
+func (r *Receiver) lagLocked(now int64) time.Duration {
+	if r.received == r.replayed || len(r.arrivals) == 0 {
+		return 0
+	}
+	return time.Duration(now - r.arrivals[0].at)
+}
+
+func (r *Receiver) sampleLag(now int64) {
+	r.mu.Lock()
+	r.lags.sample(now, r.lagLocked(now))
+	r.mu.Unlock()
+}
+
 // Stats returns a snapshot of the receiver's metrics.
 func (r *Receiver) Stats() Stats {
 	now := r.l.now()
@@ -256,9 +272,8 @@ func (r *Receiver) Stats() Stats {
 		LagEntries:      r.received - r.replayed,
 		AcksSent:        r.acksSent,
 	}
-	if st.LagEntries > 0 && len(r.arrivals) > 0 {
-		st.LagTime = time.Duration(now - r.arrivals[0].at)
-	}
+	st.LagTime = r.lagLocked(now)
+	st.LagP50, st.LagP99 = r.lags.quantiles()
 	st.EntriesPerSec, st.BytesPerSec = r.meter.rate(now)
 	r.l.fillStats(&st, now)
 	return st

@@ -42,6 +42,7 @@ type Sender struct {
 	totBytes  uint64
 	acksRecvd uint64
 	meter     rateMeter
+	lags      lagWindow
 }
 
 type entryRec struct {
@@ -64,6 +65,7 @@ func NewSender(ctx context.Context, conn net.Conn, cfg Config) (*Sender, error) 
 		nextSeq:  1,
 		progress: make(chan struct{}),
 	}
+	l.sampleLag = s.sampleLag
 	l.start()
 	l.wg.Add(2)
 	go s.reader()
@@ -393,6 +395,20 @@ func (s *Sender) Close() error {
 	return s.l.shutdown(s.writePendingLocked)
 }
 
+// lagLocked is the age of the oldest entry the backup has not replayed.
+func (s *Sender) lagLocked(now int64) time.Duration {
+	if s.nextSeq-1 == s.replayed {
+		return 0
+	}
+	return time.Duration(now - s.recs[s.recHead].at)
+}
+
+func (s *Sender) sampleLag(now int64) {
+	s.mu.Lock()
+	s.lags.sample(now, s.lagLocked(now))
+	s.mu.Unlock()
+}
+
 // Stats returns a snapshot of the sender's metrics.
 func (s *Sender) Stats() Stats {
 	now := s.l.now()
@@ -412,9 +428,8 @@ func (s *Sender) Stats() Stats {
 		BlockedAppends:  s.blocked,
 		BlockedTotal:    s.blockedN,
 	}
-	if st.LagEntries > 0 {
-		st.LagTime = time.Duration(now - s.recs[s.recHead].at)
-	}
+	st.LagTime = s.lagLocked(now)
+	st.LagP50, st.LagP99 = s.lags.quantiles()
 	st.EntriesPerSec, st.BytesPerSec = s.meter.rate(now)
 	s.l.fillStats(&st, now)
 	return st

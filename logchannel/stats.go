@@ -1,6 +1,9 @@
 package logchannel
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Stats is a snapshot of one end's metrics. Sender-only and receiver-only
 // fields are zero on the other end.
@@ -29,6 +32,10 @@ type Stats struct {
 	// Append on the sender, since receipt of its batch on the receiver).
 	LagEntries uint64
 	LagTime    time.Duration
+	// LagP50 and LagP99 are quantiles of LagTime over the last minute,
+	// sampled every lagSampleEvery: what a failover would have had to
+	// replay at a random moment, and at a bad one.
+	LagP50, LagP99 time.Duration
 
 	// BlockedAppends is how many Append calls are blocked on
 	// back-pressure right now; BlockedTotal how many ever blocked.
@@ -103,4 +110,41 @@ func (m *rateMeter) rate(now int64) (entries, bytes float64) {
 		}
 	}
 	return entries, bytes
+}
+
+// lagSampleEvery and lagSamples shape the lag window: a sample every 100
+// ms over the last minute.
+const (
+	lagSampleEvery = int64(100 * time.Millisecond)
+	lagSamples     = 600
+)
+
+// lagWindow keeps the last lagSamples lag readings in a ring, without
+// allocating. Its owner serializes access.
+type lagWindow struct {
+	ring   [lagSamples]time.Duration
+	n      int // readings so far, capped at lagSamples
+	next   int
+	lastAt int64
+}
+
+// sample records lag if lagSampleEvery passed since the last reading.
+func (w *lagWindow) sample(now int64, lag time.Duration) {
+	if w.n > 0 && now-w.lastAt < lagSampleEvery {
+		return
+	}
+	w.lastAt = now
+	w.ring[w.next] = lag
+	w.next = (w.next + 1) % lagSamples
+	w.n = min(w.n+1, lagSamples)
+}
+
+// quantiles returns the median and the 99th percentile of the window.
+func (w *lagWindow) quantiles() (p50, p99 time.Duration) {
+	if w.n == 0 {
+		return 0, 0
+	}
+	s := slices.Clone(w.ring[:w.n])
+	slices.Sort(s)
+	return s[w.n/2], s[min(w.n-1, w.n*99/100)]
 }

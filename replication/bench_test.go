@@ -217,7 +217,9 @@ type failoverTrial struct {
 	signalled time.Time
 	lagExits  uint64
 	lagTime   time.Duration
-	pause     time.Duration
+	// lagP50, lagP99: the backup's lag over the minute before the signal.
+	lagP50, lagP99 time.Duration
+	pause          time.Duration
 }
 
 // runFailoverTrial boots a fresh pair (backup here, primary in a child
@@ -251,6 +253,7 @@ func runFailoverTrial(b *testing.B, s *pairSetup, sig syscall.Signal) (*failover
 		if f := status.Load(); f != nil {
 			st := (*f)()
 			tr.lagExits, tr.lagTime = st.LogExit-min(st.LogExit, st.Exit), st.Log.LagTime
+			tr.lagP50, tr.lagP99 = st.Log.LagP50, st.Log.LagP99
 		}
 		tr.signalled = time.Now()
 		cmd.Process.Signal(sig)
@@ -302,19 +305,20 @@ func benchFailover(b *testing.B, sig syscall.Signal) {
 			b.Fatalf("trial %d: backup %v (went live: %v)", i, res.err, res.res != nil && res.res.WentLive)
 		}
 		tl := res.res.Failover
-		b.Logf("trial %d: lag at the signal %d exits (%v); client pause %v; detected %v after the signal; backup: %v",
-			i, tr.lagExits, tr.lagTime.Round(time.Millisecond), tr.pause.Round(time.Millisecond), tl.PrimaryLost.Sub(tr.signalled).Round(time.Millisecond), tl)
+		b.Logf("trial %d: lag at the signal %d exits (%v; the minute before: p50 %v p99 %v); client pause %v; detected %v after the signal; backup: %v",
+			i, tr.lagExits, tr.lagTime.Round(time.Millisecond), tr.lagP50.Round(time.Millisecond), tr.lagP99.Round(time.Millisecond), tr.pause.Round(time.Millisecond), tl.PrimaryLost.Sub(tr.signalled).Round(time.Millisecond), tl)
 		add("pause", tr.pause)
 		add("detect", tl.PrimaryLost.Sub(tr.signalled))
 		add("drain", tl.Drained)
 		add("claim", tl.Claimed-tl.Drained)
 		add("golive", tl.Live-tl.Claimed)
 		add("lag", tr.lagTime)
+		add("lag-minute-p99", tr.lagP99)
 	}
 	restart := restartPause(b, s)
 	b.Logf("restart without ftvm: first answer %v after the VM died", restart.Round(time.Millisecond))
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	for _, name := range []string{"pause", "detect", "drain", "claim", "golive", "lag"} {
+	for _, name := range []string{"pause", "detect", "drain", "claim", "golive", "lag", "lag-minute-p99"} {
 		p50, p99, mx := quantiles(steps[name])
 		b.ReportMetric(ms(p50), name+"-p50-ms")
 		b.ReportMetric(ms(p99), name+"-p99-ms")

@@ -87,8 +87,9 @@ type PrimaryStatus struct {
 }
 
 func (s PrimaryStatus) String() string {
-	msg := fmt.Sprintf("primary %s: log %d entries %.2f Mbit/s, unacked %d B, backup lag %d entries %v; outputs held %d (oldest %v), released %d frames %d writes; digests %d, output hashes %d, checkpoints %d",
+	msg := fmt.Sprintf("primary %s: log %d entries %.2f Mbit/s, unacked %d B, backup lag %d entries %v (minute p50 %v p99 %v); outputs held %d (oldest %v), released %d frames %d writes; digests %d, output hashes %d, checkpoints %d",
 		s.State, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.Log.UnackedBytes, s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
+		s.Log.LagP50.Round(time.Millisecond), s.Log.LagP99.Round(time.Millisecond),
 		s.Outputs.HeldOutputs, s.Outputs.OldestHeld.Round(time.Millisecond), s.Outputs.ReleasedFrames, s.Outputs.ReleasedWrites,
 		s.Recorder.Digests, s.Recorder.Outputs, s.Recorder.Checkpoints)
 	if s.BackupErr != nil {

@@ -22,14 +22,15 @@ func TestFromPrimaryReportsTheNumbersItWasGiven(t *testing.T) {
 	src := FromPrimary(func() replication.PrimaryStatus {
 		return replication.PrimaryStatus{
 			State: "replicating", Generation: 3,
-			Log:      logchannel.Stats{Entries: 1234, EntriesPerSec: 50, BytesPerSec: 4096, LagEntries: 7, LagTime: 250 * time.Millisecond},
+			Log: logchannel.Stats{Entries: 1234, EntriesPerSec: 50, BytesPerSec: 4096, LagEntries: 7, LagTime: 250 * time.Millisecond,
+				LagP50: 100 * time.Millisecond, LagP99: 750 * time.Millisecond},
 			Recorder: replay.RecorderStats{Digests: 42},
 			Outputs:  replication.GateStats{HeldOutputs: 5, HeldBytes: 900, OldestHeld: 3 * time.Millisecond},
 		}
 	})
 	got := src.Status()
 	want := Status{Role: "primary", PID: os.Getpid(), Phase: "protected", State: "replicating", Generation: 3,
-		LagSeconds: 0.25, LagEntries: 7, HeldOutputs: 5, HeldBytes: 900, OldestHeldSeconds: 0.003,
+		LagSeconds: 0.25, LagEntries: 7, LagP50Seconds: 0.1, LagP99Seconds: 0.75, HeldOutputs: 5, HeldBytes: 900, OldestHeldSeconds: 0.003,
 		LogEntries: 1234, LogEntriesPerSecond: 50, LogBytesPerSecond: 4096, Digests: 42}
 	if got != want {
 		t.Fatalf("status\n got %+v\nwant %+v", got, want)
@@ -114,7 +115,8 @@ func TestStatusJSONFields(t *testing.T) {
 }
 
 func TestMetricsNames(t *testing.T) {
-	src := &fakeSource{st: Status{Role: "primary", Phase: "protected", Generation: 4, HeldOutputs: 6, LogEntries: 321, Digests: 9, LagSeconds: 0.125}}
+	src := &fakeSource{st: Status{Role: "primary", Phase: "protected", Generation: 4, HeldOutputs: 6, LogEntries: 321, Digests: 9, LagSeconds: 0.125,
+		LagP50Seconds: 0.05, LagP99Seconds: 0.5}}
 	srv := httptest.NewServer(Handler(src))
 	defer srv.Close()
 	body := get(t, srv.URL+"/metrics")
@@ -125,6 +127,8 @@ func TestMetricsNames(t *testing.T) {
 		`ftvm_log_entries_total{role="primary"} 321`,
 		`ftvm_digests_total{role="primary"} 9`,
 		`ftvm_replay_lag_seconds{role="primary"} 0.125`,
+		`ftvm_replay_lag_quantile_seconds{quantile="0.5",role="primary"} 0.05`,
+		`ftvm_replay_lag_quantile_seconds{quantile="0.99",role="primary"} 0.5`,
 		`# TYPE ftvm_log_entries_total counter`,
 	} {
 		if !strings.Contains(body, line+"\n") {

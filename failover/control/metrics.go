@@ -16,6 +16,7 @@ var (
 	descGeneration  = desc("generation", "The arbiter record's generation this side last saw or won.")
 	descLagSeconds  = desc("replay_lag_seconds", "Age of the oldest log entry the backup has not replayed.")
 	descLagEntries  = desc("replay_lag_entries", "Log entries the backup has not replayed.")
+	descLagQuantile = desc("replay_lag_quantile_seconds", "The replay lag's median and 99th percentile over the last minute (sampled every 100 ms).", "quantile")
 	descHeld        = desc("held_outputs", "Outputs (frames, disk writes, console) the primary holds until the backup acknowledges their log.")
 	descHeldBytes   = desc("held_bytes", "Bytes of the held outputs.")
 	descLogEntries  = desc("log_entries_total", "Log entries sent (primary) or received (backup).")
@@ -26,7 +27,7 @@ var (
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPhase, descGeneration, descLagSeconds, descLagEntries, descHeld, descHeldBytes,
+	for _, d := range []*prometheus.Desc{descPhase, descGeneration, descLagSeconds, descLagEntries, descLagQuantile, descHeld, descHeldBytes,
 		descLogEntries, descLogBytes, descDigests, descFailoverMS, descFailoverGen} {
 		ch <- d
 	}
@@ -44,6 +45,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descGeneration, float64(s.Generation))
 	gauge(descLagSeconds, s.LagSeconds)
 	gauge(descLagEntries, float64(s.LagEntries))
+	gauge(descLagQuantile, s.LagP50Seconds, "0.5")
+	gauge(descLagQuantile, s.LagP99Seconds, "0.99")
 	gauge(descHeld, float64(s.HeldOutputs))
 	gauge(descHeldBytes, float64(s.HeldBytes))
 	counter(descLogEntries, float64(s.LogEntries))

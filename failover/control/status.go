@@ -32,6 +32,9 @@ type Status struct {
 	// yet, and how many entries that is.
 	LagSeconds float64 `json:"lag_seconds"`
 	LagEntries uint64  `json:"lag_entries"`
+	// The lag's median and 99th percentile over the last minute.
+	LagP50Seconds float64 `json:"lag_p50_seconds"`
+	LagP99Seconds float64 `json:"lag_p99_seconds"`
 	// Held outputs (primary): waiting for the backup's ack.
 	HeldOutputs       int     `json:"held_outputs"`
 	HeldBytes         int     `json:"held_bytes"`
@@ -81,6 +84,7 @@ func FromPrimary(status func() replication.PrimaryStatus) Source {
 			Role: "primary", PID: pid, Phase: primaryPhase(s.State), State: primaryState(s),
 			Generation: s.Generation,
 			LagSeconds: s.Log.LagTime.Seconds(), LagEntries: s.Log.LagEntries,
+			LagP50Seconds: s.Log.LagP50.Seconds(), LagP99Seconds: s.Log.LagP99.Seconds(),
 			HeldOutputs: s.Outputs.HeldOutputs, HeldBytes: s.Outputs.HeldBytes,
 			OldestHeldSeconds: s.Outputs.OldestHeld.Seconds(),
 			LogEntries:        s.Log.Entries, LogEntriesPerSecond: s.Log.EntriesPerSec, LogBytesPerSecond: s.Log.BytesPerSec,
@@ -99,6 +103,7 @@ func FromBackup(status func() replication.BackupStatus) Source {
 			Role: "backup", PID: pid, Phase: backupPhase(s.State), State: s.State,
 			Generation: s.Generation,
 			LagSeconds: s.Log.LagTime.Seconds(), LagEntries: s.Log.LagEntries,
+			LagP50Seconds: s.Log.LagP50.Seconds(), LagP99Seconds: s.Log.LagP99.Seconds(),
 			LogEntries: s.Log.Entries, LogEntriesPerSecond: s.Log.EntriesPerSec, LogBytesPerSecond: s.Log.BytesPerSec,
 			Digests: s.Replayer.Digests, Exit: s.Exit,
 		}

@@ -87,8 +87,8 @@ func (ps PairStatus) WriteText(w io.Writer) {
 		}
 		st := s.Status
 		fmt.Fprintf(w, "  %-7s  %s (pid %d): %s\n", s.Role, st.Phase, st.PID, st.State)
-		fmt.Fprintf(w, "           generation %d, lag %s (%d entries), held outputs %d (%d B), log %.0f entries/s %.2f Mbit/s, digests %d\n",
-			st.Generation, seconds(st.LagSeconds), st.LagEntries, st.HeldOutputs, st.HeldBytes,
+		fmt.Fprintf(w, "           generation %d, lag %s (%d entries; last minute p50 %s p99 %s), held outputs %d (%d B), log %.0f entries/s %.2f Mbit/s, digests %d\n",
+			st.Generation, seconds(st.LagSeconds), st.LagEntries, seconds(st.LagP50Seconds), seconds(st.LagP99Seconds), st.HeldOutputs, st.HeldBytes,
 			st.LogEntriesPerSecond, st.LogBytesPerSecond*8/1e6, st.Digests)
 	}
 	if f := ps.LastFailover(); f != nil {
