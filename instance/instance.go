@@ -146,8 +146,10 @@ type Instance struct {
 	store       *storage.Store
 	backupDisks []*backupDisk
 	livePort    network.Port
-	// id is the machine's snapshot identity, once asked for.
-	id *snapshot.Identity
+	// boot is what New booted; id the machine's snapshot identity, once
+	// asked for.
+	boot Boot
+	id   *snapshot.Identity
 }
 
 // openDisk is an open disk: a storage directory's file, or one served by a
@@ -187,6 +189,7 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 		return nil, err
 	}
 	vcfg.Kernel, vcfg.Initrd, vcfg.Cmdline = boot.Kernel, boot.Initrd, boot.Cmdline
+	inst.boot = boot
 
 	for i, name := range cfg.Disks {
 		if cfg.Backup {

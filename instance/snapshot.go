@@ -21,6 +21,12 @@ func Identity(cfg Config) (snapshot.Identity, error) {
 	if err != nil {
 		return snapshot.Identity{}, err
 	}
+	return identity(cfg, boot)
+}
+
+// identity is Identity with cfg's boot files already resolved.
+func identity(cfg Config, boot Boot) (snapshot.Identity, error) {
+	var err error
 	if boot.KernelSHA256 == "" {
 		if boot.KernelSHA256, err = fileSHA256(boot.Kernel); err != nil {
 			return snapshot.Identity{}, err
@@ -65,11 +71,14 @@ func fileSHA256(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// identity is the instance's Identity, worked out once (hashing the boot
-// files takes a moment, and a snapshot should not pause the guest for it).
-func (i *Instance) identity() (*snapshot.Identity, error) {
+// Identity is the instance's machine as a snapshot names it (the package
+// function Identity of its Config), worked out once: Snapshot needs it, and
+// it reads the boot files, so a caller about to snapshot a running guest
+// asks for it first and the snapshot lands close to when it was asked for.
+func (i *Instance) Identity() (*snapshot.Identity, error) {
 	if i.id == nil {
-		id, err := Identity(i.cfg)
+		// New resolved (and, for an image, verified) the boot files.
+		id, err := identity(i.cfg, i.boot)
 		if err != nil {
 			return nil, err
 		}
@@ -86,7 +95,7 @@ func (i *Instance) identity() (*snapshot.Identity, error) {
 // write (a machine restored on the same disks must not find writes it
 // never made). Call it from any goroutine but the vCPU's.
 func (i *Instance) Snapshot(ctx context.Context, w io.Writer, stop context.CancelFunc) (snapshot.Sum, error) {
-	id, err := i.identity()
+	id, err := i.Identity()
 	if err != nil {
 		return snapshot.Sum{}, fmt.Errorf("take snapshot: %w", err)
 	}
@@ -109,7 +118,7 @@ func (i *Instance) Snapshot(ctx context.Context, w io.Writer, stop context.Cance
 // know it at the port of the VM the snapshot was taken of. On an error the
 // instance must not run.
 func (i *Instance) Restore(r io.Reader) (snapshot.Sum, error) {
-	id, err := i.identity()
+	id, err := i.Identity()
 	if err != nil {
 		return snapshot.Sum{}, fmt.Errorf("restore snapshot: %w", err)
 	}
