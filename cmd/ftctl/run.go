@@ -33,6 +33,7 @@ func newRunCommand() *cobra.Command {
 		// output rule (debugging).
 		consoleLive bool
 		maxLag      time.Duration
+		snap        snapshotFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "run (--image DIR | --kernel FILE [--initrd FILE] [--cmdline ARGS]) [--role primary --peer ADDR | --role backup --listen ADDR]",
@@ -77,6 +78,15 @@ waits until the backup acknowledged everything and every output left, and
 hands the guest over; the backup claims the record and goes live where the
 log ends, losing nothing (the primary exits 0).
 
+Snapshots (a VM alone): --snapshot-at-ready FILE boots, waits for the
+guest's "ftvm-guest ready" console line, writes a snapshot of the whole machine
+to FILE at the next exit, stops the VM there and exits 0. --restore FILE starts
+the VM from such a snapshot instead of booting it: give the same machine
+options (image, memory, command line, NIC and MAC, disks); a snapshot of
+another machine is refused before anything is opened, naming the difference.
+The disks are not in the snapshot: restore on the disks the guest had (as
+they were when it stopped).
+
 The VM follows ftvm's determinism contract even without a backup: no in-kernel
 interrupt controller or clocks; a userspace 8259 PIC, 8254 PIT, ACPI PM timer
 (the guest's clocksource), CMOS RTC and 16550 UART; interrupts injected only at
@@ -99,6 +109,10 @@ was lost (the log ended without a clean close).`,
   ftctl run --image out/image --net auto --forward 127.0.0.1:7000=192.168.127.2:7000 \
       --ip 192.168.127.2/24 --disk data --append ftvm.workload=kv
   ftctl run --kernel vmlinux --initrd initrd.img --cmdline 'console=ttyS0 panic=-1'
+
+  # boot once, then start from the guest's ready line
+  ftctl run --image out/image --append ftvm.workload=kv --snapshot-at-ready kv.snap
+  ftctl run --image out/image --append ftvm.workload=kv --restore kv.snap
 
   # a fault-tolerant pair on one host (two terminals)
   ftctl run --image out/image --net /tmp/net.sock --ip 192.168.127.2/24 --disk data \
@@ -138,6 +152,9 @@ was lost (the log ended without a clean close).`,
 			if err := instance.Check(cfg); err != nil {
 				return err
 			}
+			if err := snap.check(cfg, role); err != nil {
+				return err
+			}
 			out, closeConsole, err := openConsole(cmd, console)
 			if err != nil {
 				return err
@@ -164,21 +181,7 @@ was lost (the log ended without a clean close).`,
 			if role == "primary" {
 				return runPrimary(cmd, cfg, peer, every, silence, maxLag, stats, consoleLive)
 			}
-			inst, err := instance.New(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			defer inst.Close()
-			reason, err := inst.Run(ctx)
-			if stats {
-				st := inst.VM.Stats()
-				fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits %v; %d interrupts injected, %d windows, %d kicks; halted %v; busiest ports %v\n",
-					st.Total(), st.ByKind(), st.Injected, st.Windows, st.Kicks, st.HaltedTime, st.TopPorts(6))
-			}
-			if err != nil {
-				return err
-			}
-			return stopError(reason, inst.VM)
+			return runPlain(cmd, cfg, snap, stats)
 		},
 	}
 	f := cmd.Flags()
@@ -198,6 +201,8 @@ was lost (the log ended without a clean close).`,
 	f.StringArrayVar(&cfg.Disks, "disk", nil, "attach this disk from the storage directory (repeatable; vda, vdb, ...)")
 	f.StringVar(&cfg.StorageDir, "storage", "", "storage directory (default $FTVM_STORAGE or ~/.local/share/ftvm/storage)")
 	f.BoolVar(&stats, "stats", false, "print exit statistics when the VM stops")
+	f.StringVar(&snap.restore, "restore", "", "start the VM from this snapshot instead of booting it (give the machine options it was taken with)")
+	f.StringVar(&snap.atReady, "snapshot-at-ready", "", "boot, write a snapshot to this file when the guest prints its ready line, and stop (the file must not exist)")
 	f.StringVar(&role, "role", "none", "replication role: none, primary (needs --peer) or backup (needs --listen)")
 	f.StringVar(&peer, "peer", "", "primary: the backup's log channel address, unix:/path/to.sock or host:port")
 	f.StringVar(&listen, "listen", "", "backup: where to accept the primary, unix:/path/to.sock or host:port")
@@ -208,6 +213,13 @@ was lost (the log ended without a clean close).`,
 	addControlFlag(f)
 	f.DurationVar(&maxLag, "max-lag", replication.DefaultMaxLag, "primary: slow the guest down when the backup falls this far behind (the age of the oldest log entry it has not replayed); a failover replays about this much (negative: no bound)")
 	return cmd
+}
+
+// printStats prints the stopped VM's exit statistics (--stats).
+func printStats(cmd *cobra.Command, inst *instance.Instance) {
+	st := inst.VM.Stats()
+	fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits %v; %d interrupts injected, %d windows, %d kicks; halted %v; busiest ports %v\n",
+		st.Total(), st.ByKind(), st.Injected, st.Windows, st.Kicks, st.HaltedTime, st.TopPorts(6))
 }
 
 // openConsole opens where --console sends the guest's serial output. A
