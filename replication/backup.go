@@ -330,6 +330,11 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		statusMu.Lock()
 		defer statusMu.Unlock()
 		le, e := rep.Progress()
+		if failover != nil {
+			// Live: the replayer stopped where the log ended; the guest
+			// goes on counting exits.
+			e = inst.VM.Exits()
+		}
 		return BackupStatus{State: state, Generation: gen, KeptWrites: keptN, KeptBytes: keptBytes,
 			Log: recv.Stats(), LogExit: le, Exit: e, Replayer: rep.Stats(), Failover: failover}
 	}

@@ -220,6 +220,9 @@ func killTrial(t *testing.T, kind trialStorage) time.Duration {
 	if !strings.HasPrefix(st.State, "live") || st.Failover == nil {
 		t.Fatalf("the backup is not live after the kill: %v", st)
 	}
+	if st.Exit <= st.LogExit {
+		t.Fatalf("the live backup's status counts no exits past the log's last (#%d): at exit #%d", st.LogExit, st.Exit)
+	}
 	bcancel()
 	b := <-backup
 	if b.err != nil || !b.res.WentLive || b.res.PrimaryErr == nil {

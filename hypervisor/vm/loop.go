@@ -156,6 +156,8 @@ type loop struct {
 	inRunSince   atomic.Int64 // guest ns when KVM_RUN was entered, 0 outside
 	nextDeadline atomic.Int64 // earliest timer deadline in guest ns, -1 none
 	kicks        atomic.Uint64
+	// exits mirrors syncExits for readers on other goroutines (status).
+	exits atomic.Uint64
 
 	// Determinism: the number of synchronous exits so far, and at most one
 	// of a recorder (primary) or replayer (backup). replayErr parks a
@@ -330,6 +332,7 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		counted := synchronousExit(exit.Kind)
 		if counted {
 			l.syncExits++
+			l.exits.Store(l.syncExits)
 		}
 
 		switch exit.Kind {

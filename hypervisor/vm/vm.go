@@ -254,6 +254,10 @@ func (v *VM) readConsoleInput(ctx context.Context) {
 // Stats reports what the exit loop did; call it after Run returned.
 func (v *VM) Stats() Stats { return v.loop.stats }
 
+// Exits is the number of synchronous exits so far (the exit number the
+// log counts by); safe to call from any goroutine while the VM runs.
+func (v *VM) Exits() uint64 { return v.loop.exits.Load() }
+
 // ConsoleOutput is the tail of what the guest printed.
 func (v *VM) ConsoleOutput() string { return v.console.String() }
 
