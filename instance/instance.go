@@ -85,6 +85,13 @@ type Config struct {
 	// makes while the VM replays (p is valid only during the call): the
 	// writes the primary may not have released, to re-issue on going live.
 	KeepBackupWrite func(index int, off int64, p []byte)
+	// KeepBackupFrame, on a backup, is handed every frame the guest sends
+	// while the VM replays (valid only during the call), to send again on
+	// going live.
+	KeepBackupFrame func(frame []byte)
+	// Waiting, if set, is told why GoLive waits (a disk still locked by
+	// the old primary), each time it asks again.
+	Waiting func(why string)
 	// GoLive, on a backup, is asked where the log ends whether the VM goes
 	// live (it arbitrates); on yes it calls Instance.GoLive and returns its
 	// inputs (see vm.GoLiveFunc). LogEnded is closed when the log will grow
@@ -221,8 +228,11 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 		// Frames come from the log and what the guest sends goes nowhere,
 		// until the VM goes live (GoLive attaches the port).
 		vcfg.Net = &vm.NetConfig{MAC: hw, Transmit: func(frame []byte) {
-			if inst.livePort != nil {
+			switch {
+			case inst.livePort != nil:
 				_ = inst.livePort.Send(frame)
+			case cfg.KeepBackupFrame != nil:
+				cfg.KeepBackupFrame(frame)
 			}
 		}}
 	} else if cfg.NetSocket != "" {
@@ -521,9 +531,10 @@ func (i *Instance) Run(ctx context.Context) (vm.StopReason, error) {
 // (from Config.GoLive): it opens the disks for I/O (taking their locks;
 // writing with generation gen on a storage server),
 // writes first what rewrite returns for each disk (the writes the primary
-// may not have released), attaches the NIC to the switch with the same MAC
-// and announces it there, and returns the frames for the guest.
-func (i *Instance) GoLive(ctx context.Context, gen uint64, rewrite func(index int, d virtio.BlockBackend) error) (vm.LiveInputs, error) {
+// may not have released), attaches the NIC to the switch with the same MAC,
+// announces it there, lets resend send frames again (those the primary may
+// not have released), and returns the frames for the guest.
+func (i *Instance) GoLive(ctx context.Context, gen uint64, rewrite func(index int, d virtio.BlockBackend) error, resend func(send func(frame []byte))) (vm.LiveInputs, error) {
 	for _, bd := range i.backupDisks {
 		name := i.cfg.Disks[bd.index]
 		d, err := i.openDisk(ctx, name, gen)
@@ -532,6 +543,9 @@ func (i *Instance) GoLive(ctx context.Context, gen uint64, rewrite func(index in
 		// a crash releases the lock with the process, a lost claim halts
 		// it). Writing before that could interleave with its last writes.
 		for wait := 10 * time.Millisecond; errors.Is(err, storage.ErrLocked); wait = min(2*wait, time.Second) {
+			if i.cfg.Waiting != nil {
+				i.cfg.Waiting(fmt.Sprintf("disk %s is still locked (%v): the old primary on this host holds it until it stops; a paused or hung one must be killed, or the disks served by a storage server that fences it", name, err))
+			}
 			select {
 			case <-ctx.Done():
 				return vm.LiveInputs{}, fmt.Errorf("go live: disk %s still in use: %w", name, err)
@@ -562,6 +576,9 @@ func (i *Instance) GoLive(ctx context.Context, gen uint64, rewrite func(index in
 	}
 	i.port, i.livePort = port, port
 	announce(port, hw)
+	if resend != nil {
+		resend(func(frame []byte) { _ = port.Send(frame) })
+	}
 	return vm.LiveInputs{Received: received}, nil
 }
 

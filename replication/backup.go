@@ -109,11 +109,12 @@ type FailoverTimeline struct {
 	Drained, Claimed, Live time.Duration
 	Generation             uint64
 	RewrittenWrites        int
+	ResentFrames           int
 }
 
 func (f FailoverTimeline) String() string {
-	return fmt.Sprintf("primary lost (%v); log drained +%v, record claimed (generation %d) +%v, live +%v; %d disk writes re-issued",
-		f.Why, f.Drained.Round(time.Millisecond), f.Generation, f.Claimed.Round(time.Millisecond), f.Live.Round(time.Millisecond), f.RewrittenWrites)
+	return fmt.Sprintf("primary lost (%v); log drained +%v, record claimed (generation %d) +%v, live +%v; %d disk writes re-issued, %d frames sent again",
+		f.Why, f.Drained.Round(time.Millisecond), f.Generation, f.Claimed.Round(time.Millisecond), f.Live.Round(time.Millisecond), f.RewrittenWrites, f.ResentFrames)
 }
 
 // RunBackup accepts the primary, checks its start header against the
@@ -271,6 +272,8 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	}
 	icfg := cfg.Instance
 	icfg.Replay, icfg.Record, icfg.Backup, icfg.WallTime = rep, nil, true, hdr.WallTime
+	icfg.KeepBackupFrame = func(frame []byte) { kept.keepFrame(lastSeq, frame) }
+	icfg.Waiting = func(why string) { setState(fmt.Sprintf("won generation %d; waiting to go live: %s", gen, why)) }
 	icfg.KeepBackupWrite = func(disk int, off int64, p []byte) {
 		kept.keep(lastSeq, disk, off, p)
 		statusMu.Lock()
@@ -306,7 +309,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 			n, err := kept.rewrite(disk, d)
 			timeline.RewrittenWrites += n
 			return err
-		})
+		}, func(send func([]byte)) { timeline.ResentFrames = kept.resend(send) })
 		if err != nil {
 			setState("halted: " + err.Error())
 			return vm.LiveInputs{}, err

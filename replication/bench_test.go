@@ -15,6 +15,7 @@ import (
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/replication"
 	"github.com/ftvm/ftvm/storage/arbiter"
+	"github.com/ftvm/ftvm/storage/server"
 	"github.com/ftvm/ftvm/testbench/guesttest"
 	"github.com/ftvm/ftvm/testbench/kvmhost"
 	"golang.org/x/sys/unix"
@@ -229,22 +230,36 @@ type failoverTrial struct {
 // going until 20 more answers came. It returns the pause the client saw
 // and leaves the backup live; stop it with the returned function.
 func runFailoverTrial(b *testing.B, s *pairSetup, sig syscall.Signal) (*failoverTrial, func() backupRun) {
-	arbDir := filepath.Join(b.TempDir(), "arbiter")
-	arb, err := arbiter.OpenDir(arbDir)
-	if err != nil {
-		b.Fatal(err)
-	}
 	bctx, bcancel := context.WithCancel(context.Background())
 	var status atomic.Pointer[func() replication.BackupStatus]
 	log := pairLog
+	var arb arbiter.Arbiter
+	var arbDir, srvSock string
 	if sig == syscall.SIGSTOP {
 		// Silence is found after the peer timeout: measure it with the
-		// one users get by default (ftctl's --peer-timeout).
+		// one users get by default (ftctl's --peer-timeout). A paused
+		// primary keeps its disks locked, so the backup can take them
+		// over only from a storage server that fences the old one.
 		log.Timeout = 3 * time.Second
+		srv := startStorageServer(b, s.storeDir)
+		client, err := server.Dial(context.Background(), "unix", srv.sock)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { client.Close() })
+		arb, srvSock = client, srv.sock
+		s.inst.StorageServer, s.inst.Pair = srv.sock, "kv"
+	} else {
+		arbDir = filepath.Join(b.TempDir(), "arbiter")
+		dir, err := arbiter.OpenDir(arbDir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		arb = dir
 	}
 	backup := s.startBackupWith(b, bctx, replication.BackupConfig{Log: log, Arbiter: arb, Pair: "kv",
 		Running: func(f func() replication.BackupStatus) { status.Store(&f) }})
-	cmd, _ := s.startPrimaryProcess(b, arbDir, "")
+	cmd, _ := s.startPrimaryProcess(b, arbDir, srvSock)
 	c := dialKVClient(b, s.fwd)
 	defer c.conn.Close()
 	tr := &failoverTrial{}
@@ -362,6 +377,23 @@ func restartPause(b *testing.B, s *pairSetup) time.Duration {
 	died := time.Now() // the previous trial's VMs are already stopped
 	cfg := s.inst
 	cfg.Console = guesttest.NewConsole()
+	if cfg.StorageServer != "" {
+		// The disks are fenced at the record's generation: a restarted
+		// VM takes the next one, as any new writer must.
+		client, err := server.Dial(context.Background(), "unix", cfg.StorageServer)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer client.Close()
+		rec, err := client.Read(context.Background(), cfg.Pair)
+		if err == nil {
+			rec, err = client.Claim(context.Background(), cfg.Pair, "restart", rec.Generation)
+		}
+		if err != nil {
+			b.Fatalf("claim the record for the restart: %v", err)
+		}
+		cfg.Generation = rec.Generation
+	}
 	inst, err := instance.New(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)

@@ -12,7 +12,11 @@ import (
 // after that point, which the primary may have held when it died (the
 // guest was told they were done). Rewriting a block the primary did write
 // writes the same bytes again, so too many is harmless; too few would
-// lose acknowledged data.
+// lose acknowledged data. It sends the frames of that stretch again too:
+// not for correctness (the guest's TCP would retransmit them) but for the
+// pause, since the guest's retransmission timer, stretched by the acks the
+// output rule delays, runs for up to seconds; a network may duplicate a
+// frame anyway.
 
 // releasedTag starts a released entry; a replay batch starts with its
 // version byte (1) and the start header with '{', so the three never
@@ -55,11 +59,32 @@ type keptWrite struct {
 	data []byte
 }
 
-// keptWrites are the disk writes a backup replayed that the primary may
-// not have released yet, oldest first. vCPU goroutine only.
+// keptWrites are the disk writes and frames a backup replayed that the
+// primary may not have released yet, oldest first. vCPU goroutine only.
 type keptWrites struct {
 	writes []keptWrite
 	bytes  int
+	frames []keptFrame
+}
+
+// keptFrame is a frame the guest sent during replay, tagged like a
+// keptWrite.
+type keptFrame struct {
+	seq  uint64
+	data []byte
+}
+
+// keepFrame keeps a copy of a frame the guest sent during replay.
+func (k *keptWrites) keepFrame(seq uint64, frame []byte) {
+	k.frames = append(k.frames, keptFrame{seq: seq, data: append([]byte(nil), frame...)})
+}
+
+// resend sends the kept frames, oldest first.
+func (k *keptWrites) resend(send func(frame []byte)) int {
+	for _, f := range k.frames {
+		send(f.data)
+	}
+	return len(k.frames)
 }
 
 func (k *keptWrites) keep(seq uint64, disk int, off int64, p []byte) {
@@ -75,6 +100,8 @@ func (k *keptWrites) released(seq uint64) {
 		k.bytes -= len(w.data)
 	}
 	k.writes = append(k.writes[:0], k.writes[n:]...)
+	n = sort.Search(len(k.frames), func(i int) bool { return k.frames[i].seq > seq })
+	k.frames = append(k.frames[:0], k.frames[n:]...)
 }
 
 // rewrite writes disk's kept writes to d, in order, and flushes.

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 )
 
@@ -45,6 +46,36 @@ func TestKeptWritesDropOnlyReleased(t *testing.T) {
 	k2.keep(1, 0, 0, p[:1])
 	if string(k2.writes[0].data) != "X" {
 		t.Fatal("keep did not copy")
+	}
+}
+
+// TestKeptFramesResentUnlessReleased: the frames of released entries are
+// dropped; the rest are sent again in the order the guest sent them.
+func TestKeptFramesResentUnlessReleased(t *testing.T) {
+	var k keptWrites
+	frame := []byte("frame-a")
+	k.keepFrame(2, frame)
+	frame[0] = 'X' // the kept copy must not alias the NIC's buffer
+	k.keepFrame(4, []byte("frame-b"))
+	k.keepFrame(6, []byte("frame-c"))
+	k.released(4)
+	var sent []string
+	if n := k.resend(func(f []byte) { sent = append(sent, string(f)) }); n != 1 || len(sent) != 1 || sent[0] != "frame-c" {
+		t.Fatalf("after released(4): resent %d %q, want frame-c", n, sent)
+	}
+	var k2 keptWrites
+	k2.keepFrame(1, []byte("one"))
+	k2.keepFrame(1, []byte("two"))
+	sent = nil
+	k2.resend(func(f []byte) { sent = append(sent, string(f)) })
+	if strings.Join(sent, ",") != "one,two" {
+		t.Fatalf("resent %q, want one,two in order", sent)
+	}
+	k3 := keptWrites{}
+	k3.keepFrame(1, frame)
+	frame[0] = 'Y'
+	if string(k3.frames[0].data) != "Xrame-a" {
+		t.Fatal("keepFrame did not copy")
 	}
 }
 

@@ -375,8 +375,8 @@ live within --timeout.`,
 				return err
 			}
 			if f := st.Failover; f != nil {
-				fmt.Fprintf(out, "ftctl: backup live, generation %d: primary found lost +%d ms after the signal (%s), then log drained +%.0f ms, record claimed +%.0f ms, live +%.0f ms; %d disk writes re-issued\n",
-					st.Generation, f.PrimaryLost.Sub(at).Milliseconds(), f.Why, f.DrainedMS, f.ClaimedMS, f.LiveMS, f.RewrittenWrites)
+				fmt.Fprintf(out, "ftctl: backup live, generation %d: primary found lost +%d ms after the signal (%s), then log drained +%.0f ms, record claimed +%.0f ms, live +%.0f ms; %d disk writes re-issued, %d frames sent again\n",
+					st.Generation, f.PrimaryLost.Sub(at).Milliseconds(), f.Why, f.DrainedMS, f.ClaimedMS, f.LiveMS, f.RewrittenWrites, f.ResentFrames)
 			} else {
 				fmt.Fprintf(out, "ftctl: backup live: %s\n", st.State)
 			}

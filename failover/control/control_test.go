@@ -46,9 +46,9 @@ func TestFromBackupCarriesTheFailoverTimeline(t *testing.T) {
 	}
 	bs.State = "live: won generation 2 after the primary was lost; unprotected"
 	bs.Failover = &replication.FailoverTimeline{PrimaryLost: lost, Why: errors.New("connection reset"),
-		Drained: 4 * time.Millisecond, Claimed: 51 * time.Millisecond, Live: 78 * time.Millisecond, Generation: 2, RewrittenWrites: 3}
+		Drained: 4 * time.Millisecond, Claimed: 51 * time.Millisecond, Live: 78 * time.Millisecond, Generation: 2, RewrittenWrites: 3, ResentFrames: 4}
 	st := src.Status()
-	want := Failover{PrimaryLost: lost, Why: "connection reset", DrainedMS: 4, ClaimedMS: 51, LiveMS: 78, Generation: 2, RewrittenWrites: 3}
+	want := Failover{PrimaryLost: lost, Why: "connection reset", DrainedMS: 4, ClaimedMS: 51, LiveMS: 78, Generation: 2, RewrittenWrites: 3, ResentFrames: 4}
 	if st.Phase != "live" || st.Failover == nil || *st.Failover != want {
 		t.Fatalf("live backup: phase %q failover %+v, want live %+v", st.Phase, st.Failover, want)
 	}
@@ -63,6 +63,7 @@ func TestPhases(t *testing.T) {
 		{"primary lost (EOF): claiming the arbiter's record", "primary", "failing-over"},
 		{"cannot reach the arbiter (timeout): not acting alone, asking again", "cannot", "failing-over"},
 		{"live: won generation 2", "live", "live"},
+		{"won generation 2; waiting to go live: disk data is still locked", "won", "failing-over"},
 		{"stopped: power off", "stopped", "stopped"},
 	} {
 		if got := primaryPhase(c.state); got != c.primary {

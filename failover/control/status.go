@@ -61,6 +61,7 @@ type Failover struct {
 	LiveMS          float64   `json:"live_ms"`
 	Generation      uint64    `json:"generation"`
 	RewrittenWrites int       `json:"rewritten_writes"`
+	ResentFrames    int       `json:"resent_frames"`
 }
 
 // Source reports a side's status now; it is called on every request,
@@ -110,7 +111,7 @@ func FromBackup(status func() replication.BackupStatus) Source {
 		if f := s.Failover; f != nil {
 			st.Failover = &Failover{
 				PrimaryLost: f.PrimaryLost, DrainedMS: ms(f.Drained), ClaimedMS: ms(f.Claimed), LiveMS: ms(f.Live),
-				Generation: f.Generation, RewrittenWrites: f.RewrittenWrites,
+				Generation: f.Generation, RewrittenWrites: f.RewrittenWrites, ResentFrames: f.ResentFrames,
 			}
 			if f.Why != nil {
 				st.Failover.Why = f.Why.Error()
@@ -148,7 +149,7 @@ func primaryPhase(state string) string {
 func backupPhase(state string) string {
 	has := func(p string) bool { return strings.HasPrefix(state, p) }
 	switch {
-	case has("primary lost"), has("cannot reach the arbiter"):
+	case has("primary lost"), has("cannot reach the arbiter"), has("won generation"):
 		return "failing-over"
 	case has("live"):
 		return "live"

@@ -102,8 +102,8 @@ func seconds(s float64) time.Duration {
 
 // FormatFailover is a failover's timeline in milliseconds.
 func FormatFailover(f control.Failover) string {
-	return fmt.Sprintf("primary lost at %s (%s); log drained +%.0f ms, record claimed (generation %d) +%.0f ms, live +%.0f ms; %d disk writes re-issued",
-		f.PrimaryLost.Format("15:04:05.000"), f.Why, f.DrainedMS, f.Generation, f.ClaimedMS, f.LiveMS, f.RewrittenWrites)
+	return fmt.Sprintf("primary lost at %s (%s); log drained +%.0f ms, record claimed (generation %d) +%.0f ms, live +%.0f ms; %d disk writes re-issued, %d frames sent again",
+		f.PrimaryLost.Format("15:04:05.000"), f.Why, f.DrainedMS, f.Generation, f.ClaimedMS, f.LiveMS, f.RewrittenWrites, f.ResentFrames)
 }
 
 // SignalPrimary sends sig to the pair's primary: SIGKILL is the demo of
