@@ -72,7 +72,7 @@ func TestRaftKVWorkload(t *testing.T) {
 		addrs = append(addrs, guesttest.FreeAddr(t))
 	}
 	cmdline := func(id int) string {
-		return fmt.Sprintf("ftvm.workload=raftkv ftvm.id=%d ftvm.peers=%s ftvm.snapshot-bytes=4000", id, strings.Join(addrs, ","))
+		return fmt.Sprintf("ftvm.workload=raftkv ftvm.id=%d ftvm.peers=%s ftvm.snapshot-bytes=4000 ftvm.election-ms=1500", id, strings.Join(addrs, ","))
 	}
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
 	replicas := make([]*inProcess, 3)

@@ -17,11 +17,15 @@ type Caller func(ctx context.Context, req []byte) ([]byte, error)
 // A Clerk has one op outstanding at a time (that is what makes its
 // sequence numbers a dedup key); use one Clerk per concurrent client.
 type Clerk struct {
-	servers     []Caller
-	id          uint64
-	seq         uint64
-	leader      int
-	callTimeout time.Duration
+	servers []Caller
+	id      uint64
+	seq     uint64
+	leader  int
+	// CallTimeout bounds one request to one server (default 2 s); a
+	// request that outlasts it is retried. Servers whose commits take
+	// longer (guests sharing an emulated CPU) need it longer, or every
+	// attempt times out.
+	CallTimeout time.Duration
 	// Attempts counts requests sent, Retries the ones after the first
 	// for an op (wrong leader, timeout, lost message).
 	Attempts, Retries int
@@ -30,7 +34,7 @@ type Clerk struct {
 // NewClerk returns a clerk with a random client id.
 func NewClerk(servers []Caller) *Clerk {
 	id := rand.Uint64() | 1 // never 0, which marks "no op" to a waiting server
-	return &Clerk{servers: servers, id: id, leader: rand.IntN(len(servers)), callTimeout: 2 * time.Second}
+	return &Clerk{servers: servers, id: id, leader: rand.IntN(len(servers)), CallTimeout: 2 * time.Second}
 }
 
 // NewTCPClerk returns a clerk of the servers at addrs.
@@ -90,7 +94,7 @@ func (ck *Clerk) do(ctx context.Context, op Op) (string, error) {
 }
 
 func (ck *Clerk) call(ctx context.Context, server int, req []byte) (reply, error) {
-	ctx, cancel := context.WithTimeout(ctx, ck.callTimeout)
+	ctx, cancel := context.WithTimeout(ctx, ck.CallTimeout)
 	defer cancel()
 	b, err := ck.servers[server](ctx, req)
 	if err != nil {
