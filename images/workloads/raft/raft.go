@@ -431,6 +431,9 @@ func (rf *Raft) canvass(args *RequestVoteArgs, valid func() bool, won func()) {
 		rf.wg.Go(func() {
 			reply := new(RequestVoteReply)
 			if err := rf.call(p, args, reply); err != nil {
+				// Rare on a healthy network, and the first thing to look
+				// at when no election succeeds.
+				rf.log.Debug("vote request failed", "to", p, "term", args.Term, "prevote", args.PreVote, "err", err)
 				return
 			}
 			rf.mu.Lock()
