@@ -1,6 +1,7 @@
 // Package guesttest holds helpers for tests that boot the guest image: a
-// console that waits for lines, the embedded switch on a temporary socket,
-// and a client of the kv workload through a port forward.
+// console that waits for lines, a plain VM run for a test (guest.go), the
+// embedded switch on a temporary socket, and a client of the kv workload
+// through a port forward.
 package guesttest
 
 import (
