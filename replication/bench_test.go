@@ -333,13 +333,20 @@ func benchFailover(b *testing.B, sig syscall.Signal) {
 	restart := restartPause(b, s)
 	b.Logf("restart without ftvm: first answer %v after the VM died", restart.Round(time.Millisecond))
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	// The same figures as a table in the log: the metrics line can come
+	// out torn by the log lines of VMs and switches shutting down.
+	var table strings.Builder
+	fmt.Fprintf(&table, "%-16s %10s %10s %10s\n", "step", "p50", "p99", "max")
 	for _, name := range []string{"pause", "detect", "drain", "claim", "golive", "lag", "lag-minute-p99"} {
 		p50, p99, mx := quantiles(steps[name])
 		b.ReportMetric(ms(p50), name+"-p50-ms")
 		b.ReportMetric(ms(p99), name+"-p99-ms")
 		b.ReportMetric(ms(mx), name+"-max-ms")
+		fmt.Fprintf(&table, "%-16s %10v %10v %10v\n", name, p50.Round(time.Millisecond), p99.Round(time.Millisecond), mx.Round(time.Millisecond))
 	}
 	p50, p99, _ := quantiles(steps["pause"])
+	fmt.Fprintf(&table, "%-16s %10v (restart/failover pause p50: %.1fx)", "restart", restart.Round(time.Millisecond), float64(restart)/float64(p50))
+	b.Logf("%v, %d trials:\n%s", sig, b.N, table.String())
 	b.ReportMetric(ms(restart), "restart-pause-ms")
 	b.ReportMetric(float64(restart)/float64(p50), "restart/failover-p50")
 	b.ReportMetric(float64(restart)/float64(p99), "restart/failover-p99")
