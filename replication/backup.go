@@ -28,6 +28,9 @@ type BackupConfig struct {
 	// header is checked against it. Replay, Backup and WallTime are set
 	// by the backup.
 	Instance instance.Config
+	// Restore, if set, is the full snapshot file the pair starts from
+	// (fast start); the primary's start header must name the same one.
+	Restore string
 	// Listen is the address to accept the primary on (unix:/path or
 	// host:port). Listener, if set, is used instead.
 	Listen   string
@@ -148,6 +151,13 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	if _, err := newHeader(cfg.Instance, time.Time{}); err != nil {
 		return nil, fmt.Errorf("the backup's machine: %w", err)
 	}
+	var start string // the snapshot's Sum, "" to boot
+	if cfg.Restore != "" {
+		var err error
+		if start, err = startSnapshot(cfg.Restore, cfg.Instance); err != nil {
+			return nil, fmt.Errorf("the backup's machine: %w", err)
+		}
+	}
 	ln := cfg.Listener
 	if ln == nil {
 		network, addr, err := splitAddr(cfg.Listen)
@@ -181,6 +191,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	own.Snapshot = start
 	if d := hdr.mismatch(own); d != "" {
 		return nil, fmt.Errorf("the primary runs another machine: %s", d)
 	}
@@ -328,6 +339,11 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		return nil, err
 	}
 	defer inst.Close()
+	if start != "" {
+		if err := restoreStart(inst, cfg.Restore, start); err != nil {
+			return nil, err
+		}
+	}
 
 	status := func() BackupStatus {
 		statusMu.Lock()

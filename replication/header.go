@@ -18,7 +18,7 @@ import (
 )
 
 // headerVersion is the start header's format.
-const headerVersion = 2
+const headerVersion = 3
 
 // startHeader is the log's first entry: what the primary booted, so the
 // backup starts from the same initial state or refuses with a reason.
@@ -35,6 +35,9 @@ type startHeader struct {
 	// CPUID is the table the guest's CPUID instruction answers from: what
 	// the host's KVM supports minus what the determinism contract hides.
 	CPUID []cpuidLeaf `json:"cpuid"`
+	// Snapshot is the Sum (hex) of the snapshot both sides start from
+	// instead of booting (fast start), "" for a boot from power-on.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // cpuidLeaf is one CPUID answer: function (EAX) and index (ECX) in, four
@@ -128,7 +131,7 @@ func decodeHeader(b []byte) (startHeader, error) {
 // the backup's own, and what to do about it, or "".
 func (h startHeader) mismatch(own startHeader) string {
 	if d := h.configMismatch(own); d != "" {
-		return d + "; start the backup with the same image, memory, command line, NIC and disks"
+		return d + "; start the backup with the same image, memory, command line, NIC, disks and snapshot (--restore)"
 	}
 	return cpuidMismatch(h.CPUID, own.CPUID)
 }
@@ -147,8 +150,17 @@ func (h startHeader) configMismatch(own startHeader) string {
 		return fmt.Sprintf("NIC differs: primary %v %s, backup %v %s", h.NIC, h.MAC, own.NIC, own.MAC)
 	case strings.Join(h.Disks, ",") != strings.Join(own.Disks, ","):
 		return fmt.Sprintf("disks differ: primary %v, backup %v", h.Disks, own.Disks)
+	case h.Snapshot != own.Snapshot:
+		return fmt.Sprintf("start differs: primary %s, backup %s", startText(h.Snapshot), startText(own.Snapshot))
 	}
 	return ""
+}
+
+func startText(sum string) string {
+	if sum == "" {
+		return "boots from power-on"
+	}
+	return fmt.Sprintf("starts from snapshot %.12s", sum)
 }
 
 // cpuidMismatch names the first CPUID leaf (by function, then index) the

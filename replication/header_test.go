@@ -35,6 +35,8 @@ func TestHeaderMismatchNamesTheFirstDifference(t *testing.T) {
 		{"mac", func(h *startHeader) { h.MAC = "52:54:00:00:00:01" }, []string{"NIC differs"}},
 		{"no nic", func(h *startHeader) { h.NIC, h.MAC = false, "" }, []string{"NIC differs"}},
 		{"disks", func(h *startHeader) { h.Disks = nil }, []string{"disks differ"}},
+		{"another snapshot", func(h *startHeader) { h.Snapshot = strings.Repeat("5a", 32) },
+			[]string{"start differs: primary starts from snapshot 5a5a5a5a5a5a, backup boots from power-on", "--restore"}},
 		{"cpuid register", func(h *startHeader) { h.CPUID[2].EBX &^= 1 << 5 },
 			[]string{"CPUID leaf 0x7 index 0 differs", "ebx=0x219c0189", "backup eax=0x0 ebx=0x219c01a9", "same CPU model"}},
 		{"cpuid leaf only on the primary", func(h *startHeader) {
@@ -86,10 +88,10 @@ func TestHeaderRoundTripKeepsCPUID(t *testing.T) {
 
 func TestDecodeHeaderRefuses(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
-		{`{"version":1}`, "start header version 1, this backup reads 2 (run the same ftvm version on both sides)"},
+		{`{"version":2}`, "start header version 2, this backup reads 3 (run the same ftvm version on both sides)"},
 		{`{`, "start header:"},
-		{`{"version":2,"cpuid":[{"fn":"x"}]}`, "start header:"},
-		{`{"version":2,"memory_mib":` + strings.Repeat("1", maxHeader) + `}`, "exceeds"},
+		{`{"version":3,"cpuid":[{"fn":"x"}]}`, "start header:"},
+		{`{"version":3,"memory_mib":` + strings.Repeat("1", maxHeader) + `}`, "exceeds"},
 	} {
 		_, err := decodeHeader([]byte(tc.in))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -101,8 +103,8 @@ func TestDecodeHeaderRefuses(t *testing.T) {
 func FuzzDecodeHeader(f *testing.F) {
 	b, _ := sampleHeader().encode()
 	f.Add(b)
-	f.Add([]byte(`{"version":2}`))
-	f.Add([]byte(`{"version":2,"cpuid":[{"fn":1},{"fn":1}]}`))
+	f.Add([]byte(`{"version":3}`))
+	f.Add([]byte(`{"version":3,"cpuid":[{"fn":1},{"fn":1}]}`))
 	f.Add([]byte(`{`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decodeHeader(b)

@@ -22,6 +22,10 @@ type PrimaryConfig struct {
 	// Instance is the VM; its Record, Backup, WrapTransmit, WrapDisk and
 	// WallTime are set by the primary.
 	Instance instance.Config
+	// Restore, if set, is a full snapshot file the pair starts from
+	// instead of booting (fast start): the primary records from its state,
+	// and the start header names it so the backup must start from it too.
+	Restore string
 	// Peer is the backup's log channel address (unix:/path or host:port).
 	// Conn, if set, is used instead (tests).
 	Peer string
@@ -188,6 +192,11 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Restore != "" {
+		if hdr.Snapshot, err = startSnapshot(cfg.Restore, cfg.Instance); err != nil {
+			return nil, err
+		}
+	}
 	network, addr, err := splitAddr(cfg.Peer)
 	if err != nil {
 		return nil, err
@@ -244,6 +253,11 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 	}
 	if p.inst, err = instance.New(ctx, icfg); err != nil {
 		return nil, err
+	}
+	if cfg.Restore != "" {
+		if err := restoreStart(p.inst, cfg.Restore, hdr.Snapshot); err != nil {
+			return nil, err
+		}
 	}
 	p.setState("replicating", nil)
 	if cfg.Connected != nil {
