@@ -58,8 +58,9 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 	defer side.close()
 	lcfg, arb, pair, ctl := side.log, side.arb, side.pair, side.ctl
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+	restore, _ := cmd.Flags().GetString("restore")
 	p, err := replication.NewPrimary(ctx, replication.PrimaryConfig{
-		Instance: cfg, Peer: peer, Log: lcfg,
+		Instance: cfg, Restore: restore, Peer: peer, Log: lcfg,
 		StatusEvery: every, Logger: log, ConsoleLive: consoleLive,
 		Arbiter: arb, Pair: pair, MaxLag: maxLag,
 	})
@@ -114,8 +115,9 @@ func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, si
 	defer side.close()
 	lcfg, arb, pair, ctl := side.log, side.arb, side.pair, side.ctl
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+	restore, _ := cmd.Flags().GetString("restore")
 	res, err := replication.RunBackup(ctx, replication.BackupConfig{
-		Instance: cfg, Listen: listen, Log: lcfg,
+		Instance: cfg, Restore: restore, Listen: listen, Log: lcfg,
 		StatusEvery: every, Logger: log, Arbiter: arb, Pair: pair,
 		Running: func(status func() replication.BackupStatus) { ctl.Set(control.FromBackup(status)) },
 		Listening: func(addr net.Addr) {

@@ -85,7 +85,10 @@ the VM from such a snapshot instead of booting it: give the same machine
 options (image, memory, command line, NIC and MAC, disks); a snapshot of
 another machine is refused before anything is opened, naming the difference.
 The disks are not in the snapshot: restore on the disks the guest had (as
-they were when it stopped).
+they were when it stopped). Fast start of a pair: give both sides the same
+--restore FILE; the primary records from the snapshot's state, the backup
+replays from it, and a backup started from another snapshot (or booting) is
+refused.
 
 The VM follows ftvm's determinism contract even without a backup: no in-kernel
 interrupt controller or clocks; a userspace 8259 PIC, 8254 PIT, ACPI PM timer
@@ -201,7 +204,7 @@ was lost (the log ended without a clean close).`,
 	f.StringArrayVar(&cfg.Disks, "disk", nil, "attach this disk from the storage directory (repeatable; vda, vdb, ...)")
 	f.StringVar(&cfg.StorageDir, "storage", "", "storage directory (default $FTVM_STORAGE or ~/.local/share/ftvm/storage)")
 	f.BoolVar(&stats, "stats", false, "print exit statistics when the VM stops")
-	f.StringVar(&snap.restore, "restore", "", "start the VM from this snapshot instead of booting it (give the machine options it was taken with)")
+	f.StringVar(&snap.restore, "restore", "", "start the VM (or both sides of a pair) from this snapshot instead of booting it (give the machine options it was taken with)")
 	f.StringVar(&snap.atReady, "snapshot-at-ready", "", "boot, write a snapshot to this file when the guest prints its ready line, and stop (the file must not exist)")
 	f.StringVar(&role, "role", "none", "replication role: none, primary (needs --peer) or backup (needs --listen)")
 	f.StringVar(&peer, "peer", "", "primary: the backup's log channel address, unix:/path/to.sock or host:port")

@@ -32,8 +32,8 @@ func (s snapshotFlags) check(cfg instance.Config, role string) error {
 	if s.restore == "" && s.atReady == "" {
 		return nil
 	}
-	if role != "" && role != "none" {
-		return errors.New("--restore and --snapshot-at-ready are for a VM alone (--role none) so far")
+	if s.atReady != "" && role != "" && role != "none" {
+		return errors.New("--snapshot-at-ready is for a VM alone (--role none): take the snapshot first, then start both sides of the pair with --restore")
 	}
 	if s.restore != "" && s.atReady != "" {
 		return errors.New("give --restore or --snapshot-at-ready, not both (a restored guest does not print its ready line again)")

@@ -103,7 +103,8 @@ func TestRunChecksSnapshotFlagsBeforeBooting(t *testing.T) {
 		"missing":         {[]string{"--restore", filepath.Join(dir, "nope")}, "nope"},
 		"exists":          {[]string{"--snapshot-at-ready", notSnap}, "the file exists"},
 		"both":            {[]string{"--snapshot-at-ready", filepath.Join(dir, "new"), "--restore", otherSnap}, "not both"},
-		"pair":            {[]string{"--restore", otherSnap, "--role", "primary", "--peer", "unix:/nonexistent"}, "--role none"},
+		"pair":            {[]string{"--snapshot-at-ready", filepath.Join(dir, "new"), "--role", "primary", "--peer", "unix:/nonexistent"}, "--role none"},
+		"backup":          {[]string{"--restore", otherSnap, "--role", "backup", "--listen", "unix:" + filepath.Join(dir, "l.sock")}, "kernel command line differs"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			args := append([]string{"run", "--image", img, "--console", "none"}, tc.args...)
