@@ -10,8 +10,9 @@ import (
 
 // Version is the first byte of every batch. Bump it when the encoding of an
 // existing type changes; a decoder refuses versions it does not know rather
-// than misreading a log.
-const Version = 1
+// than misreading a log. Version 2 added CheckpointChunk, which a version 1
+// decoder would refuse as an unknown type in the middle of a log.
+const Version = 2
 
 // Wire format of a batch (all integers unsigned LEB128 "uvarint", minimal
 // length; zigzag(x) = x<<1 ^ x>>63 for signed deltas):
@@ -37,6 +38,7 @@ const Version = 1
 //	CheckpointCPU      len:uvarint data
 //	CheckpointPage     page:uvarint len:uvarint data   (page = Value/PageSize)
 //	CheckpointZero     page:uvarint
+//	CheckpointChunk    len:uvarint chunk              (pagechunk.go)
 //
 // prevRIP is the RIP of the batch's previous ExitMark and prevTime the
 // Value of its previous ClockRead or TimerFired, both 0 at the batch start.
@@ -118,7 +120,7 @@ func (e *Encoder) Append(ev *Event) error {
 	case DiskDone:
 		b = append(b, ev.Device, ev.Kind)
 	case Kick:
-	case CheckpointCPU:
+	case CheckpointCPU, CheckpointChunk:
 		b = binary.AppendUvarint(b, uint64(len(ev.Data)))
 		b = append(b, ev.Data...)
 	case CheckpointPage:
@@ -279,7 +281,7 @@ func (d *Decoder) next(ev *Event, start int) error {
 			return err
 		}
 	case Kick:
-	case CheckpointCPU:
+	case CheckpointCPU, CheckpointChunk:
 		if ev.Data, err = d.payload(ev.Type); err != nil {
 			return err
 		}

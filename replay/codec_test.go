@@ -52,6 +52,8 @@ func edgeEvents() []Event {
 		NewCheckpointPage(8, 0, filled(PageSize, 0x22)),
 		NewCheckpointPage(8, math.MaxInt64/PageSize*PageSize, filled(PageSize, 0x33)),
 		NewCheckpointPage(8, PageSize, make([]byte, PageSize)), // a zero page
+		NewCheckpointChunk(8, []byte{1}),                       // opaque to the codec
+		NewCheckpointChunk(8, filled(MaxCheckpointChunk, 0x44)),
 		NewKick(1 << 40),
 		NewExitMark(math.MaxUint64, 1, 1),
 		NewKick(math.MaxUint64),
@@ -119,7 +121,7 @@ func TestEncodingPinned(t *testing.T) {
 		NewClockRead(9, 999_000),              // 02 | 00 | zigzag(-1500)=2999: b7 17
 		NewDiskDone(9, 1, 0),                  // 08 | 00 | 01 00
 	}
-	want := "01" +
+	want := "02" +
 		"01 05 02 df ff ff ef 0f" +
 		"02 00 80 89 7a" +
 		"03 00 00 e8 07" +
@@ -149,7 +151,9 @@ func TestEncoderRefuses(t *testing.T) {
 		want string
 	}{
 		{Event{Type: 0}, "unknown event type 0"},
-		{Event{Type: 15}, "unknown event type 15"},
+		{Event{Type: 16}, "unknown event type 16"},
+		{Event{Type: CheckpointChunk}, "empty payload"},
+		{NewCheckpointChunk(1, make([]byte, MaxCheckpointChunk+1)), "exceeds"},
 		{Event{Type: CheckpointPage, Value: 1, Data: filled(PageSize, 1)}, "not page aligned"},
 		{Event{Type: CheckpointPage, Data: filled(100, 1)}, "a page is 4096"},
 		{Event{Type: Kick, Exit: 1, RIP: 1}, "does not use"},
@@ -204,24 +208,24 @@ func TestDecoderErrors(t *testing.T) {
 		name, hex, want string
 	}{
 		{"empty", "", "offset 0: empty batch"},
-		{"version", "02", "offset 0: batch version 2"},
-		{"unknown type", "01 0900 0f00", "offset 3: unknown event type 15"},
-		{"type zero", "01 00", "offset 1: unknown event type 0"},
-		{"truncated exit", "01 09", "Kick entry truncated in its exit delta"},
-		{"truncated varint", "01 0980", "offset 3: Kick entry truncated"},
-		{"truncated mark", "01 0100", "ExitMark entry truncated in its exit kind"},
-		{"truncated digest", "01 0a00" + strings.Repeat("00", 40), "StateDigest entry truncated in its memory digest"},
-		{"truncated payload", "01 0500 0341", "ConsoleInput entry truncated in its payload"},
-		{"non-minimal", "01 09 8000", "offset 2: Kick exit delta is not minimally encoded"},
-		{"overflow varint", "01 09 ffffffffffffffffff02", "overflows 64 bits"},
-		{"exit wraps", "01 09 ffffffffffffffffff01 09 01", "offset 12: Kick at exit 0 after an event at exit 18446744073709551615"},
-		{"empty payload", "01 0500 00", "ConsoleInput payload length 0 outside 1..4096"},
-		{"frame too long", "01 0600 00 818004", "FrameReceived payload length 65537 outside 1..65536"},
-		{"disk read too long", "01 0700 00 00 818040", "DiskRead payload length 1048577"},
-		{"huge length", "01 0500 ffffffffffffffff7f", "payload length 9223372036854775807"},
-		{"negative time", "01 0200 03", "offset 1: ClockRead at exit 0: negative value -2"},
-		{"offset above int64", "01 0700 00 80808080808080808001 01 00", "negative value"},
-		{"output kind", "01 0b00 0000" + strings.Repeat("00", 32), "unknown output kind 0"},
+		{"version", "03", "offset 0: batch version 3"},
+		{"unknown type", "02 0900 1000", "offset 3: unknown event type 16"},
+		{"type zero", "02 00", "offset 1: unknown event type 0"},
+		{"truncated exit", "02 09", "Kick entry truncated in its exit delta"},
+		{"truncated varint", "02 0980", "offset 3: Kick entry truncated"},
+		{"truncated mark", "02 0100", "ExitMark entry truncated in its exit kind"},
+		{"truncated digest", "02 0a00" + strings.Repeat("00", 40), "StateDigest entry truncated in its memory digest"},
+		{"truncated payload", "02 0500 0341", "ConsoleInput entry truncated in its payload"},
+		{"non-minimal", "02 09 8000", "offset 2: Kick exit delta is not minimally encoded"},
+		{"overflow varint", "02 09 ffffffffffffffffff02", "overflows 64 bits"},
+		{"exit wraps", "02 09 ffffffffffffffffff01 09 01", "offset 12: Kick at exit 0 after an event at exit 18446744073709551615"},
+		{"empty payload", "02 0500 00", "ConsoleInput payload length 0 outside 1..4096"},
+		{"frame too long", "02 0600 00 818004", "FrameReceived payload length 65537 outside 1..65536"},
+		{"disk read too long", "02 0700 00 00 818040", "DiskRead payload length 1048577"},
+		{"huge length", "02 0500 ffffffffffffffff7f", "payload length 9223372036854775807"},
+		{"negative time", "02 0200 03", "offset 1: ClockRead at exit 0: negative value -2"},
+		{"offset above int64", "02 0700 00 80808080808080808001 01 00", "negative value"},
+		{"output kind", "02 0b00 0000" + strings.Repeat("00", 32), "unknown output kind 0"},
 	}
 	for _, c := range cases {
 		b, err := hex.DecodeString(strings.ReplaceAll(c.hex, " ", ""))

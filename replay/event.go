@@ -109,8 +109,14 @@ const (
 	CheckpointPage Type = 13
 	// CheckpointZero: the page at Value is all zeros (no payload).
 	CheckpointZero Type = 14
+	// CheckpointChunk carries up to MaxChunkPages of a checkpoint's pages
+	// (Data, a page chunk: see pagechunk.go): each zero, compressed
+	// content, or only a hash the backup checks its own page against.
+	// Since Version 2 the recorder ships a checkpoint's pages this way;
+	// the backup still loads CheckpointPage and CheckpointZero.
+	CheckpointChunk Type = 15
 
-	maxType = CheckpointZero
+	maxType = CheckpointChunk
 )
 
 // Output kinds (Event.Kind of an Output entry).
@@ -158,6 +164,7 @@ const (
 //	CheckpointCPU      x                                state
 //	CheckpointPage     x                         addr   page
 //	CheckpointZero     x                         addr
+//	CheckpointChunk    x                                chunk
 type Event struct {
 	Type Type
 	// Exit is the number of synchronous, guest-caused exits (PIO, MMIO,
@@ -212,6 +219,8 @@ func (e *Event) String() string {
 		return fmt.Sprintf("exit %d: checkpoint page %#x", e.Exit, e.Value)
 	case CheckpointZero:
 		return fmt.Sprintf("exit %d: checkpoint zero page %#x", e.Exit, e.Value)
+	case CheckpointChunk:
+		return fmt.Sprintf("exit %d: checkpoint page chunk, %d bytes", e.Exit, len(e.Data))
 	}
 	return fmt.Sprintf("exit %d: %v", e.Exit, e.Type)
 }
@@ -219,7 +228,7 @@ func (e *Event) String() string {
 func (t Type) String() string {
 	names := [...]string{"", "ExitMark", "ClockRead", "TimerFired", "InterruptInjected",
 		"ConsoleInput", "FrameReceived", "DiskRead", "DiskDone", "Kick", "StateDigest", "Output",
-		"CheckpointCPU", "CheckpointPage", "CheckpointZero"}
+		"CheckpointCPU", "CheckpointPage", "CheckpointZero", "CheckpointChunk"}
 	if t >= 1 && t <= maxType {
 		return names[t]
 	}
@@ -295,6 +304,11 @@ func NewCheckpointPage(exit uint64, addr int64, page []byte) Event {
 		}
 	}
 	return Event{Type: CheckpointZero, Exit: exit, Value: addr}
+}
+
+// NewCheckpointChunk returns a CheckpointChunk entry; chunk is not copied.
+func NewCheckpointChunk(exit uint64, chunk []byte) Event {
+	return Event{Type: CheckpointChunk, Exit: exit, Data: chunk}
 }
 
 // validate checks e against the field table of Event and the payload
@@ -386,6 +400,8 @@ func fieldsOf(t Type) int {
 		return fKnown | fValue | fData
 	case CheckpointZero:
 		return fKnown | fValue
+	case CheckpointChunk:
+		return fKnown | fData
 	}
 	return 0
 }
@@ -402,6 +418,8 @@ func maxData(t Type) int {
 		return MaxCPUState
 	case CheckpointPage:
 		return PageSize
+	case CheckpointChunk:
+		return MaxCheckpointChunk
 	}
 	return 0
 }

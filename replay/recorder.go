@@ -1,6 +1,7 @@
 package replay
 
 import (
+	"bytes"
 	"fmt"
 	"sync"
 	"time"
@@ -32,6 +33,18 @@ type RecorderOptions struct {
 	// (console bytes) waits before the log through its exit is handed on
 	// and OutputsLogged called. Default 5 ms.
 	LazyOutputDelay time.Duration
+	// SyncExitsAfterKick: for this many exits after a kick (and after the
+	// start), BeforeRun reads the dirty log before every KVM_RUN, which
+	// makes that point one where the recorder knows the backup's memory
+	// equals the primary's. A checkpoint taken by a kick before the next
+	// exit then carries the content of only the pages written since, and
+	// names the rest by hash. Kicks come in bursts (boot, CPU-bound
+	// phases, where exits are rare and a read per exit is cheap); an
+	// I/O-bound guest exits often and is seldom kicked, and pays nothing
+	// once the window has passed. Default 4096; negative never reads at
+	// BeforeRun (a checkpoint then carries every page's content, except
+	// at a second kick after the same exit).
+	SyncExitsAfterKick int64
 }
 
 // RecorderStats counts what a Recorder logged.
@@ -39,7 +52,17 @@ type RecorderStats struct {
 	Batches, Bytes uint64
 	Digests        uint64
 	Checkpoints    uint64 // resyncs after kicks
-	CheckpointSize uint64 // bytes of CPU state and pages in them
+	CheckpointSize uint64 // bytes of the checkpoints' entries in the log
+	// CheckpointRawSize is what the same checkpoints cost as log Version 1
+	// shipped them (every page's content, uncompressed; zero pages named):
+	// the before of CheckpointSize.
+	CheckpointRawSize uint64
+	// Checkpoint pages by how they travelled: content (compressed), hash
+	// only (the backup holds them; it checks), or zero.
+	CheckpointPagesSent, CheckpointPagesHashed, CheckpointPagesZero uint64
+	// SyncReads counts the dirty-log reads BeforeRun made to mark sync
+	// points (see RecorderOptions.SyncExitsAfterKick).
+	SyncReads      uint64
 	LastDigestExit uint64
 	Outputs        uint64 // frames and disk writes logged as hashes
 }
@@ -70,6 +93,17 @@ type Recorder struct {
 	lastDigest uint64
 	digestAt   time.Time
 	stats      RecorderStats
+
+	// The last sync point: an exit at whose BeforeRun, or a kick after
+	// which, the primary's memory was what the backup will hold when it
+	// gets there (it replays the same exits, and loads every checkpoint).
+	// state.sinceSync holds the pages written since.
+	syncExit  uint64
+	synced    bool
+	lastKick  uint64
+	chunks    chunkWriter
+	zeroPage  []byte
+	chunkSize uint64 // log bytes of the current checkpoint's chunks
 }
 
 var _ vm.Recorder = (*Recorder)(nil)
@@ -92,7 +126,10 @@ func NewRecorder(emit func(batch []byte) error, opts RecorderOptions) *Recorder 
 	if opts.LazyOutputDelay == 0 {
 		opts.LazyOutputDelay = 5 * time.Millisecond
 	}
-	r := &Recorder{opts: opts, emit: emit, digestAt: time.Now()}
+	if opts.SyncExitsAfterKick == 0 {
+		opts.SyncExitsAfterKick = 4096
+	}
+	r := &Recorder{opts: opts, emit: emit, digestAt: time.Now(), zeroPage: make([]byte, PageSize)}
 	r.begin()
 	return r
 }
@@ -279,6 +316,16 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 		// I/O, which moves RIP past the instruction the mark names.
 		r.mark()
 	}
+	if r.syncDue(n) {
+		// Before the digest, so its rehash takes this read's pages too.
+		if err := r.state.collect(g); err != nil {
+			r.err = fmt.Errorf("mark a sync point at exit #%d: %w", n, err)
+			return r.err
+		}
+		clear(r.state.sinceSync)
+		r.syncExit, r.synced = n, true
+		r.stats.SyncReads++
+	}
 	if due {
 		regs, mem, err := r.state.digest(g)
 		if err != nil {
@@ -300,6 +347,17 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 	return r.err
 }
 
+// syncDue says whether BeforeRun(n) reads the dirty log to make exit n a
+// sync point: within SyncExitsAfterKick exits of the last kick (or the
+// start), once per exit.
+func (r *Recorder) syncDue(n uint64) bool {
+	w := r.opts.SyncExitsAfterKick
+	if w < 0 || (r.synced && r.syncExit == n) {
+		return false
+	}
+	return n-r.lastKick <= uint64(w)
+}
+
 func (r *Recorder) digestDue(n uint64) bool {
 	if n == 0 || n == r.lastDigest {
 		return false
@@ -313,7 +371,12 @@ func (r *Recorder) digestDue(n uint64) bool {
 
 // Kicked implements vm.Recorder: the watchdog stopped the guest at a point
 // the backup cannot find, so the log carries a checkpoint from here: the
-// Kick, the vCPU state, and every page written since the last checkpoint.
+// Kick, the vCPU state, and every page written since the last checkpoint,
+// in page chunks. A page written since the last sync point travels with its
+// content (compressed); one written only before it is named by its hash,
+// since the backup, replaying to the same exit, computed the same bytes
+// (and checks that it did); a zero page is named as such. Without a sync
+// point at this exit every non-zero page travels with its content.
 func (r *Recorder) Kicked(n uint64, g vm.GuestState) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -336,22 +399,67 @@ func (r *Recorder) Kicked(n uint64, g vm.GuestState) error {
 		return r.err
 	}
 	r.append(NewCheckpointCPU(n, cpu))
-	size := uint64(len(cpu))
+	synced := r.synced && r.syncExit == n
+	r.chunkSize = 0
+	raw := uint64(len(cpu))
 	mem := g.Memory()
+	r.chunks.reset()
 	for w, word := range r.state.ckptDirty {
 		for ; word != 0; word &= word - 1 {
 			p := w*64 + trailingZeros(word)
 			addr := int64(p) * PageSize
-			ev := NewCheckpointPage(n, addr, mem[addr:addr+PageSize])
-			size += uint64(len(ev.Data)) + 4
-			r.append(ev)
+			page := mem[addr : addr+PageSize]
+			rec, content := ChunkPage{Page: uint64(p)}, []byte(nil)
+			switch {
+			case bytes.Equal(page, r.zeroPage):
+				rec.Kind = PageZero
+				r.stats.CheckpointPagesZero++
+				raw += 4
+			case !synced || r.state.sinceSync[w]&(1<<(p%64)) != 0:
+				rec.Kind, content = PageContent, page
+				r.stats.CheckpointPagesSent++
+				raw += PageSize + 4
+			default:
+				rec.Kind, rec.Hash = PageHashed, HashPage(page)
+				r.stats.CheckpointPagesHashed++
+				raw += PageSize + 4
+			}
+			if err := r.chunks.add(rec, content); err != nil {
+				r.err = fmt.Errorf("checkpoint at exit #%d: %w", n, err)
+				return r.err
+			}
+			if r.chunks.len() == MaxChunkPages {
+				r.appendChunk(n)
+			}
 		}
 		r.state.ckptDirty[w] = 0
 	}
+	if r.chunks.len() > 0 {
+		r.appendChunk(n)
+	}
+	// The backup holds this state once it has loaded the checkpoint.
+	clear(r.state.sinceSync)
+	r.syncExit, r.synced, r.lastKick = n, true, n
 	r.stats.Checkpoints++
-	r.stats.CheckpointSize += size
+	r.stats.CheckpointSize += uint64(len(cpu)) + 4 + r.chunkSize
+	r.stats.CheckpointRawSize += raw
 	r.flushLocked() // the backup is stopped until it has all of it
 	return r.err
+}
+
+// appendChunk encodes the chunk built so far into the log and starts the
+// next one.
+func (r *Recorder) appendChunk(n uint64) {
+	b, err := r.chunks.encode()
+	if err != nil {
+		if r.err == nil {
+			r.err = fmt.Errorf("checkpoint at exit #%d: %w", n, err)
+		}
+		return
+	}
+	r.chunkSize += uint64(len(b)) + 5 // type, exit delta, length
+	r.append(NewCheckpointChunk(n, b))
+	r.chunks.reset()
 }
 
 // Flush hands on the batch built so far, if any.

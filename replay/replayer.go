@@ -34,6 +34,7 @@ type Replayer struct {
 	// and the last exit the backup checked.
 	logExit, replayedExit atomic.Uint64
 	state                 stateTracker
+	chunk                 chunkReader
 	statsMu               sync.Mutex
 	stats                 ReplayerStats
 	// idle: every event decoded so far was consumed (read from any
@@ -400,13 +401,21 @@ func (r *Replayer) loadCheckpoint(n uint64, g vm.GuestState) error {
 		return err
 	}
 	mem := g.Memory()
-	pages := 0
+	var pages, verified uint64
 	for {
 		ev := r.peek()
-		if ev == nil || ev.Exit != n || (ev.Type != CheckpointPage && ev.Type != CheckpointZero) {
+		if ev == nil || ev.Exit != n || (ev.Type != CheckpointPage && ev.Type != CheckpointZero && ev.Type != CheckpointChunk) {
 			break
 		}
 		r.consume()
+		if ev.Type == CheckpointChunk {
+			loaded, checked, err := r.loadChunk(n, ev.Data, mem)
+			pages, verified = pages+loaded, verified+checked
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		// Compared without computing the page's end: the decoder accepts
 		// addresses up to MaxInt64-PageSize+1, where Value+PageSize
 		// overflows.
@@ -427,17 +436,59 @@ func (r *Replayer) loadCheckpoint(n uint64, g vm.GuestState) error {
 	}
 	r.statsMu.Lock()
 	r.stats.Checkpoints++
-	r.stats.CheckpointPages += uint64(pages)
+	r.stats.CheckpointPages += pages
+	r.stats.CheckpointPagesVerified += verified
 	r.statsMu.Unlock()
 	return nil
 }
 
+// loadChunk applies a CheckpointChunk to memory: zero and content pages are
+// written, and every hashed page is checked against the backup's own. The
+// backup has no way to ask the primary for a page (the log flows one way),
+// so a hashed page that differs is a divergence: the backup stops rather
+// than run on from memory the primary does not have. It reports the pages
+// it wrote and the pages it checked.
+func (r *Replayer) loadChunk(n uint64, chunk, mem []byte) (loaded, verified uint64, err error) {
+	if err := r.chunk.decode(chunk); err != nil {
+		return 0, 0, fmt.Errorf("CheckpointChunk at exit #%d: %w", n, err)
+	}
+	memPages := uint64(len(mem) / PageSize)
+	content := 0
+	for _, p := range r.chunk.Pages() {
+		if p.Page >= memPages {
+			return loaded, verified, fmt.Errorf("CheckpointChunk at exit #%d: %v page %#x outside the %d-byte guest memory", n, p.Kind, p.Page*PageSize, len(mem))
+		}
+		addr := int64(p.Page) * PageSize
+		page := mem[addr : addr+PageSize]
+		switch p.Kind {
+		case PageZero:
+			clear(page)
+		case PageContent:
+			copy(page, r.chunk.Content(content))
+			content++
+		case PageHashed:
+			if h := HashPage(page); h != p.Hash {
+				return loaded, verified, fmt.Errorf("%w: checkpoint at exit #%d: page %#x hashes to %x on the backup, %x on the primary, which sent only the hash (it had the page as written before the exit)",
+					ErrStateDiffers, n, addr, h[:8], p.Hash[:8])
+			}
+			verified++
+			continue
+		}
+		r.state.markWritten(addr)
+		loaded++
+	}
+	return loaded, verified, nil
+}
+
 // ReplayerStats counts what a Replayer checked and loaded.
 type ReplayerStats struct {
-	Digests         uint64
-	LastDigestExit  uint64
-	Checkpoints     uint64
-	CheckpointPages uint64
+	Digests        uint64
+	LastDigestExit uint64
+	Checkpoints    uint64
+	// CheckpointPages counts the pages checkpoints wrote (content or
+	// zero); CheckpointPagesVerified those the backup already held and
+	// checked against the primary's hash.
+	CheckpointPages, CheckpointPagesVerified uint64
 	// Outputs is how many of the backup's frames and disk writes matched
 	// the primary's hash.
 	Outputs uint64

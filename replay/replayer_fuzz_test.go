@@ -199,6 +199,18 @@ func FuzzReplayer(f *testing.F) {
 		f.Add(uint8(4), checkpointLog(f, NewCheckpointPage(3, addr, page)), []byte{})
 		f.Add(uint8(4), head, encodeAll(f, []Event{NewCheckpointPage(3, addr, make([]byte, PageSize)), NewExitMark(4, 2, 0x2000)}))
 	}
+	// Page chunks: content, a zero page and a hashed page the backup holds
+	// (its memory starts zeroed) load; a hashed page it does not hold
+	// stops it.
+	zeroHash := HashPage(make([]byte, PageSize))
+	f.Add(uint8(4), checkpointLog(f, NewCheckpointChunk(3, encodeChunk(f, []chunkInput{
+		{ChunkPage{Page: 0, Kind: PageHashed, Hash: zeroHash}, nil},
+		{ChunkPage{Page: 1, Kind: PageContent}, page},
+		{ChunkPage{Page: 3, Kind: PageZero}, nil},
+	}))), []byte{})
+	f.Add(uint8(4), head, encodeAll(f, []Event{NewCheckpointChunk(3, encodeChunk(f, []chunkInput{
+		{ChunkPage{Page: 2, Kind: PageHashed, Hash: HashPage(page)}, nil},
+	})), NewExitMark(4, 2, 0x2000)}))
 	f.Fuzz(replayChecked)
 }
 
@@ -260,11 +272,37 @@ func replayChecked(t *testing.T, memPages uint8, first, second []byte) {
 		evs = append(evs, e...)
 	}
 	want := make([]byte, len(g.mem))
-	var kicks, pages uint64
+	var kicks, pages, verified uint64
 	for _, ev := range evs {
 		switch ev.Type {
 		case Kick:
 			kicks++
+		case CheckpointChunk:
+			var cr chunkReader
+			if err := cr.decode(ev.Data); err != nil {
+				t.Fatalf("replay accepted a page chunk that does not decode: %v", err)
+			}
+			content := 0
+			for _, p := range cr.Pages() {
+				if p.Page >= uint64(len(want)/PageSize) {
+					t.Fatalf("replay accepted a %v chunk page %#x in a %d-byte memory", p.Kind, p.Page*PageSize, len(want))
+				}
+				page := want[p.Page*PageSize : (p.Page+1)*PageSize]
+				switch p.Kind {
+				case PageZero:
+					clear(page)
+					pages++
+				case PageContent:
+					copy(page, cr.Content(content))
+					content++
+					pages++
+				case PageHashed:
+					if HashPage(page) != p.Hash {
+						t.Fatalf("replay accepted hashed page %#x, which the backup does not hold", p.Page*PageSize)
+					}
+					verified++
+				}
+			}
 		case CheckpointPage, CheckpointZero:
 			if ev.Value > int64(len(want))-PageSize {
 				t.Fatalf("replay accepted %s in a %d-byte memory", ev.String(), len(want))
@@ -280,7 +318,8 @@ func replayChecked(t *testing.T, memPages uint8, first, second []byte) {
 	if !bytes.Equal(g.mem, want) {
 		t.Fatal("memory after the replay is not what the log's checkpoints hold")
 	}
-	if st := r.Stats(); st.Checkpoints != kicks || st.CheckpointPages != pages {
-		t.Fatalf("loaded %d checkpoints of %d pages; the log has %d kicks and %d pages", st.Checkpoints, st.CheckpointPages, kicks, pages)
+	if st := r.Stats(); st.Checkpoints != kicks || st.CheckpointPages != pages || st.CheckpointPagesVerified != verified {
+		t.Fatalf("loaded %d checkpoints of %d pages (%d verified); the log has %d kicks and %d pages (%d hashed)",
+			st.Checkpoints, st.CheckpointPages, st.CheckpointPagesVerified, kicks, pages, verified)
 	}
 }

@@ -10,13 +10,19 @@ import (
 // stateTracker follows guest memory on one side of a pair for digests and
 // checkpoints. KVM's dirty log is read-and-clear, so it is read in one place
 // and its bits fanned out: to the pages the next digest must rehash, and
-// (on the primary) to the pages the next checkpoint must carry.
+// (on the primary) to the pages the next checkpoint must carry and to those
+// written since the sides last held the same memory.
 type stateTracker struct {
 	hasher      *MemoryHasher
 	fetched     []uint64 // the latest dirty bitmap, reused
 	digestDirty []uint64 // pages written since the last digest
 	ckptDirty   []uint64 // pages written since the last checkpoint (primary)
-	cpu         vm.CPUState
+	// sinceSync: pages written since the last sync point (primary), where
+	// the backup, replaying, holds the same memory: the recorder clears it
+	// there (see Recorder.syncPoint). Only these pages of a checkpoint
+	// must travel with their content.
+	sinceSync []uint64
+	cpu       vm.CPUState
 }
 
 // init hashes all of memory once (the first digest or checkpoint).
@@ -29,6 +35,7 @@ func (t *stateTracker) init(g vm.GuestState) {
 	words := (t.hasher.Pages() + 63) / 64
 	t.digestDirty = make([]uint64, words)
 	t.ckptDirty = make([]uint64, words)
+	t.sinceSync = make([]uint64, words)
 }
 
 // collect reads the pages written since the last call into both sets.
@@ -49,6 +56,7 @@ func (t *stateTracker) collect(g vm.GuestState) error {
 		}
 		t.digestDirty[i] |= w
 		t.ckptDirty[i] |= w
+		t.sinceSync[i] |= w
 	}
 	return nil
 }
