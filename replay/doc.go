@@ -53,7 +53,7 @@
 //     take the interrupt at this exit: no interrupt-window exits (see
 //     hypervisor/vm's noWindows for why).
 //  8. If the watchdog kicks the vCPU: Kick(n), CheckpointCPU and the
-//     CheckpointPage/Zero entries, then phases 3-7 again, all at exit n.
+//     CheckpointChunk entries, then phases 3-7 again, all at exit n.
 //
 // The backup finishes exit n (phases 3-7) by applying every entry at
 // exit n in order; it knows there is no more for n once it sees an entry
@@ -87,6 +87,14 @@
 // previous checkpoint: KVM's dirty log plus the pages virtio devices wrote)
 // and goes on from there. Device models need no transfer: they change only
 // at exits, identically on both sides.
+//
+// The pages travel in page chunks (pagechunk.go): zero, compressed content,
+// or only a hash for a page written before the last sync point, which the
+// backup computed itself by replaying. A sync point is a BeforeRun at which
+// the recorder read the dirty log (within RecorderOptions.SyncExitsAfterKick
+// exits of a kick) or the checkpoint just shipped: there the backup, once
+// it gets there, holds the primary's memory. The backup checks every hashed
+// page and stops with ErrStateDiffers if its own differs.
 //
 // # Encoding
 //

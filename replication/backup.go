@@ -79,10 +79,10 @@ type BackupStatus struct {
 }
 
 func (s BackupStatus) String() string {
-	return fmt.Sprintf("backup %s (generation %d, %d replayed writes kept): at exit #%d, received %d entries %.2f Mbit/s, lag %d exits %d entries %v (minute p50 %v p99 %v); digests matched %d (last at exit #%d), outputs matched %d, checkpoints loaded %d (%d pages)",
+	return fmt.Sprintf("backup %s (generation %d, %d replayed writes kept): at exit #%d, received %d entries %.2f Mbit/s, lag %d exits %d entries %v (minute p50 %v p99 %v); digests matched %d (last at exit #%d), outputs matched %d, checkpoints loaded %d (%d pages, %d more verified by hash)",
 		s.State, s.Generation, s.KeptWrites, s.Exit, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.LogExit-min(s.LogExit, s.Exit), s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
 		s.Log.LagP50.Round(time.Millisecond), s.Log.LagP99.Round(time.Millisecond),
-		s.Replayer.Digests, s.Replayer.LastDigestExit, s.Replayer.Outputs, s.Replayer.Checkpoints, s.Replayer.CheckpointPages)
+		s.Replayer.Digests, s.Replayer.LastDigestExit, s.Replayer.Outputs, s.Replayer.Checkpoints, s.Replayer.CheckpointPages, s.Replayer.CheckpointPagesVerified)
 }
 
 // BackupResult is how a backup's run ended. A divergence is an error (a

@@ -17,8 +17,11 @@ import (
 	"github.com/ftvm/ftvm/instance"
 )
 
-// headerVersion is the start header's format.
-const headerVersion = 3
+// headerVersion is the start header's format, and of the log that follows
+// it: 4 since the log's checkpoints travel in page chunks (replay.Version 2),
+// so a backup of another version refuses the primary at the start, naming
+// both versions, instead of failing at the first checkpoint.
+const headerVersion = 4
 
 // startHeader is the log's first entry: what the primary booted, so the
 // backup starts from the same initial state or refuses with a reason.

@@ -88,10 +88,10 @@ func TestHeaderRoundTripKeepsCPUID(t *testing.T) {
 
 func TestDecodeHeaderRefuses(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
-		{`{"version":2}`, "start header version 2, this backup reads 3 (run the same ftvm version on both sides)"},
+		{`{"version":3}`, "start header version 3, this backup reads 4 (run the same ftvm version on both sides)"},
 		{`{`, "start header:"},
-		{`{"version":3,"cpuid":[{"fn":"x"}]}`, "start header:"},
-		{`{"version":3,"memory_mib":` + strings.Repeat("1", maxHeader) + `}`, "exceeds"},
+		{`{"version":4,"cpuid":[{"fn":"x"}]}`, "start header:"},
+		{`{"version":4,"memory_mib":` + strings.Repeat("1", maxHeader) + `}`, "exceeds"},
 	} {
 		_, err := decodeHeader([]byte(tc.in))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -103,8 +103,8 @@ func TestDecodeHeaderRefuses(t *testing.T) {
 func FuzzDecodeHeader(f *testing.F) {
 	b, _ := sampleHeader().encode()
 	f.Add(b)
-	f.Add([]byte(`{"version":3}`))
-	f.Add([]byte(`{"version":3,"cpuid":[{"fn":1},{"fn":1}]}`))
+	f.Add([]byte(`{"version":4}`))
+	f.Add([]byte(`{"version":4,"cpuid":[{"fn":1},{"fn":1}]}`))
 	f.Add([]byte(`{`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decodeHeader(b)
