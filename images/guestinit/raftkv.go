@@ -70,5 +70,28 @@ func raftkvWorkload(ctx context.Context, cfg Config, out io.Writer) error {
 		// at least the server's default second.
 		node.HeartbeatInterval, node.RPCTimeout, node.OpTimeout = e/6, e/2, max(e, time.Second)
 	}
+	node.Started = func(s *raftkv.Server) { go printRaftStatus(ctx, out, rc.ID, s.Raft()) }
 	return raftkv.ServeNode(ctx, node, ln)
+}
+
+// raftStatusEvery is how often a replica prints its Raft state.
+const raftStatusEvery = 5 * time.Second
+
+// printRaftStatus prints the replica's term and role every
+// raftStatusEvery until ctx ends, so a host can tell from the console
+// alone whether any election happened (a term only changes through one):
+//
+//	ftvm-guest raftkv status id=<N> term=<T> leader=<true|false>
+func printRaftStatus(ctx context.Context, out io.Writer, id int, rf *raft.Raft) {
+	t := time.NewTicker(raftStatusEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		term, leader := rf.State()
+		fmt.Fprintf(out, "ftvm-guest raftkv status id=%d term=%d leader=%t\n", id, term, leader)
+	}
 }

@@ -32,6 +32,10 @@ type NodeConfig struct {
 	RPCTimeout time.Duration
 	OpTimeout  time.Duration
 	Logger     *slog.Logger
+	// Started, if set, is called once the replica's server runs, so the
+	// caller can report its Raft state (a guest prints its term for a
+	// host to read).
+	Started func(*Server)
 }
 
 // RunNode runs a replica until ctx ends: Raft peer, state machine and the
@@ -72,6 +76,9 @@ func ServeNode(ctx context.Context, cfg NodeConfig, ln net.Listener) error {
 		return fmt.Errorf("run kv node %d: %w", cfg.ID, err)
 	}
 	defer s.Kill()
+	if cfg.Started != nil {
+		cfg.Started(s)
+	}
 	if err := raft.ServeTCP(ctx, ln, s); err != nil {
 		return fmt.Errorf("run kv node %d: %w", cfg.ID, err)
 	}
