@@ -234,3 +234,27 @@ func TestCheckpointSpansChunks(t *testing.T) {
 		t.Fatalf("%d chunks, %d pages verified; want 3 chunks and %d verified", chunks, rs.CheckpointPagesVerified, MaxChunkPages+3)
 	}
 }
+
+// A primary started from a snapshot begins at the snapshot's exit number:
+// its first BeforeRun opens the window of sync points as a kick does, so
+// its first checkpoint names the pages the backup computed by hash.
+func TestFastStartOpensTheSyncWindow(t *testing.T) {
+	// No digests: the test writes the backup's memory before it replays.
+	d := newDedupPair(t, RecorderOptions{DigestEvery: -1})
+	const start = 1 << 20
+	d.exit(t, start)
+	d.write(0, "replayed on both", true)
+	d.exit(t, start+1)
+	d.write(1, "kicked stretch", false)
+	d.kick(t, start+1)
+	if st := d.rec.Stats(); st.CheckpointPagesSent != 1 || st.CheckpointPagesHashed != 1 {
+		t.Fatalf("recorder stats %+v: want 1 page sent, 1 hashed", st)
+	}
+	rs, err := d.replay(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(d.b.mem, d.p.mem) || rs.CheckpointPagesVerified != 1 {
+		t.Fatalf("replayer stats %+v, memories equal %v", rs, bytes.Equal(d.b.mem, d.p.mem))
+	}
+}

@@ -101,6 +101,7 @@ type Recorder struct {
 	syncExit  uint64
 	synced    bool
 	lastKick  uint64
+	started   bool // BeforeRun was called
 	chunks    chunkWriter
 	zeroPage  []byte
 	chunkSize uint64 // log bytes of the current checkpoint's chunks
@@ -348,9 +349,13 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 }
 
 // syncDue says whether BeforeRun(n) reads the dirty log to make exit n a
-// sync point: within SyncExitsAfterKick exits of the last kick (or the
+// sync point: within SyncExitsAfterKick exits of the last kick (or of the
+// first BeforeRun: exit 0 after a boot, the snapshot's exit after a fast
 // start), once per exit.
 func (r *Recorder) syncDue(n uint64) bool {
+	if !r.started {
+		r.started, r.lastKick = true, n
+	}
 	w := r.opts.SyncExitsAfterKick
 	if w < 0 || (r.synced && r.syncExit == n) {
 		return false
