@@ -61,10 +61,12 @@ type RecorderStats struct {
 	// only (the backup holds them; it checks), or zero.
 	CheckpointPagesSent, CheckpointPagesHashed, CheckpointPagesZero uint64
 	// SyncReads counts the dirty-log reads BeforeRun made to mark sync
-	// points (see RecorderOptions.SyncExitsAfterKick).
-	SyncReads      uint64
-	LastDigestExit uint64
-	Outputs        uint64 // frames and disk writes logged as hashes
+	// points (see RecorderOptions.SyncExitsAfterKick);
+	// CheckpointsWithoutSync the checkpoints taken with no sync point at
+	// their exit, which carried every non-zero page's content.
+	SyncReads, CheckpointsWithoutSync uint64
+	LastDigestExit                    uint64
+	Outputs                           uint64 // frames and disk writes logged as hashes
 }
 
 // Recorder implements vm.Recorder: it turns a primary's inputs into log
@@ -405,6 +407,9 @@ func (r *Recorder) Kicked(n uint64, g vm.GuestState) error {
 	}
 	r.append(NewCheckpointCPU(n, cpu))
 	synced := r.synced && r.syncExit == n
+	if !synced {
+		r.stats.CheckpointsWithoutSync++
+	}
 	r.chunkSize = 0
 	raw := uint64(len(cpu))
 	mem := g.Memory()

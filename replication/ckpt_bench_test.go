@@ -68,6 +68,7 @@ func BenchmarkCheckpointBytes(b *testing.B) {
 	}
 	b.ReportMetric(float64(rs.CheckpointPagesVerified), "backup-pages-verified")
 	b.ReportMetric(float64(st.SyncReads), "sync-reads")
+	b.ReportMetric(float64(st.CheckpointsWithoutSync), "ckpts-without-sync")
 	b.ReportMetric(float64(cl.ops)/20, "req/s")
 	b.ReportMetric(w.ckptMbps, "window-ckpt-Mbit/s")
 	if rs.CheckpointPagesVerified != st.CheckpointPagesHashed || rs.Checkpoints != st.Checkpoints {
