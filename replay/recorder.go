@@ -65,8 +65,11 @@ type RecorderStats struct {
 	// CheckpointsWithoutSync the checkpoints taken with no sync point at
 	// their exit, which carried every non-zero page's content.
 	SyncReads, CheckpointsWithoutSync uint64
-	LastDigestExit                    uint64
-	Outputs                           uint64 // frames and disk writes logged as hashes
+	// SyncReadTime is the time those reads took on the vCPU goroutine
+	// (the guest waits for them).
+	SyncReadTime   time.Duration
+	LastDigestExit uint64
+	Outputs        uint64 // frames and disk writes logged as hashes
 }
 
 // Recorder implements vm.Recorder: it turns a primary's inputs into log
@@ -321,6 +324,7 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 	}
 	if r.syncDue(n) {
 		// Before the digest, so its rehash takes this read's pages too.
+		start := time.Now()
 		if err := r.state.collect(g); err != nil {
 			r.err = fmt.Errorf("mark a sync point at exit #%d: %w", n, err)
 			return r.err
@@ -328,6 +332,7 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 		clear(r.state.sinceSync)
 		r.syncExit, r.synced = n, true
 		r.stats.SyncReads++
+		r.stats.SyncReadTime += time.Since(start)
 	}
 	if due {
 		regs, mem, err := r.state.digest(g)

@@ -68,6 +68,10 @@ func BenchmarkCheckpointBytes(b *testing.B) {
 	}
 	b.ReportMetric(float64(rs.CheckpointPagesVerified), "backup-pages-verified")
 	b.ReportMetric(float64(st.SyncReads), "sync-reads")
+	b.ReportMetric(float64(st.SyncReadTime.Microseconds())/1e3, "sync-read-ms")
+	if st.SyncReads > 0 {
+		b.ReportMetric(float64(st.SyncReadTime.Microseconds())/float64(st.SyncReads), "us/sync-read")
+	}
 	b.ReportMetric(float64(st.CheckpointsWithoutSync), "ckpts-without-sync")
 	b.ReportMetric(float64(cl.ops)/20, "req/s")
 	b.ReportMetric(w.ckptMbps, "window-ckpt-Mbit/s")
