@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ftvm/ftvm/hypervisor/kvm"
 	"github.com/ftvm/ftvm/hypervisor/vm"
@@ -18,9 +19,14 @@ type dedupPair struct {
 	batches [][]byte
 }
 
+// Unless opts says otherwise, every BeforeRun reads the dirty log (a sync
+// point at every exit).
 func newDedupPair(t *testing.T, opts RecorderOptions) *dedupPair {
 	d := &dedupPair{p: newMemGuest(8), b: newMemGuest(8)}
 	opts.MarkEvery, opts.DigestInterval = 1, -1
+	if opts.SyncInterval == 0 {
+		opts.SyncInterval = time.Nanosecond
+	}
 	d.rec = NewRecorder(func(b []byte) error {
 		d.batches = append(d.batches, bytes.Clone(b))
 		return nil
@@ -132,36 +138,35 @@ func TestCheckpointHashedPageTheBackupLacksStops(t *testing.T) {
 	}
 }
 
-// Without a sync point at the kicked exit (reads at BeforeRun off, or the
-// kick came long after the previous one) every page travels with its
-// content, as before page chunks.
-func TestCheckpointWithoutSyncPointSendsEveryPage(t *testing.T) {
+// A checkpoint carries the content of every page written since the last
+// sync point: with reads at BeforeRun off, every page; with the last read
+// some exits before the kick, the pages written since that read, though
+// the backup computed them too.
+func TestCheckpointSendsPagesWrittenSinceTheSyncPoint(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		opts  RecorderOptions
-		exits uint64
+		name         string
+		interval     time.Duration
+		sent, hashed uint64
 	}{
-		{"reads off", RecorderOptions{SyncExitsAfterKick: -1}, 2},
-		{"past the window", RecorderOptions{SyncExitsAfterKick: 3}, 6},
+		{"reads off", -1, 3, 0},
+		{"read at exit 1 only", time.Hour, 2, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d := newDedupPair(t, tc.opts)
-			for n := uint64(1); n < tc.exits; n++ {
-				d.exit(t, n)
-			}
-			d.write(0, "before the last exit", true)
-			d.write(1, "before the last exit too", true)
-			d.exit(t, tc.exits)
+			d := newDedupPair(t, RecorderOptions{SyncInterval: tc.interval})
+			d.write(0, "before exit 1", true)
+			d.exit(t, 1) // the first BeforeRun reads, unless reads are off
+			d.write(1, "before exit 2", true)
+			d.exit(t, 2)
 			d.write(2, "kicked stretch", false)
-			d.kick(t, tc.exits)
-			if st := d.rec.Stats(); st.CheckpointPagesSent != 3 || st.CheckpointPagesHashed != 0 {
-				t.Fatalf("recorder stats %+v: want 3 pages sent, none hashed", st)
+			d.kick(t, 2)
+			if st := d.rec.Stats(); st.CheckpointPagesSent != tc.sent || st.CheckpointPagesHashed != tc.hashed {
+				t.Fatalf("recorder stats %+v: want %d pages sent, %d hashed", st, tc.sent, tc.hashed)
 			}
 			rs, err := d.replay(t)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.Equal(d.b.mem, d.p.mem) || rs.CheckpointPages != 3 || rs.CheckpointPagesVerified != 0 {
+			if !bytes.Equal(d.b.mem, d.p.mem) || rs.CheckpointPages != tc.sent || rs.CheckpointPagesVerified != tc.hashed {
 				t.Fatalf("replayer stats %+v, memories equal %v", rs, bytes.Equal(d.b.mem, d.p.mem))
 			}
 		})
@@ -172,7 +177,7 @@ func TestCheckpointWithoutSyncPointSendsEveryPage(t *testing.T) {
 // its sync point, even with reads at BeforeRun off: it carries only the
 // page written since, and the backup ends with the primary's memory.
 func TestSecondKickAtOneExit(t *testing.T) {
-	d := newDedupPair(t, RecorderOptions{SyncExitsAfterKick: -1})
+	d := newDedupPair(t, RecorderOptions{SyncInterval: -1})
 	d.exit(t, 1)
 	d.write(0, "first stretch", false)
 	d.kick(t, 1)
@@ -200,7 +205,7 @@ func TestCheckpointSpansChunks(t *testing.T) {
 	d.rec = NewRecorder(func(b []byte) error {
 		d.batches = append(d.batches, bytes.Clone(b))
 		return nil
-	}, RecorderOptions{MarkEvery: 1, DigestInterval: -1})
+	}, RecorderOptions{MarkEvery: 1, DigestInterval: -1, SyncInterval: time.Nanosecond})
 	d.exit(t, 1)
 	for p := range 2*MaxChunkPages + 5 {
 		d.write(p, strings.Repeat("x", p+1), p%2 == 0)
@@ -232,29 +237,5 @@ func TestCheckpointSpansChunks(t *testing.T) {
 	}
 	if chunks != 3 || rs.CheckpointPagesVerified != MaxChunkPages+3 {
 		t.Fatalf("%d chunks, %d pages verified; want 3 chunks and %d verified", chunks, rs.CheckpointPagesVerified, MaxChunkPages+3)
-	}
-}
-
-// A primary started from a snapshot begins at the snapshot's exit number:
-// its first BeforeRun opens the window of sync points as a kick does, so
-// its first checkpoint names the pages the backup computed by hash.
-func TestFastStartOpensTheSyncWindow(t *testing.T) {
-	// No digests: the test writes the backup's memory before it replays.
-	d := newDedupPair(t, RecorderOptions{DigestEvery: -1})
-	const start = 1 << 20
-	d.exit(t, start)
-	d.write(0, "replayed on both", true)
-	d.exit(t, start+1)
-	d.write(1, "kicked stretch", false)
-	d.kick(t, start+1)
-	if st := d.rec.Stats(); st.CheckpointPagesSent != 1 || st.CheckpointPagesHashed != 1 {
-		t.Fatalf("recorder stats %+v: want 1 page sent, 1 hashed", st)
-	}
-	rs, err := d.replay(t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(d.b.mem, d.p.mem) || rs.CheckpointPagesVerified != 1 {
-		t.Fatalf("replayer stats %+v, memories equal %v", rs, bytes.Equal(d.b.mem, d.p.mem))
 	}
 }

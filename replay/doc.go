@@ -89,12 +89,12 @@
 // at exits, identically on both sides.
 //
 // The pages travel in page chunks (pagechunk.go): zero, compressed content,
-// or only a hash for a page written before the last sync point, which the
+// or only a hash for a page not written since the last sync point, which the
 // backup computed itself by replaying. A sync point is a BeforeRun at which
-// the recorder read the dirty log (within RecorderOptions.SyncExitsAfterKick
-// exits of a kick) or the checkpoint just shipped: there the backup, once
-// it gets there, holds the primary's memory. The backup checks every hashed
-// page and stops with ErrStateDiffers if its own differs.
+// the recorder read the dirty log (RecorderOptions.SyncInterval apart) or
+// the previous checkpoint: there the backup, once it gets there, holds the
+// primary's memory. The backup checks every hashed page and stops with
+// ErrStateDiffers if its own differs.
 //
 // # Encoding
 //

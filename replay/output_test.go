@@ -151,8 +151,8 @@ func TestLazyOutputsAreHandedOnWithinTheirDelay(t *testing.T) {
 			var rec *Recorder
 			rec = NewRecorder(func([]byte) error { batches++; return nil }, RecorderOptions{
 				DigestInterval: -1, LazyOutputDelay: tc.delay,
-				SyncExitsAfterKick: -1, // no GuestState here to read the dirty log of
-				OutputsLogged:      func() { calls = append(calls, cur) },
+				SyncInterval:  -1, // no GuestState here to read the dirty log of
+				OutputsLogged: func() { calls = append(calls, cur) },
 			})
 			rip := func() uint64 { return 0x1000 }
 			cur = 7

@@ -33,18 +33,18 @@ type RecorderOptions struct {
 	// (console bytes) waits before the log through its exit is handed on
 	// and OutputsLogged called. Default 5 ms.
 	LazyOutputDelay time.Duration
-	// SyncExitsAfterKick: for this many exits after a kick (and after the
-	// start), BeforeRun reads the dirty log before every KVM_RUN, which
-	// makes that point one where the recorder knows the backup's memory
-	// equals the primary's. A checkpoint taken by a kick before the next
-	// exit then carries the content of only the pages written since, and
-	// names the rest by hash. Kicks come in bursts (boot, CPU-bound
-	// phases, where exits are rare and a read per exit is cheap); an
-	// I/O-bound guest exits often and is seldom kicked, and pays nothing
-	// once the window has passed. Default 4096; negative never reads at
-	// BeforeRun (a checkpoint then carries every page's content, except
-	// at a second kick after the same exit).
-	SyncExitsAfterKick int64
+	// SyncInterval: BeforeRun reads the dirty log once this much wall
+	// time has passed since the last sync point (such a read, or a
+	// checkpoint), which makes that exit a new one: a point where the
+	// recorder knows the backup's memory will equal the primary's when it
+	// gets there. A checkpoint carries the content of only the pages
+	// written since the last sync point and names the rest by hash, so
+	// the more often, the fewer pages travel; but a read costs an ioctl
+	// over the whole memory's bitmap and a write-protect fault for every
+	// page written after it (in the nested host 0.5 ms a read), so it is
+	// bounded by time, not done at every exit. Default 20 ms; negative
+	// never (a checkpoint then carries every page's content).
+	SyncInterval time.Duration
 }
 
 // RecorderStats counts what a Recorder logged.
@@ -61,9 +61,9 @@ type RecorderStats struct {
 	// only (the backup holds them; it checks), or zero.
 	CheckpointPagesSent, CheckpointPagesHashed, CheckpointPagesZero uint64
 	// SyncReads counts the dirty-log reads BeforeRun made to mark sync
-	// points (see RecorderOptions.SyncExitsAfterKick);
-	// CheckpointsWithoutSync the checkpoints taken with no sync point at
-	// their exit, which carried every non-zero page's content.
+	// points (see RecorderOptions.SyncInterval); CheckpointsWithoutSync
+	// the checkpoints with no such read since the previous checkpoint,
+	// which carried every non-zero page's content.
 	SyncReads, CheckpointsWithoutSync uint64
 	// SyncReadTime is the time those reads took on the vCPU goroutine
 	// (the guest waits for them).
@@ -99,17 +99,17 @@ type Recorder struct {
 	digestAt   time.Time
 	stats      RecorderStats
 
-	// The last sync point: an exit at whose BeforeRun, or a kick after
-	// which, the primary's memory was what the backup will hold when it
-	// gets there (it replays the same exits, and loads every checkpoint).
-	// state.sinceSync holds the pages written since.
-	syncExit  uint64
-	synced    bool
-	lastKick  uint64
-	started   bool // BeforeRun was called
-	chunks    chunkWriter
-	zeroPage  []byte
-	chunkSize uint64 // log bytes of the current checkpoint's chunks
+	// syncAt is when the last sync point was: a BeforeRun that read the
+	// dirty log, or a checkpoint (the backup holds its state once it has
+	// loaded it). The backup replays the same exits, so when it gets to
+	// the kicked exit it holds every page the primary did not write since
+	// then, which state.sinceSync lists. readSinceCkpt: a BeforeRun read
+	// since the last checkpoint.
+	syncAt        time.Time
+	readSinceCkpt bool
+	chunks        chunkWriter
+	zeroPage      []byte
+	chunkSize     uint64 // log bytes of the current checkpoint's chunks
 }
 
 var _ vm.Recorder = (*Recorder)(nil)
@@ -132,8 +132,8 @@ func NewRecorder(emit func(batch []byte) error, opts RecorderOptions) *Recorder 
 	if opts.LazyOutputDelay == 0 {
 		opts.LazyOutputDelay = 5 * time.Millisecond
 	}
-	if opts.SyncExitsAfterKick == 0 {
-		opts.SyncExitsAfterKick = 4096
+	if opts.SyncInterval == 0 {
+		opts.SyncInterval = 20 * time.Millisecond
 	}
 	r := &Recorder{opts: opts, emit: emit, digestAt: time.Now(), zeroPage: make([]byte, PageSize)}
 	r.begin()
@@ -322,7 +322,7 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 		// I/O, which moves RIP past the instruction the mark names.
 		r.mark()
 	}
-	if r.syncDue(n) {
+	if iv := r.opts.SyncInterval; iv > 0 && time.Since(r.syncAt) >= iv {
 		// Before the digest, so its rehash takes this read's pages too.
 		start := time.Now()
 		if err := r.state.collect(g); err != nil {
@@ -330,7 +330,7 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 			return r.err
 		}
 		clear(r.state.sinceSync)
-		r.syncExit, r.synced = n, true
+		r.syncAt, r.readSinceCkpt = start, true
 		r.stats.SyncReads++
 		r.stats.SyncReadTime += time.Since(start)
 	}
@@ -355,21 +355,6 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 	return r.err
 }
 
-// syncDue says whether BeforeRun(n) reads the dirty log to make exit n a
-// sync point: within SyncExitsAfterKick exits of the last kick (or of the
-// first BeforeRun: exit 0 after a boot, the snapshot's exit after a fast
-// start), once per exit.
-func (r *Recorder) syncDue(n uint64) bool {
-	if !r.started {
-		r.started, r.lastKick = true, n
-	}
-	w := r.opts.SyncExitsAfterKick
-	if w < 0 || (r.synced && r.syncExit == n) {
-		return false
-	}
-	return n-r.lastKick <= uint64(w)
-}
-
 func (r *Recorder) digestDue(n uint64) bool {
 	if n == 0 || n == r.lastDigest {
 		return false
@@ -386,9 +371,8 @@ func (r *Recorder) digestDue(n uint64) bool {
 // Kick, the vCPU state, and every page written since the last checkpoint,
 // in page chunks. A page written since the last sync point travels with its
 // content (compressed); one written only before it is named by its hash,
-// since the backup, replaying to the same exit, computed the same bytes
-// (and checks that it did); a zero page is named as such. Without a sync
-// point at this exit every non-zero page travels with its content.
+// since the backup, replaying to this exit, computed the same bytes (and
+// checks that it did); a zero page is named as such.
 func (r *Recorder) Kicked(n uint64, g vm.GuestState) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -411,8 +395,7 @@ func (r *Recorder) Kicked(n uint64, g vm.GuestState) error {
 		return r.err
 	}
 	r.append(NewCheckpointCPU(n, cpu))
-	synced := r.synced && r.syncExit == n
-	if !synced {
+	if !r.readSinceCkpt {
 		r.stats.CheckpointsWithoutSync++
 	}
 	r.chunkSize = 0
@@ -430,7 +413,7 @@ func (r *Recorder) Kicked(n uint64, g vm.GuestState) error {
 				rec.Kind = PageZero
 				r.stats.CheckpointPagesZero++
 				raw += 4
-			case !synced || r.state.sinceSync[w]&(1<<(p%64)) != 0:
+			case r.state.sinceSync[w]&(1<<(p%64)) != 0:
 				rec.Kind, content = PageContent, page
 				r.stats.CheckpointPagesSent++
 				raw += PageSize + 4
@@ -454,7 +437,7 @@ func (r *Recorder) Kicked(n uint64, g vm.GuestState) error {
 	}
 	// The backup holds this state once it has loaded the checkpoint.
 	clear(r.state.sinceSync)
-	r.syncExit, r.synced, r.lastKick = n, true, n
+	r.syncAt, r.readSinceCkpt = time.Now(), false
 	r.stats.Checkpoints++
 	r.stats.CheckpointSize += uint64(len(cpu)) + 4 + r.chunkSize
 	r.stats.CheckpointRawSize += raw
