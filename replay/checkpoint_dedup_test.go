@@ -239,3 +239,24 @@ func TestCheckpointSpansChunks(t *testing.T) {
 		t.Fatalf("%d chunks, %d pages verified; want 3 chunks and %d verified", chunks, rs.CheckpointPagesVerified, MaxChunkPages+3)
 	}
 }
+
+// A state digest reads the dirty log at a BeforeRun, so it is a sync point
+// too, with reads of its own off.
+func TestDigestIsASyncPoint(t *testing.T) {
+	d := newDedupPair(t, RecorderOptions{SyncInterval: -1, DigestEvery: 2})
+	d.exit(t, 1)
+	d.write(0, "before the digest at exit 2", true)
+	d.exit(t, 2)
+	d.write(1, "kicked stretch", false)
+	d.kick(t, 2)
+	if st := d.rec.Stats(); st.Digests != 1 || st.CheckpointPagesSent != 1 || st.CheckpointPagesHashed != 1 {
+		t.Fatalf("recorder stats %+v: want 1 digest, 1 page sent, 1 hashed", st)
+	}
+	rs, err := d.replay(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(d.b.mem, d.p.mem) || rs.Digests != 1 || rs.CheckpointPagesVerified != 1 {
+		t.Fatalf("replayer stats %+v, memories equal %v", rs, bytes.Equal(d.b.mem, d.p.mem))
+	}
+}

@@ -342,6 +342,9 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 		}
 		r.append(NewStateDigest(n, regs, mem))
 		r.lastDigest, r.digestAt = n, time.Now()
+		// The digest read the dirty log here: a sync point for free.
+		clear(r.state.sinceSync)
+		r.syncAt, r.readSinceCkpt = r.digestAt, true
 		r.stats.Digests++
 		r.stats.LastDigestExit = n
 	}
