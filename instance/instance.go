@@ -65,6 +65,9 @@ type Config struct {
 	// come from the log, sent ones are dropped) and disks are not opened
 	// for I/O (reads come from the log, writes are the primary's).
 	Backup bool
+	// Replicable, for a VM that neither records nor replays, keeps it ready
+	// to become the primary of a pair while it runs (vm.Config.Replicable).
+	Replicable bool
 	// WrapTransmit, if set, wraps the NIC's send function (a primary holds
 	// frames under the output rule).
 	WrapTransmit func(send func(frame []byte)) func(frame []byte)
@@ -157,6 +160,12 @@ type Instance struct {
 	// asked for.
 	boot Boot
 	id   *snapshot.Identity
+
+	// Where the guest's outputs go, switchable between exits (WrapOutputs):
+	// a live VM that becomes a primary puts its gate in front of them.
+	transmit func(frame []byte)
+	outDisks []*switchDisk
+	console  *switchWriter
 }
 
 // openDisk is an open disk: a storage directory's file, or one served by a
@@ -191,6 +200,11 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 	if cfg.Backup {
 		vcfg.ConsoleInput = nil // from the log
 	}
+	if cfg.Console != nil {
+		inst.console = &switchWriter{Writer: cfg.Console}
+		vcfg.Console = inst.console
+	}
+	vcfg.Replicable = cfg.Replicable
 	boot, err := ResolveBoot(cfg)
 	if err != nil {
 		return nil, err
@@ -206,7 +220,9 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 			}
 			d := &backupDisk{size: size, id: id, index: i, keep: cfg.KeepBackupWrite}
 			inst.backupDisks = append(inst.backupDisks, d)
-			vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: d})
+			sd := &switchDisk{BlockBackend: d}
+			inst.outDisks = append(inst.outDisks, sd)
+			vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: sd})
 			continue
 		}
 		d, err := inst.openDisk(ctx, name, cfg.Generation)
@@ -217,7 +233,9 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 		if cfg.WrapDisk != nil {
 			backend = cfg.WrapDisk(i, d)
 		}
-		vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: backend})
+		sd := &switchDisk{BlockBackend: backend}
+		inst.outDisks = append(inst.outDisks, sd)
+		vcfg.Disks = append(vcfg.Disks, vm.DiskConfig{Backend: sd})
 	}
 
 	if cfg.NetSocket != "" && cfg.Backup {
@@ -227,14 +245,15 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 		}
 		// Frames come from the log and what the guest sends goes nowhere,
 		// until the VM goes live (GoLive attaches the port).
-		vcfg.Net = &vm.NetConfig{MAC: hw, Transmit: func(frame []byte) {
+		inst.transmit = func(frame []byte) {
 			switch {
 			case inst.livePort != nil:
 				_ = inst.livePort.Send(frame)
 			case cfg.KeepBackupFrame != nil:
 				cfg.KeepBackupFrame(frame)
 			}
-		}}
+		}
+		vcfg.Net = &vm.NetConfig{MAC: hw, Transmit: func(frame []byte) { inst.transmit(frame) }}
 	} else if cfg.NetSocket != "" {
 		hw, err := parseMAC(cfg.MAC)
 		if err != nil {
@@ -251,7 +270,8 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 		if cfg.WrapTransmit != nil {
 			send = cfg.WrapTransmit(send)
 		}
-		vcfg.Net = &vm.NetConfig{MAC: hw, Transmit: send, Received: received}
+		inst.transmit = send
+		vcfg.Net = &vm.NetConfig{MAC: hw, Transmit: func(frame []byte) { inst.transmit(frame) }, Received: received}
 	}
 
 	if inst.VM, err = vm.New(vcfg); err != nil {

@@ -57,7 +57,17 @@ type BackupConfig struct {
 	// function that reports its status from any goroutine (a control
 	// socket, metrics).
 	Running func(status func() BackupStatus)
+	// Live, if set, is called once the backup went live, with the function
+	// that makes the survivor the primary of a new pair while it runs
+	// (re-protection; see Protect). It is called on the VM's goroutine and
+	// must return at once: protect from another goroutine. The survivor is
+	// protected at most once; the new pair's primary ends with this run.
+	Live func(protect ProtectFunc)
 }
+
+// ProtectFunc makes a running VM the primary of a new pair (see Protect);
+// cfg's Arbiter, Pair and Logger default to the backup's.
+type ProtectFunc func(ctx context.Context, cfg PrimaryConfig, opts TransferOptions) (TransferResult, error)
 
 // BackupStatus is what a backup reports about itself.
 type BackupStatus struct {
@@ -76,9 +86,17 @@ type BackupStatus struct {
 	// Failover is how going live went, once the backup is live (nil
 	// before).
 	Failover *FailoverTimeline
+	// Primary is the survivor's status as the primary of a new pair, once
+	// it was protected again (nil before).
+	Primary *PrimaryStatus
+	// Transfer is how that protection's state transfer went.
+	Transfer *TransferResult
 }
 
 func (s BackupStatus) String() string {
+	if s.Primary != nil {
+		return fmt.Sprintf("survivor protected again (%v): %v", s.Transfer, s.Primary)
+	}
 	return fmt.Sprintf("backup %s (generation %d, %d replayed writes kept): at exit #%d, received %d entries %.2f Mbit/s, lag %d exits %d entries %v (minute p50 %v p99 %v); digests matched %d (last at exit #%d), outputs matched %d, checkpoints loaded %d (%d pages, %d more verified by hash)",
 		s.State, s.Generation, s.KeptWrites, s.Exit, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.LogExit-min(s.LogExit, s.Exit), s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
 		s.Log.LagP50.Round(time.Millisecond), s.Log.LagP99.Round(time.Millisecond),
@@ -98,6 +116,9 @@ type BackupResult struct {
 	// the guest on from exit Stats.WentLiveAt; Failover says how it went.
 	WentLive bool
 	Failover FailoverTimeline
+	// Protected is how the survivor's run as the primary of a new pair
+	// ended, if it was protected again after going live.
+	Protected *PrimaryResult
 }
 
 // FailoverTimeline is how a backup's go-live went, each step as the time
@@ -192,6 +213,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		return nil, err
 	}
 	own.Snapshot = start
+	own.Transfer = hdr.Transfer && start == ""
 	if d := hdr.mismatch(own); d != "" {
 		return nil, fmt.Errorf("the primary runs another machine: %s", d)
 	}
@@ -273,6 +295,19 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 
 	var statusMu sync.Mutex
 	state := "replaying"
+	if hdr.Transfer {
+		state = "receiving the running primary's state"
+	}
+	// The VM runs under runCtx; a survivor protected again stops it with
+	// stopRun when it loses the arbiter's record to its new backup.
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	var (
+		protMu     sync.Mutex
+		protected  *Primary
+		protFinish func(vm.StopReason, error) (*PrimaryResult, error)
+		transfer   TransferResult
+	)
 	var timeline FailoverTimeline
 	var failover *FailoverTimeline // a copy of timeline once live, for status
 	var keptN, keptBytes int
@@ -293,6 +328,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	}
 	icfg.LogEnded = recv.Done()
 	var inst *instance.Instance
+	var protect ProtectFunc
 	icfg.GoLive = func() (vm.LiveInputs, error) {
 		if primaryErr == nil && !handover || cfg.Arbiter == nil {
 			return vm.LiveInputs{}, vm.ErrLogEnd // a clean end, or no say in it
@@ -332,6 +368,9 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		statusMu.Unlock()
 		setState(fmt.Sprintf("live: won generation %d after the primary was lost; unprotected", gen))
 		log.Warn("live: the guest runs on here", "generation", gen, "timeline", timeline.String())
+		if cfg.Live != nil {
+			cfg.Live(protect)
+		}
 		return in, nil
 	}
 	inst, err = instance.New(ctx, icfg)
@@ -339,10 +378,51 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		return nil, err
 	}
 	defer inst.Close()
-	if start != "" {
+	protect = func(pctx context.Context, pcfg PrimaryConfig, opts TransferOptions) (TransferResult, error) {
+		protMu.Lock()
+		defer protMu.Unlock()
+		if protected != nil {
+			return TransferResult{}, errors.New("the survivor is protected already")
+		}
+		if pcfg.Arbiter == nil {
+			pcfg.Arbiter, pcfg.Pair = cfg.Arbiter, cfg.Pair
+		}
+		if pcfg.Logger == nil {
+			pcfg.Logger = log
+		}
+		setState("live; protecting: copying the running VM to a new backup at " + pcfg.Peer)
+		p, res, err := Protect(pctx, inst, runCtx, stopRun, pcfg, opts)
+		if err != nil {
+			setState(fmt.Sprintf("live: generation %d; unprotected (protecting failed: %v)", gen, err))
+			return res, err
+		}
+		protected, transfer = p, res
+		protFinish = p.Start(ctx)
+		log.Info("protected again: the survivor is the primary of a new pair", "backup", pcfg.Peer, "transfer", res.String())
+		return res, nil
+	}
+	switch {
+	case start != "":
 		if err := restoreStart(inst, cfg.Restore, start); err != nil {
 			return nil, err
 		}
+	case hdr.Transfer:
+		seq, err := receiveTransfer(inst, func() (uint64, []byte, error) {
+			seq, e, err := recv.Next(ctx)
+			if err == nil {
+				recv.ReportReplayed(seq)
+			}
+			return seq, e, err
+		}, func(round int, bytes int64) {
+			setState(fmt.Sprintf("receiving the running primary's state: round %d done, %.1f MiB", round, float64(bytes)/(1<<20)))
+		})
+		if err != nil {
+			return nil, err
+		}
+		lastSeq = seq
+		fetched.Store(seq)
+		setState("replaying")
+		log.Info("the running primary's state is loaded; replaying its log", "exit", inst.VM.ExitNumber())
 	}
 
 	status := func() BackupStatus {
@@ -354,8 +434,16 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 			// goes on counting exits.
 			e = inst.VM.Exits()
 		}
-		return BackupStatus{State: state, Generation: gen, KeptWrites: keptN, KeptBytes: keptBytes,
+		st := BackupStatus{State: state, Generation: gen, KeptWrites: keptN, KeptBytes: keptBytes,
 			Log: recv.Stats(), LogExit: le, Exit: e, Replayer: rep.Stats(), Failover: failover}
+		protMu.Lock()
+		if protected != nil {
+			ps := protected.Status()
+			tr := transfer
+			st.Primary, st.Transfer = &ps, &tr
+		}
+		protMu.Unlock()
+		return st
 	}
 	if cfg.Running != nil {
 		cfg.Running(status)
@@ -378,10 +466,23 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 			}
 		}()
 	}
-	reason, runErr := inst.Run(ctx)
+	reason, runErr := inst.Run(runCtx)
 	close(stopStatus)
 	wg.Wait()
 	res := &BackupResult{Reason: reason, Stats: inst.VM.Stats(), PrimaryErr: primaryErr}
+	protMu.Lock()
+	finish := protFinish
+	protMu.Unlock()
+	if finish != nil {
+		// The survivor was the primary of a new pair: end that pair as a
+		// primary's Run ends (last outputs, clean close of the log).
+		pres, perr := finish(reason, runErr)
+		res.Protected = pres
+		res.WentLive, res.Failover = true, timeline
+		res.Final = status()
+		res.Final.State = "stopped: " + reason.String()
+		return res, perr
+	}
 	res.WentLive, res.Failover = res.Stats.WentLive, timeline
 	res.Final = status()
 	res.Final.State = "stopped: " + reason.String()

@@ -41,6 +41,10 @@ type startHeader struct {
 	// Snapshot is the Sum (hex) of the snapshot both sides start from
 	// instead of booting (fast start), "" for a boot from power-on.
 	Snapshot string `json:"snapshot,omitempty"`
+	// Transfer: the primary runs already and sends its state before the
+	// log (a backup made from a running VM, transfer.go); the backup
+	// neither boots nor restores a file.
+	Transfer bool `json:"transfer,omitempty"`
 }
 
 // cpuidLeaf is one CPUID answer: function (EAX) and index (ECX) in, four
@@ -153,6 +157,8 @@ func (h startHeader) configMismatch(own startHeader) string {
 		return fmt.Sprintf("NIC differs: primary %v %s, backup %v %s", h.NIC, h.MAC, own.NIC, own.MAC)
 	case strings.Join(h.Disks, ",") != strings.Join(own.Disks, ","):
 		return fmt.Sprintf("disks differ: primary %v, backup %v", h.Disks, own.Disks)
+	case h.Transfer != own.Transfer:
+		return fmt.Sprintf("start differs: the primary runs already and sends its state, the backup %s (leave --restore out)", startText(own.Snapshot))
 	case h.Snapshot != own.Snapshot:
 		return fmt.Sprintf("start differs: primary %s, backup %s", startText(h.Snapshot), startText(own.Snapshot))
 	}

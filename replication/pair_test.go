@@ -51,6 +51,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(primaryProcessEnv); spec != "" {
 		os.Exit(primaryProcess(spec))
 	}
+	if spec := os.Getenv(chainBackupEnv); spec != "" {
+		os.Exit(chainBackupProcess(spec))
+	}
 	// The nested host has busybox only: it gets this machine's tools to
 	// make the guests' ext4 disks and to read what the guests left on them.
 	var opts []kvmhost.Option

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"sync"
@@ -115,6 +116,10 @@ type Primary struct {
 	runCtx context.Context
 	stopVM context.CancelCauseFunc
 
+	// ownsInst: the primary made inst (NewPrimary) and closes it; a VM
+	// protected while running (Protect) belongs to its caller.
+	ownsInst bool
+
 	mu      sync.Mutex
 	lastSeq uint64 // the last log entry appended; under the recorder's lock
 	state   string
@@ -149,21 +154,9 @@ func RunPrimary(ctx context.Context, cfg PrimaryConfig) (*PrimaryResult, error) 
 
 // NewPrimary dials the backup and prepares the VM.
 func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) {
-	if cfg.FlushInterval == 0 {
-		cfg.FlushInterval = 2 * time.Millisecond
-	}
-	if cfg.Log.MaxReplayLagTime == 0 {
-		switch {
-		case cfg.MaxLag == 0:
-			cfg.Log.MaxReplayLagTime = DefaultMaxLag
-		case cfg.MaxLag > 0:
-			cfg.Log.MaxReplayLagTime = cfg.MaxLag
-		}
-	}
-	p := &Primary{cfg: cfg, log: cfg.Logger, state: "connecting", arbitrating: make(chan struct{})}
-	if p.log == nil {
-		p.log = slog.Default()
-	}
+	cfg.setDefaults()
+	p := newPrimary(cfg)
+	p.ownsInst = true
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -176,16 +169,8 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 	if err := instance.Check(cfg.Instance); err != nil {
 		return nil, fmt.Errorf("the primary's machine: %w", err)
 	}
-	if cfg.Arbiter != nil {
-		if p.cfg.Owner == "" {
-			host, _ := os.Hostname()
-			p.cfg.Owner = fmt.Sprintf("primary on %s pid %d", host, os.Getpid())
-		}
-		rec, err := cfg.Arbiter.Read(ctx, cfg.Pair)
-		if err != nil {
-			return nil, fmt.Errorf("read the pair's arbiter record: %w", err)
-		}
-		p.gen = rec.Generation
+	if err := p.readArbiter(ctx); err != nil {
+		return nil, err
 	}
 	wall := time.Now()
 	hdr, err := newHeader(cfg.Instance, wall)
@@ -197,32 +182,12 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 			return nil, err
 		}
 	}
-	network, addr, err := splitAddr(cfg.Peer)
-	if err != nil {
+	if err := p.connect(ctx, hdr); err != nil {
 		return nil, err
 	}
-	if p.sender, err = logchannel.Dial(ctx, network, addr, cfg.Log); err != nil {
-		return nil, fmt.Errorf("connect to the backup at %s (is 'ftctl run --role backup --listen %s' running?): %w", cfg.Peer, cfg.Peer, err)
-	}
-	hb, err := hdr.encode()
-	if err != nil {
-		return nil, err
-	}
-	if p.lastSeq, err = p.sender.Append(ctx, hb); err != nil {
-		return nil, fmt.Errorf("send the start header: %w", err)
-	}
-	p.gate = newGate(p.sender, nil, cfg.OnRelease)
-	p.gate.beforeDisk = cfg.BeforeDiskRelease
 	runCtx, stopVM := context.WithCancelCause(ctx)
 	p.runCtx, p.stopVM = runCtx, stopVM
-	p.gate.onFail = func(err error) {
-		p.log.Error("a held disk output failed: nothing after it is released; stopping the VM", "err", err)
-		stopVM(err)
-	}
-
-	ropts := cfg.Recorder
-	ropts.OutputsLogged = func() { p.gate.seal(p.lastSeq) }
-	p.rec = replay.NewRecorder(p.emit, ropts)
+	p.startRecording()
 
 	icfg := cfg.Instance
 	icfg.Record, icfg.Backup, icfg.WallTime = p.rec, false, wall
@@ -230,27 +195,11 @@ func NewPrimary(ctx context.Context, cfg PrimaryConfig) (_ *Primary, err error) 
 		icfg.Pair = cfg.Pair
 	}
 	icfg.Generation = p.gen // writes to a storage server's disks carry it
-	if !cfg.ConsoleLive && icfg.Console != nil {
-		p.gate.console = icfg.Console
-		icfg.Console = consoleOutput(func(b []byte) {
-			p.gate.addConsole(runCtx, b)
-			p.rec.NoteLazyOutput()
-		})
+	wrap := p.outputWrappers()
+	if wrap.Console != nil && icfg.Console != nil {
+		icfg.Console = wrap.Console(icfg.Console)
 	}
-	icfg.WrapTransmit = func(send func([]byte)) func([]byte) {
-		p.gate.send = send
-		return func(frame []byte) {
-			p.gate.add(runCtx, output{kind: OutputFrame, data: append([]byte(nil), frame...)})
-			p.rec.NoteOutput()
-		}
-	}
-	icfg.WrapDisk = func(i int, d virtio.BlockBackend) virtio.BlockBackend {
-		for len(p.gate.disks) <= i {
-			p.gate.disks = append(p.gate.disks, nil)
-		}
-		p.gate.disks[i] = d
-		return &gatedDisk{ctx: runCtx, disk: d, index: i, gate: p.gate, noted: p.rec.NoteOutput}
-	}
+	icfg.WrapTransmit, icfg.WrapDisk = wrap.Transmit, wrap.Disk
 	if p.inst, err = instance.New(ctx, icfg); err != nil {
 		return nil, err
 	}
@@ -318,15 +267,26 @@ func (p *Primary) Status() PrimaryStatus {
 // a few seconds) for the backup to acknowledge the rest of the log so the
 // last outputs leave, then closes the channel cleanly.
 func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
-	// The releaser and the flusher outlive ctx: when the caller stops the
-	// VM (Ctrl-C), the last outputs must still leave once acknowledged.
+	stopBG := p.start(ctx)
+	reason, runErr := p.inst.Run(p.runCtx)
+	return p.finish(stopBG, reason, runErr)
+}
+
+// start starts the releaser and the flusher, which outlive ctx: when the
+// caller stops the VM (Ctrl-C), the last outputs must still leave once
+// acknowledged. It returns the function that stops them.
+func (p *Primary) start(ctx context.Context) (stop func()) {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); p.gate.run(bg) }()
 	go func() { defer wg.Done(); p.background(bg) }()
+	return func() { stopBG(); wg.Wait() }
+}
 
-	reason, runErr := p.inst.Run(p.runCtx)
+// finish ends a primary whose VM stopped (Run's second half): the last
+// outputs, a handover if one was asked for, the channel's clean close.
+func (p *Primary) finish(stopBG func(), reason vm.StopReason, runErr error) (*PrimaryResult, error) {
 	closeErr := p.rec.Close()
 	if p.lostErr() == nil && p.sender.Err() == nil && p.gate.Err() == nil {
 		// Let the last outputs out: everything is flushed and sealed.
@@ -346,7 +306,6 @@ func (p *Primary) Run(ctx context.Context) (*PrimaryResult, error) {
 		}
 	}
 	stopBG()
-	wg.Wait()
 	handedOver := false
 	if errors.Is(context.Cause(p.runCtx), errHandover) && p.lostErr() == nil && p.gate.Err() == nil {
 		// The last released marker, then the handover: the backup re-issues
@@ -552,7 +511,7 @@ func (p *Primary) Close() error {
 		p.stopVM(nil)
 	}
 	var errs []error
-	if p.inst != nil {
+	if p.inst != nil && p.ownsInst {
 		errs = append(errs, p.inst.Close())
 	}
 	if p.sender != nil {
@@ -565,3 +524,110 @@ func (p *Primary) Close() error {
 
 // VM is the primary's virtual machine (for reports after Run).
 func (p *Primary) VM() *vm.VM { return p.inst.VM }
+
+// setDefaults fills in what cfg leaves zero.
+func (cfg *PrimaryConfig) setDefaults() {
+	if cfg.FlushInterval == 0 {
+		cfg.FlushInterval = 2 * time.Millisecond
+	}
+	if cfg.Log.MaxReplayLagTime == 0 {
+		switch {
+		case cfg.MaxLag == 0:
+			cfg.Log.MaxReplayLagTime = DefaultMaxLag
+		case cfg.MaxLag > 0:
+			cfg.Log.MaxReplayLagTime = cfg.MaxLag
+		}
+	}
+}
+
+func newPrimary(cfg PrimaryConfig) *Primary {
+	p := &Primary{cfg: cfg, log: cfg.Logger, state: "connecting", arbitrating: make(chan struct{})}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	return p
+}
+
+// readArbiter reads the generation this side starts from.
+func (p *Primary) readArbiter(ctx context.Context) error {
+	if p.cfg.Arbiter == nil {
+		return nil
+	}
+	if p.cfg.Owner == "" {
+		host, _ := os.Hostname()
+		p.cfg.Owner = fmt.Sprintf("primary on %s pid %d", host, os.Getpid())
+	}
+	rec, err := p.cfg.Arbiter.Read(ctx, p.cfg.Pair)
+	if err != nil {
+		return fmt.Errorf("read the pair's arbiter record: %w", err)
+	}
+	p.gen = rec.Generation
+	return nil
+}
+
+// connect dials the backup and sends the start header.
+func (p *Primary) connect(ctx context.Context, hdr startHeader) error {
+	network, addr, err := splitAddr(p.cfg.Peer)
+	if err != nil {
+		return err
+	}
+	if p.sender, err = logchannel.Dial(ctx, network, addr, p.cfg.Log); err != nil {
+		return fmt.Errorf("connect to the backup at %s (is 'ftctl run --role backup --listen %s' running?): %w", p.cfg.Peer, p.cfg.Peer, err)
+	}
+	hb, err := hdr.encode()
+	if err != nil {
+		return err
+	}
+	if p.lastSeq, err = p.sender.Append(ctx, hb); err != nil {
+		return fmt.Errorf("send the start header: %w", err)
+	}
+	return nil
+}
+
+// outputWrappers put the gate in front of the guest's outputs (the output
+// rule): at creation for a primary that boots, at the switch to recording
+// for a VM protected while it runs. p.gate, p.rec and p.runCtx must be set.
+func (p *Primary) outputWrappers() instance.OutputWrappers {
+	runCtx := p.runCtx
+	w := instance.OutputWrappers{
+		Transmit: func(send func([]byte)) func([]byte) {
+			p.gate.send = send
+			return func(frame []byte) {
+				p.gate.add(runCtx, output{kind: OutputFrame, data: append([]byte(nil), frame...)})
+				p.rec.NoteOutput()
+			}
+		},
+		Disk: func(i int, d virtio.BlockBackend) virtio.BlockBackend {
+			for len(p.gate.disks) <= i {
+				p.gate.disks = append(p.gate.disks, nil)
+			}
+			p.gate.disks[i] = d
+			return &gatedDisk{ctx: runCtx, disk: d, index: i, gate: p.gate, noted: p.rec.NoteOutput}
+		},
+	}
+	if !p.cfg.ConsoleLive {
+		w.Console = func(out io.Writer) io.Writer {
+			p.gate.console = out
+			return consoleOutput(func(b []byte) {
+				p.gate.addConsole(runCtx, b)
+				p.rec.NoteLazyOutput()
+			})
+		}
+	}
+	return w
+}
+
+// startRecording makes the output gate and the recorder feeding the log
+// channel (p.sender, p.stopVM set): a held disk output that fails stops
+// the VM.
+func (p *Primary) startRecording() {
+	p.gate = newGate(p.sender, nil, p.cfg.OnRelease)
+	p.gate.beforeDisk = p.cfg.BeforeDiskRelease
+	p.gate.onFail = func(err error) {
+		p.log.Error("a held disk output failed: nothing after it is released; stopping the VM", "err", err)
+		p.stopVM(err)
+	}
+	ropts := p.cfg.Recorder
+	ropts.OutputsLogged = func() { p.gate.seal(p.lastSeq) }
+	p.rec = replay.NewRecorder(p.emit, ropts)
+}

@@ -56,31 +56,67 @@ func Restore(v *vm.VM, own *Identity, snaps ...io.Reader) (Sum, error) {
 	if len(snaps) == 0 {
 		return Sum{}, errors.New("restore snapshot: no snapshot given")
 	}
-	mem := v.Memory()
-	if uint64(len(mem)) != uint64(own.MemoryMiB)<<20 {
-		return Sum{}, fmt.Errorf("restore snapshot: the identity says %d MiB, the VM has %d bytes", own.MemoryMiB, len(mem))
+	c, err := NewChain(v, own)
+	if err != nil {
+		return Sum{}, err
 	}
-	var last Sum
-	var state *vm.MachineState
-	for i, s := range snaps {
-		r, err := NewReader(s)
-		if err != nil {
-			return Sum{}, fmt.Errorf("restore snapshot %d: %w", i+1, err)
-		}
-		m := r.Meta()
-		if err := checkChain(i, m, last, own); err != nil {
+	for _, s := range snaps {
+		if _, err := c.Load(s); err != nil {
 			return Sum{}, err
 		}
-		if err := r.LoadMemory(mem); err != nil {
-			return Sum{}, fmt.Errorf("restore snapshot %d: %w", i+1, err)
-		}
-		last, _ = r.Sum()
-		state = &m.State
 	}
-	if err := v.LoadState(state); err != nil {
+	return c.Finish()
+}
+
+// Chain loads a full snapshot and the deltas on top of it into a VM one
+// at a time, as they arrive (a pre-copy's rounds over the log channel),
+// then the last one's machine state. It checks what Restore checks.
+type Chain struct {
+	v     *vm.VM
+	own   *Identity
+	n     int
+	last  Sum
+	state vm.MachineState
+}
+
+// NewChain starts loading snapshots into v, a VM built from own's
+// machine and not yet run.
+func NewChain(v *vm.VM, own *Identity) (*Chain, error) {
+	if uint64(len(v.Memory())) != uint64(own.MemoryMiB)<<20 {
+		return nil, fmt.Errorf("restore snapshot: the identity says %d MiB, the VM has %d bytes", own.MemoryMiB, len(v.Memory()))
+	}
+	return &Chain{v: v, own: own}, nil
+}
+
+// Load reads the next snapshot of the chain from r into guest memory and
+// returns its Sum. On an error the VM must not run.
+func (c *Chain) Load(r io.Reader) (Sum, error) {
+	c.n++
+	sr, err := NewReader(r)
+	if err != nil {
+		return Sum{}, fmt.Errorf("restore snapshot %d: %w", c.n, err)
+	}
+	m := sr.Meta()
+	if err := checkChain(c.n-1, m, c.last, c.own); err != nil {
+		return Sum{}, err
+	}
+	if err := sr.LoadMemory(c.v.Memory()); err != nil {
+		return Sum{}, fmt.Errorf("restore snapshot %d: %w", c.n, err)
+	}
+	c.last, _ = sr.Sum()
+	c.state = m.State
+	return c.last, nil
+}
+
+// Finish loads the last snapshot's machine state and returns its Sum.
+func (c *Chain) Finish() (Sum, error) {
+	if c.n == 0 {
+		return Sum{}, errors.New("restore snapshot: no snapshot given")
+	}
+	if err := c.v.LoadState(&c.state); err != nil {
 		return Sum{}, fmt.Errorf("restore snapshot: %w", err)
 	}
-	return last, nil
+	return c.last, nil
 }
 
 // checkChain refuses snapshot i of a chain (m) whose predecessor's Sum is

@@ -74,7 +74,8 @@ type Meta struct {
 
 // Writer encodes one snapshot as a stream: NewWriter writes everything but
 // the memory, Memory (full) or Pages (delta) the memory straight from
-// guest RAM without copying it, Close the end record.
+// guest RAM (a page run at a time, through one reused buffer), Close the
+// end record.
 type Writer struct {
 	w     io.Writer
 	h     hash.Hash
@@ -85,6 +86,8 @@ type Writer struct {
 	// memoryDone: Memory or Pages ran (once per snapshot); finished:
 	// Close ran.
 	memoryDone, finished bool
+	// scratch holds one page run while it is sent and hashed.
+	scratch []byte
 }
 
 // NewWriter writes m's header, identity and machine records to w.
@@ -213,13 +216,21 @@ func (w *Writer) checkMemory(kind Kind, mem []byte) error {
 	return nil
 }
 
-// pageRun writes pages [p, p+n) in one record, from mem itself.
+// pageRun writes pages [p, p+n) in one record. The pages are copied
+// once, and the copy both sent and hashed: a guest that runs while its
+// memory is written (a pre-copy round) may change a page between two
+// reads of it, and the Sum must cover the bytes sent.
 func (w *Writer) pageRun(mem []byte, p, n uint64) {
 	w.recordHead(tagPages, int(4+n*PageSize))
 	var first [4]byte
 	le.PutUint32(first[:], uint32(p))
 	w.write(first[:])
-	w.write(mem[p*PageSize : (p+n)*PageSize])
+	if w.scratch == nil {
+		w.scratch = make([]byte, MaxRunPages*PageSize)
+	}
+	buf := w.scratch[:n*PageSize]
+	copy(buf, mem[p*PageSize:(p+n)*PageSize])
+	w.write(buf)
 }
 
 // Close writes the end record and returns the snapshot's Sum. It does not

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -105,7 +106,7 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 }
 
 // runBackup runs the VM as the backup of a pair (ftctl run --role backup).
-func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, silence time.Duration) error {
+func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, silence time.Duration, protectTo string) error {
 	ctx := cmd.Context()
 	cfg.ConsoleInput = nil // the primary's console input arrives in the log
 	side, err := openSide(cmd, logchannel.RoleReceiver, "--listen", listen, silence, "backup")
@@ -116,7 +117,19 @@ func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, si
 	lcfg, arb, pair, ctl := side.log, side.arb, side.pair, side.ctl
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	restore, _ := cmd.Flags().GetString("restore")
+	var live func(replication.ProtectFunc)
+	if protectTo != "" {
+		if arb == nil {
+			return errors.New("--protect-to needs --arbiter and --pair: a backup goes live (and so protects again) only with them")
+		}
+		pcfg, err := logChannelConfig(cmd, logchannel.RoleSender, "--protect-to", protectTo, silence)
+		if err != nil {
+			return err
+		}
+		live = func(protect replication.ProtectFunc) { go protectAgain(ctx, cmd, protect, protectTo, pcfg, every) }
+	}
 	res, err := replication.RunBackup(ctx, replication.BackupConfig{
+		Live:     live,
 		Instance: cfg, Restore: restore, Listen: listen, Log: lcfg,
 		StatusEvery: every, Logger: log, Arbiter: arb, Pair: pair,
 		Running: func(status func() replication.BackupStatus) { ctl.Set(control.FromBackup(status)) },
@@ -148,4 +161,24 @@ func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, si
 		return &exitError{code: 130, err: errors.New("stopped")}
 	}
 	return nil
+}
+
+// protectAgain makes the live survivor the primary of a new pair with the
+// backup at addr, asking every second until one answers there.
+func protectAgain(ctx context.Context, cmd *cobra.Command, protect replication.ProtectFunc, addr string, lcfg logchannel.Config, every time.Duration) {
+	out := cmd.ErrOrStderr()
+	fmt.Fprintf(out, "ftctl: live; protecting the guest again: copying it to the new backup at %s while it runs\n", addr)
+	for ctx.Err() == nil {
+		res, err := protect(ctx, replication.PrimaryConfig{Peer: addr, Log: lcfg, StatusEvery: every},
+			replication.TransferOptions{Progress: func(p replication.TransferProgress) { fmt.Fprintf(out, "ftctl: protect: %v\n", p) }})
+		if err == nil {
+			fmt.Fprintf(out, "ftctl: protected again: %v\n", res)
+			return
+		}
+		fmt.Fprintf(out, "ftctl: protect: %v; asking again in 1s\n", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
 }

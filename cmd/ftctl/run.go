@@ -34,6 +34,7 @@ func newRunCommand() *cobra.Command {
 		consoleLive bool
 		maxLag      time.Duration
 		snap        snapshotFlags
+		protectTo   string
 	)
 	cmd := &cobra.Command{
 		Use:   "run (--image DIR | --kernel FILE [--initrd FILE] [--cmdline ARGS]) [--role primary --peer ADDR | --role backup --listen ADDR]",
@@ -73,6 +74,14 @@ wins goes live where the log ends: it opens the disks, re-issues the disk
 writes the primary may not have released, attaches the NIC to the switch with
 the guest's MAC and announces it, and the guest runs on (clients through the
 switch keep their TCP connections). If the primary won, the backup exits 7.
+With --protect-to ADDR a backup that went live protects the guest again
+without stopping it (re-protection): it copies the running guest's memory to
+the new backup listening at ADDR while the guest runs, in rounds that resend
+the pages written meanwhile (auto-converge throttles a guest that writes
+faster than the channel sends), then stops the guest at one exit for the
+last pages and the machine state, and from there on records for the new
+backup as a primary does; the status line and --control say so. The pause
+is the last round only.
 SIGUSR2 to a primary is a planned switchover: its VM stops at an exit, it
 waits until the backup acknowledged everything and every output left, and
 hands the guest over; the backup claims the record and goes live where the
@@ -167,8 +176,11 @@ was lost (the log ended without a clean close).`,
 			if console == "stdio" {
 				cfg.ConsoleInput = os.Stdin
 			}
+			if protectTo != "" && role != "backup" {
+				return errors.New("--protect-to is for --role backup: once live, the survivor makes a new backup there")
+			}
 			if role == "backup" {
-				return runBackup(cmd, cfg, listen, every, silence)
+				return runBackup(cmd, cfg, listen, every, silence, protectTo)
 			}
 			if len(forwards) > 0 && cfg.NetSocket != "auto" {
 				return errors.New("--forward needs --net auto; with a separate switch, give the forwards to 'ftctl net serve'")
@@ -210,6 +222,7 @@ was lost (the log ended without a clean close).`,
 	f.StringVar(&peer, "peer", "", "primary: the backup's log channel address, unix:/path/to.sock or host:port")
 	f.StringVar(&listen, "listen", "", "backup: where to accept the primary, unix:/path/to.sock or host:port")
 	f.DurationVar(&every, "status-every", 10*time.Second, "primary/backup: print a status line this often (0: never)")
+	f.StringVar(&protectTo, "protect-to", "", "backup: once live after a failover, protect the guest again: copy it while it runs to a new backup listening at this address (start one with --role backup --listen ADDR; asked every second until one answers) and replicate to it")
 	f.DurationVar(&silence, "peer-timeout", 3*time.Second, "primary/backup: declare the peer lost after this long without hearing from it")
 	addLogAuthFlags(f)
 	addArbiterFlags(f)

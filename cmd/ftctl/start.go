@@ -87,6 +87,7 @@ func newStartCommand() *cobra.Command {
 		forwards   []string
 		foreground bool
 		timeout    time.Duration
+		noReprot   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "start NAME (--image DIR | --kernel FILE ...) [machine options of 'ftctl run'] [--forward HOST=GUEST ...]",
@@ -110,8 +111,15 @@ guests' consoles (primary.console, backup.console), the control sockets
 Prometheus text) and the log channel socket.
 
 When the primary dies, the backup claims the arbiter's record and goes live
-(see 'ftctl failover'); when the backup dies, the primary claims it and runs
-on unprotected. Nothing restarts a dead side.
+(see 'ftctl failover'), and then the pair is protected again without stopping
+the guest: the supervisor starts a new backup (listening on log2.sock, then
+log3.sock, ...), the survivor copies its running guest there in rounds while
+it runs, pauses it for the last round only, and is the primary of a new pair.
+Its files take the primary's names (primary.sock, primary.pid, primary.log,
+primary.console; the dead primary's log and console are kept as
+primary.log.failedN); 'ftctl status' shows the transfer. --no-reprotect leaves
+the survivor unprotected instead. When the backup dies, the primary claims the
+record and runs on unprotected; nothing restarts a lost backup.
 
 Exit status: 0 once the pair is protected (--foreground: once both sides
 have exited, or after Ctrl-C); 1 when a side failed to start (its log's last
@@ -158,7 +166,7 @@ running.`,
 				}
 			}
 			pair := supervisor.Pair{Name: name, Dir: dir, Ftctl: exe, Machine: changedArgs(f, machineFlags()),
-				Net: netSock, Forwards: forwards, StorageServer: storageSrv, StorageDir: storageDir, Timeout: timeout}
+				Net: netSock, Forwards: forwards, StorageServer: storageSrv, StorageDir: storageDir, Timeout: timeout, NoReprotect: noReprot}
 			out := cmd.OutOrStdout()
 			if foreground {
 				return pair.Run(cmd.Context(), func() { printWatchHints(out, name, dir, os.Getpid()) })
@@ -166,7 +174,7 @@ running.`,
 			// Detached: the same command again with --foreground, in a
 			// session of its own.
 			again := append([]string{"start", name, "--foreground", "--run-dir=" + string(dir)},
-				changedArgs(f, append([]string{"net", "forward", "storage", "storage-server", "timeout"}, machineFlags()...))...)
+				changedArgs(f, append([]string{"net", "forward", "storage", "storage-server", "timeout", "no-reprotect"}, machineFlags()...))...)
 			if err := dir.CheckNotRunning(name); err != nil {
 				return err
 			}
@@ -196,6 +204,7 @@ running.`,
 	f.StringArrayVar(&forwards, "forward", nil, "expose a guest TCP port through the switch ftctl start starts, HOST:PORT=GUEST:PORT (repeatable)")
 	f.BoolVar(&foreground, "foreground", false, "stay attached: run the supervisor in this process until both sides exit or Ctrl-C (which stops the pair, primary first)")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "give up when a step of the start (switch up, backup listening, pair protected) takes longer")
+	f.BoolVar(&noReprot, "no-reprotect", false, "after a failover leave the survivor unprotected; by default the supervisor starts a new backup and the survivor copies its running guest there (the guest pauses only for the last round) and is the primary of a new pair")
 	addRunDirFlag(f)
 	return cmd
 }

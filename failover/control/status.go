@@ -49,6 +49,20 @@ type Status struct {
 	// Exit is the last exit the backup replayed (0 on a primary).
 	Exit     uint64    `json:"exit,omitempty"`
 	Failover *Failover `json:"failover,omitempty"`
+	// Reprotected is how a survivor was protected again after its
+	// failover (it is the primary of a new pair since; Role says so).
+	Reprotected *Reprotection `json:"reprotected,omitempty"`
+}
+
+// Reprotection is how a live survivor made its new backup: the state
+// transfer while the guest ran, and the guest's pause for the last round.
+type Reprotection struct {
+	Rounds      int     `json:"rounds"`
+	Pages       int     `json:"pages"`
+	Bytes       int64   `json:"bytes"`
+	PauseMS     float64 `json:"pause_ms"`
+	TotalMS     float64 `json:"total_ms"`
+	MaxThrottle float64 `json:"max_throttle"`
 }
 
 // Failover is how a backup went live, each step counted from the moment
@@ -79,19 +93,20 @@ func (f SourceFunc) Status() Status { return f() }
 // FromPrimary reports a primary's status (pass Primary.Status).
 func FromPrimary(status func() replication.PrimaryStatus) Source {
 	pid := os.Getpid()
-	return SourceFunc(func() Status {
-		s := status()
-		return Status{
-			Role: "primary", PID: pid, Phase: primaryPhase(s.State), State: primaryState(s),
-			Generation: s.Generation,
-			LagSeconds: s.Log.LagTime.Seconds(), LagEntries: s.Log.LagEntries,
-			LagP50Seconds: s.Log.LagP50.Seconds(), LagP99Seconds: s.Log.LagP99.Seconds(),
-			HeldOutputs: s.Outputs.HeldOutputs, HeldBytes: s.Outputs.HeldBytes,
-			OldestHeldSeconds: s.Outputs.OldestHeld.Seconds(),
-			LogEntries:        s.Log.Entries, LogEntriesPerSecond: s.Log.EntriesPerSec, LogBytesPerSecond: s.Log.BytesPerSec,
-			Digests: s.Recorder.Digests,
-		}
-	})
+	return SourceFunc(func() Status { return primaryStatus(pid, status()) })
+}
+
+func primaryStatus(pid int, s replication.PrimaryStatus) Status {
+	return Status{
+		Role: "primary", PID: pid, Phase: primaryPhase(s.State), State: primaryState(s),
+		Generation: s.Generation,
+		LagSeconds: s.Log.LagTime.Seconds(), LagEntries: s.Log.LagEntries,
+		LagP50Seconds: s.Log.LagP50.Seconds(), LagP99Seconds: s.Log.LagP99.Seconds(),
+		HeldOutputs: s.Outputs.HeldOutputs, HeldBytes: s.Outputs.HeldBytes,
+		OldestHeldSeconds: s.Outputs.OldestHeld.Seconds(),
+		LogEntries:        s.Log.Entries, LogEntriesPerSecond: s.Log.EntriesPerSec, LogBytesPerSecond: s.Log.BytesPerSec,
+		Digests: s.Recorder.Digests,
+	}
 }
 
 // FromBackup reports a backup's status (pass the function
@@ -100,6 +115,15 @@ func FromBackup(status func() replication.BackupStatus) Source {
 	pid := os.Getpid()
 	return SourceFunc(func() Status {
 		s := status()
+		if s.Primary != nil {
+			// Protected again after its failover: a primary now.
+			st := primaryStatus(pid, *s.Primary)
+			if t := s.Transfer; t != nil {
+				st.Reprotected = &Reprotection{Rounds: t.Rounds, Pages: t.Pages, Bytes: t.Bytes,
+					PauseMS: ms(t.Pause), TotalMS: ms(t.Total), MaxThrottle: t.MaxThrottle}
+			}
+			return st
+		}
 		st := Status{
 			Role: "backup", PID: pid, Phase: backupPhase(s.State), State: s.State,
 			Generation: s.Generation,

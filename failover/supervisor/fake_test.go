@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -63,7 +64,8 @@ func fakeFtctl(args []string) error {
 			return err
 		}
 		p := Pair{Name: "kv", Dir: RunDir(flagValue(args, "--run-dir")), Ftctl: exe,
-			Machine: []string{"--image", flagValue(args, "--image")}, Timeout: 20 * time.Second}
+			Machine: []string{"--image", flagValue(args, "--image")}, Timeout: 20 * time.Second,
+			NoReprotect: slices.Contains(args, "--no-reprotect")}
 		return p.Run(ctx, nil)
 	}
 	if len(args) == 0 || args[0] != "run" {
@@ -94,9 +96,25 @@ func fakeFtctl(args []string) error {
 				return
 			}
 			b, _ := io.ReadAll(c)
-			if string(b) != "bye" {
-				st.Store(&control.Status{Role: role, PID: os.Getpid(), Phase: "live", State: "live: won generation 2", Generation: 2,
-					Failover: &control.Failover{PrimaryLost: time.Now(), Why: "EOF", DrainedMS: 1, ClaimedMS: 2, LiveMS: 3, Generation: 2}})
+			if string(b) == "bye" {
+				return
+			}
+			failover := &control.Failover{PrimaryLost: time.Now(), Why: "EOF", DrainedMS: 1, ClaimedMS: 2, LiveMS: 3, Generation: 2}
+			st.Store(&control.Status{Role: role, PID: os.Getpid(), Phase: "live", State: "live: won generation 2", Generation: 2, Failover: failover})
+			next := strings.TrimPrefix(flagValue(args, "--protect-to"), "unix:")
+			if next == "" {
+				return
+			}
+			// Re-protection: the survivor connects to the next backup
+			// (asking until it listens) and is a primary from then on.
+			for ctx.Err() == nil {
+				if c, err := net.Dial("unix", next); err == nil {
+					context.AfterFunc(ctx, func() { c.Write([]byte("bye")); c.Close() })
+					st.Store(&control.Status{Role: Primary, PID: os.Getpid(), Phase: "protected", State: "replicating", Generation: 2,
+						Reprotected: &control.Reprotection{Rounds: 3, Pages: 100, PauseMS: 4, TotalMS: 50}})
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
 			}
 		}()
 	case Primary:

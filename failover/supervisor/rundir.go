@@ -88,8 +88,18 @@ func (d RunDir) Control(role string) string     { return d.path(role + ".sock") 
 
 // LogSocket is the log channel's socket (the backup listens on it);
 // LogChannel its address as 'ftctl run' takes it.
-func (d RunDir) LogSocket() string  { return d.path("log.sock") }
+func (d RunDir) LogSocket() string  { return d.LogSocketN(1) }
 func (d RunDir) LogChannel() string { return "unix:" + d.LogSocket() }
+
+// LogSocketN is the socket the n-th backup of the pair listens on: the
+// first is the pair's; each later one is made by re-protection after a
+// failover, and its predecessor (the survivor) protects itself to it.
+func (d RunDir) LogSocketN(n int) string {
+	if n <= 1 {
+		return d.path("log.sock")
+	}
+	return d.path(fmt.Sprintf("log%d.sock", n))
+}
 
 // NetSocket is the socket of the switch the supervisor starts.
 func (d RunDir) NetSocket() string { return d.path("net.sock") }

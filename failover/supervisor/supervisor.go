@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -36,6 +37,12 @@ type Pair struct {
 	// Timeout bounds each start step (switch up, backup listening,
 	// primary protected).
 	Timeout time.Duration
+	// NoReprotect turns automatic re-protection off: by default, when the
+	// primary dies and the backup goes live, the supervisor starts a new
+	// backup and the survivor copies its running guest there and is the
+	// primary of a new pair (each backup runs with --protect-to the next
+	// one's address).
+	NoReprotect bool
 	Log     *slog.Logger
 }
 
@@ -76,11 +83,18 @@ func (p Pair) SwitchArgs() []string {
 
 // VMMArgs are one side's arguments after the executable: the machine
 // flags, then what makes it this pair's primary or backup.
-func (p Pair) VMMArgs(role string) []string {
+func (p Pair) VMMArgs(role string) []string { return p.vmmArgs(role, 1) }
+
+// vmmArgs are VMMArgs for the n-th backup of the pair (n > 1: one made by
+// re-protection after a failover).
+func (p Pair) vmmArgs(role string, n int) []string {
 	args := append([]string{"run"}, p.Machine...)
 	args = append(args, "--net", p.netSocket(), "--role", role)
 	if role == Backup {
-		args = append(args, "--listen", p.Dir.LogChannel())
+		args = append(args, "--listen", "unix:"+p.Dir.LogSocketN(n))
+		if !p.NoReprotect {
+			args = append(args, "--protect-to", "unix:"+p.Dir.LogSocketN(n+1))
+		}
 	} else {
 		args = append(args, "--peer", p.Dir.LogChannel())
 	}
@@ -99,10 +113,18 @@ func (p Pair) VMMArgs(role string) []string {
 
 // child is a process the supervisor started.
 type child struct {
-	name string
 	proc Process
 	done chan struct{} // closed when it exited and was reaped
 	err  error         // how it exited, once done
+
+	mu   sync.Mutex
+	name string // changes when a live backup becomes the primary
+}
+
+func (c *child) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.name
 }
 
 // start runs ftctl with args as the child name, its output appended to
@@ -130,7 +152,9 @@ func (p Pair) start(name string, args []string) (*child, error) {
 	}
 	go func() {
 		c.err = cmd.Wait()
-		os.Remove(p.Dir.PIDFile(name))
+		c.mu.Lock()
+		os.Remove(p.Dir.PIDFile(c.name))
+		c.mu.Unlock()
 		close(c.done)
 	}()
 	if err != nil {
@@ -143,8 +167,9 @@ func (p Pair) start(name string, args []string) (*child, error) {
 
 // exited reports how a child that exited early ended, with its log's tail.
 func (p Pair) exited(c *child) error {
+	name := c.String()
 	return fmt.Errorf("the %s exited (%v) before the pair was protected; its log %s ends:\n%s",
-		c.name, c.err, p.Dir.LogFile(c.name), tail(p.Dir.LogFile(c.name), 15))
+		name, c.err, p.Dir.LogFile(name), tail(p.Dir.LogFile(name), 15))
 }
 
 // waitFor polls ready until it says yes, the child exits, or the step's
@@ -159,7 +184,7 @@ func (p Pair) waitFor(ctx context.Context, c *child, what string, ready func(con
 		case <-c.done:
 			return p.exited(c)
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w (see %s)", what, ctx.Err(), p.Dir.LogFile(c.name))
+			return fmt.Errorf("waiting for %s: %w (see %s)", what, ctx.Err(), p.Dir.LogFile(c.String()))
 		case <-t.C:
 		}
 	}
@@ -222,7 +247,13 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 			return err == nil && st.Phase == "protected"
 		}})
 	var started []*child // in start order; stopped in reverse
-	defer func() { p.stopChildren(started) }()
+	// The current primary and backup, stopped first (primary first);
+	// re-protection replaces them.
+	var current []*child
+	defer func() {
+		p.stopChildren(current)
+		p.stopChildren(started)
+	}()
 	for _, s := range steps {
 		c, err := p.start(s.name, s.args)
 		if err != nil {
@@ -234,6 +265,8 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 		}
 	}
 	backup, primary := started[len(started)-2], started[len(started)-1]
+	started = started[:len(started)-2]
+	current = []*child{backup, primary}
 	p.Log.Info("pair protected", "pair", p.Name, "primary", primary.proc.PID, "backup", backup.proc.PID)
 	if err := os.WriteFile(p.Dir.ProtectedFile(), fmt.Appendf(nil, "%d\n", os.Getpid()), 0o600); err != nil {
 		return fmt.Errorf("mark the pair protected: %w", err)
@@ -242,17 +275,88 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 	if ready != nil {
 		ready()
 	}
-	// A killed primary leaves the backup live; the pair ends when both
-	// sides have exited (or ctx ends: stop them).
-	for _, c := range []*child{primary, backup} {
+	// A killed primary leaves the backup live, and re-protection makes it
+	// the primary of a new pair; without it, or when the backup is the
+	// one lost, the pair ends when both sides have exited (or ctx ends:
+	// stop them).
+	for n := 1; ; n++ {
 		select {
-		case <-c.done:
-			p.Log.Info("exited", "process", c.name, "pid", c.proc.PID, "status", exitStatus(c.err))
+		case <-primary.done:
+			p.Log.Info("exited", "process", primary.String(), "pid", primary.proc.PID, "status", exitStatus(primary.err))
+		case <-backup.done:
+			p.Log.Info("exited", "process", backup.String(), "pid", backup.proc.PID, "status", exitStatus(backup.err))
+			return p.waitExit(ctx, primary)
 		case <-ctx.Done():
 			return nil
 		}
+		if p.NoReprotect {
+			return p.waitExit(ctx, backup)
+		}
+		next, err := p.reprotect(ctx, primary, backup, n)
+		if err != nil {
+			p.Log.Error("re-protection failed; the survivor runs unprotected", "pair", p.Name, "err", err)
+			return p.waitExit(ctx, backup)
+		}
+		primary, backup = backup, next
+		current = []*child{backup, primary}
+	}
+}
+
+// waitExit waits for c to exit or ctx to end.
+func (p Pair) waitExit(ctx context.Context, c *child) error {
+	select {
+	case <-c.done:
+		p.Log.Info("exited", "process", c.String(), "pid", c.proc.PID, "status", exitStatus(c.err))
+	case <-ctx.Done():
 	}
 	return nil
+}
+
+// reprotect follows a failover: once the backup (the n-th) is live, its
+// files take the primary's names (status, failover and stop find it
+// there; the dead primary's log and console are kept with the suffix
+// .failedN), a new backup starts listening where the survivor's
+// --protect-to points, and the survivor copies its running guest there.
+// It returns the new backup once the survivor reports the pair protected.
+func (p Pair) reprotect(ctx context.Context, dead, survivor *child, n int) (*child, error) {
+	start := time.Now()
+	if err := p.waitFor(ctx, survivor, "the backup to go live", func(ctx context.Context) bool {
+		st, err := ask(ctx, p.Dir, Backup)
+		return err == nil && (st.Phase == "live" || st.Role == Primary)
+	}); err != nil {
+		return nil, err
+	}
+	for _, f := range []func(string) string{p.Dir.LogFile, p.Dir.ConsoleFile} {
+		if err := os.Rename(f(Primary), fmt.Sprintf("%s.failed%d", f(Primary), n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("keep the dead primary's files: %w", err)
+		}
+	}
+	survivor.mu.Lock()
+	var errs []error
+	for _, f := range []func(string) string{p.Dir.PIDFile, p.Dir.Control, p.Dir.LogFile, p.Dir.ConsoleFile} {
+		if err := os.Rename(f(Backup), f(Primary)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	survivor.name = Primary
+	survivor.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("give the survivor the primary's files: %w", err)
+	}
+	p.Log.Info("failover: the backup is live; starting a new backup to protect it again", "pair", p.Name, "survivor", survivor.proc.PID, "backup", n+1)
+	next, err := p.start(Backup, p.vmmArgs(Backup, n+1))
+	if err != nil {
+		return nil, err
+	}
+	if err := p.waitFor(ctx, survivor, "the survivor to report the pair protected again", func(ctx context.Context) bool {
+		st, err := ask(ctx, p.Dir, Primary)
+		return err == nil && st.Phase == "protected" && st.Reprotected != nil
+	}); err != nil {
+		p.stopChildren([]*child{next})
+		return nil, err
+	}
+	p.Log.Info("protected again", "pair", p.Name, "primary", survivor.proc.PID, "backup", next.proc.PID, "after", time.Since(start).Round(time.Millisecond))
+	return next, nil
 }
 
 // stopChildren stops the children still running, last started first:
@@ -267,10 +371,10 @@ func (p Pair) stopChildren(started []*child) {
 		default:
 		}
 		if err := terminate(context.Background(), c.proc, stopGrace); err != nil {
-			p.Log.Warn("stop", "process", c.name, "pid", c.proc.PID, "err", err)
+			p.Log.Warn("stop", "process", c.String(), "pid", c.proc.PID, "err", err)
 		}
 		<-c.done
-		p.Log.Info("stopped", "process", c.name, "pid", c.proc.PID, "status", exitStatus(c.err))
+		p.Log.Info("stopped", "process", c.String(), "pid", c.proc.PID, "status", exitStatus(c.err))
 	}
 }
 

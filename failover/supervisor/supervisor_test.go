@@ -22,12 +22,23 @@ func TestVMMArgs(t *testing.T) {
 	p := Pair{Name: "kv", Dir: "/run/ftvm/kv", Machine: []string{"--image", "out/image", "--mem", "512"}}
 	got := p.VMMArgs(Backup)
 	want := []string{"run", "--image", "out/image", "--mem", "512", "--net", "/run/ftvm/kv/net.sock",
-		"--role", "backup", "--listen", "unix:/run/ftvm/kv/log.sock",
+		"--role", "backup", "--listen", "unix:/run/ftvm/kv/log.sock", "--protect-to", "unix:/run/ftvm/kv/log2.sock",
 		"--storage-server", "/run/ftvm/kv/storage.sock", "--pair", "kv",
 		"--control", "/run/ftvm/kv/backup.sock", "--console", "/run/ftvm/kv/backup.console"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("backup args\n got %q\nwant %q", got, want)
 	}
+	// The backup made by the second re-protection listens where the one
+	// before it protects to, and protects to the next.
+	got = p.vmmArgs(Backup, 3)
+	if flagValue(got, "--listen") != "unix:/run/ftvm/kv/log3.sock" || flagValue(got, "--protect-to") != "unix:/run/ftvm/kv/log4.sock" {
+		t.Errorf("third backup's args: %q", got)
+	}
+	p.NoReprotect = true
+	if got := p.VMMArgs(Backup); slices.Contains(got, "--protect-to") {
+		t.Errorf("backup args without re-protection: %q", got)
+	}
+	p.NoReprotect = false
 	// Without a storage server: the arbiter record in the run directory,
 	// the disks from the storage directory.
 	p.StorageServer, p.StorageDir = NoStorageServer, "/srv/disks"
@@ -237,7 +248,7 @@ func fakePair(t *testing.T) Pair {
 func TestDetachedRunStatusKillStop(t *testing.T) {
 	p := fakePair(t)
 	ctx := context.Background()
-	sup, err := Detach(p.Dir, p.Ftctl, []string{"start", "--run-dir", string(p.Dir), "--image", "ok"})
+	sup, err := Detach(p.Dir, p.Ftctl, []string{"start", "--run-dir", string(p.Dir), "--image", "ok", "--no-reprotect"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,5 +387,69 @@ func TestReadAStuckSide(t *testing.T) {
 	}
 	if ps.Backup.Err != "gone" {
 		t.Errorf("absent backup: %+v", ps.Backup)
+	}
+}
+
+// After a kill of the primary the supervisor protects the survivor again:
+// once the backup is live its files take the primary's names (the dead
+// primary's log is kept), a new backup listens where the survivor's
+// --protect-to points, and the survivor reports the pair protected again.
+// A second kill does the same with the next backup.
+func TestDetachedReprotectsAfterKill(t *testing.T) {
+	p := fakePair(t)
+	ctx := context.Background()
+	sup, err := Detach(p.Dir, p.Ftctl, []string{"start", "--run-dir", string(p.Dir), "--image", "ok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := sup.WaitProtected(wctx); err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= 2; n++ {
+		before := Read(ctx, p.Name, p.Dir)
+		if before.Backup.Status == nil || before.Backup.Status.Phase != "replaying" {
+			t.Fatalf("failover %d: the backup before the kill: %+v", n, before.Backup)
+		}
+		survivorPID := before.Backup.Status.PID
+		if _, _, err := SignalPrimary(p.Dir, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		var ps PairStatus
+		for {
+			ps = Read(ctx, p.Name, p.Dir)
+			if ps.Primary.Status != nil && ps.Primary.Status.Reprotected != nil && ps.Backup.Status != nil && ps.Backup.Status.Phase == "replaying" {
+				break
+			}
+			if wctx.Err() != nil {
+				t.Fatalf("failover %d: not protected again: %+v", n, ps)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if ps.Primary.Status.PID != survivorPID || ps.Backup.Status.PID == survivorPID {
+			t.Fatalf("failover %d: primary pid %d, backup pid %d; want the survivor %d as the primary", n, ps.Primary.Status.PID, ps.Backup.Status.PID, survivorPID)
+		}
+		if pf, err := readPIDFile(p.Dir.PIDFile(Primary)); err != nil || pf.PID != survivorPID {
+			t.Fatalf("failover %d: primary pid file %+v, %v", n, pf, err)
+		}
+		if _, err := os.Stat(fmt.Sprintf("%s.failed%d", p.Dir.LogFile(Primary), n)); err != nil {
+			t.Errorf("failover %d: the dead primary's log was not kept: %v", n, err)
+		}
+		if log := mustRead(t, p.Dir.LogFile(Backup)); !strings.Contains(log, fmt.Sprintf("log%d.sock", n+1)) {
+			t.Errorf("failover %d: the new backup's log lacks its address log%d.sock:\n%s", n, n+1, log)
+		}
+	}
+	stopped, err := Stop(ctx, p.Dir, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stopped) == 0 || strings.Fields(stopped[0])[0] != Primary {
+		t.Errorf("stopped %q, want the primary first", stopped)
+	}
+	select {
+	case <-sup.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the supervisor did not exit after its pair was stopped")
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ftvm/ftvm/hypervisor/devices"
 	"github.com/ftvm/ftvm/hypervisor/kvm"
 	"github.com/ftvm/ftvm/hypervisor/virtio"
 )
@@ -209,30 +208,23 @@ func (e *DivergenceError) Error() string {
 
 func (e *DivergenceError) Unwrap() error { return e.Err }
 
-// recordingClock is the devices' clock on a primary: live time, each read
-// reported with its exit number.
-type recordingClock struct {
-	live devices.Clock
-	l    *loop
-}
-
-func (c *recordingClock) Now() time.Duration {
-	v := c.live.Now()
-	c.l.rec.ClockRead(c.l.syncExits, v)
-	return v
-}
-
-// replayClock is the devices' clock on a backup: the primary's values.
-// Now cannot fail, so a disagreement is parked for the loop to report
-// right after the exit.
-type replayClock struct {
+// modalClock is the devices' clock in whatever mode the VM is in at the
+// read: on a backup the primary's values from the log; live, the VM's
+// clock; on a primary the same, each read reported to the recorder. A VM
+// changes mode between exits (a backup goes live, a live VM starts
+// recording for a new backup), so the mode is looked up at every read.
+type modalClock struct {
 	l *loop
 }
 
-func (c *replayClock) Now() time.Duration {
+func (c *modalClock) Now() time.Duration {
 	l := c.l
-	if l.rep == nil { // live
-		return l.clock.Now()
+	if l.rep == nil {
+		v := l.clock.Now()
+		if l.rec != nil {
+			l.rec.ClockRead(l.syncExits, v)
+		}
+		return v
 	}
 	v, err := l.rep.ClockRead(l.syncExits)
 	if errors.Is(err, ErrLogEnd) {
@@ -287,51 +279,42 @@ func (l *loop) replayInputs() error {
 	}
 }
 
-// recordingDisk is a primary's block backend: reads are logged with the
-// data, so the backup never reads the disk (the primary may have written it
-// since); writes go on to the backend, which holds them under the output
-// rule.
-type recordingDisk struct {
+// modalDisk is a block backend in whatever mode the VM is in at the
+// request (see modalClock). Recording, reads are logged with their data, so
+// the backup never reads the disk (the primary may have written it since),
+// and writes go on to the backend, which holds them under the output rule.
+// Replaying, reads come from the log and writes are checked against the
+// primary's and handed to the backend, which keeps them aside until the VM
+// goes live (a backup does not write its disks); flushes are dropped. Live,
+// everything goes to the backend.
+type modalDisk struct {
 	virtio.BlockBackend
 	l   *loop
 	dev int
 }
 
-func (d *recordingDisk) ReadAt(p []byte, off int64) (int, error) {
+func (d *modalDisk) ReadAt(p []byte, off int64) (int, error) {
+	l := d.l
+	if l.rep != nil {
+		return d.replayRead(p, off)
+	}
 	n, err := d.BlockBackend.ReadAt(p, off)
+	if l.rec == nil {
+		return n, err
+	}
 	if err == nil && n < len(p) {
 		err = fmt.Errorf("short read: %d of %d bytes", n, len(p))
 	}
 	if err != nil {
-		d.l.rec.DiskReadFailed(d.l.syncExits, d.dev)
+		l.rec.DiskReadFailed(l.syncExits, d.dev)
 		return n, err
 	}
-	d.l.rec.DiskRead(d.l.syncExits, d.dev, off, p)
+	l.rec.DiskRead(l.syncExits, d.dev, off, p)
 	return n, nil
 }
 
-func (d *recordingDisk) WriteAt(p []byte, off int64) (int, error) {
-	n, err := d.BlockBackend.WriteAt(p, off)
-	if err == nil {
-		d.l.rec.Output(d.l.syncExits, OutputDiskWrite, d.dev, off, p)
-	}
-	return n, err
-}
-
-// replayDisk is a backup's block backend: reads come from the log, writes
-// and flushes are dropped (the primary makes them). Size and ID come from
-// the real disk, opened read-only.
-type replayDisk struct {
-	virtio.BlockBackend
-	l   *loop
-	dev int
-}
-
-func (d *replayDisk) ReadAt(p []byte, off int64) (int, error) {
+func (d *modalDisk) replayRead(p []byte, off int64) (int, error) {
 	l := d.l
-	if l.rep == nil { // live
-		return d.BlockBackend.ReadAt(p, off)
-	}
 	err := l.rep.DiskRead(l.syncExits, d.dev, off, p)
 	if errors.Is(err, ErrLogEnd) {
 		if err = l.tryGoLive(); err == nil {
@@ -347,20 +330,25 @@ func (d *replayDisk) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// WriteAt checks the write against the primary's and hands it to the
-// backend, which keeps it aside until the VM goes live (a backup does not
-// write its disks: the primary does) and writes it from then on.
-func (d *replayDisk) WriteAt(p []byte, off int64) (int, error) {
-	d.l.checkOutput(OutputDiskWrite, d.dev, off, p)
-	return d.BlockBackend.WriteAt(p, off)
+func (d *modalDisk) WriteAt(p []byte, off int64) (int, error) {
+	l := d.l
+	if l.rep != nil {
+		l.checkOutput(OutputDiskWrite, d.dev, off, p)
+		return d.BlockBackend.WriteAt(p, off)
+	}
+	n, err := d.BlockBackend.WriteAt(p, off)
+	if err == nil && l.rec != nil {
+		l.rec.Output(l.syncExits, OutputDiskWrite, d.dev, off, p)
+	}
+	return n, err
 }
 
-// Flush reaches the disk only once the VM is live.
-func (d *replayDisk) Flush() error {
-	if d.l.rep == nil {
-		return d.BlockBackend.Flush()
+// Flush reaches the disk only outside replay.
+func (d *modalDisk) Flush() error {
+	if d.l.rep != nil {
+		return nil
 	}
-	return nil
+	return d.BlockBackend.Flush()
 }
 
 // checkOutput compares an output the backup produced with the primary's;

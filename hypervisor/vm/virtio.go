@@ -87,7 +87,7 @@ func (f *frameInbox) flush() {
 // that tell Linux where they are.
 func (v *VM) wireVirtio(pic devices.IRQSink) (string, error) {
 	mem := virtio.NewMemory(v.mem.Bytes())
-	if v.cfg.Record != nil || v.cfg.Replay != nil {
+	if v.replicable() {
 		mem.TrackDirty() // digests and checkpoints must see device writes
 	}
 	v.dma = mem
@@ -116,28 +116,28 @@ func (v *VM) wireVirtio(pic devices.IRQSink) (string, error) {
 	}
 	if n := v.cfg.Net; n != nil {
 		inbox := &frameInbox{source: n.Received}
-		transmit := n.Transmit
 		l := v.loop
-		switch {
-		case v.cfg.Record != nil:
-			rec := v.cfg.Record
-			transmit = func(fr []byte) {
-				n.Transmit(fr)
-				rec.Output(l.syncExits, OutputFrame, 0, 0, fr)
-			}
-		case v.cfg.Replay != nil:
-			transmit = func(fr []byte) {
+		// The mode is looked up per frame: see modalClock.
+		transmit := func(fr []byte) {
+			switch {
+			case l.rep != nil:
 				l.checkOutput(OutputFrame, 0, 0, fr)
+			case l.rec != nil:
 				n.Transmit(fr)
+				l.rec.Output(l.syncExits, OutputFrame, 0, 0, fr)
+				return
 			}
+			n.Transmit(fr)
 		}
 		dev, err := virtio.NewNet(virtio.NetConfig{MAC: n.MAC, Transmit: transmit, RxRefilled: func() { inbox.flush() }})
 		if err != nil {
 			return "", fmt.Errorf("virtio-net: %w", err)
 		}
 		inbox.dev = dev
-		if rec := v.cfg.Record; rec != nil {
-			inbox.accepted = func(fr []byte) { rec.FrameReceived(l.syncExits, 0, fr) }
+		inbox.accepted = func(fr []byte) {
+			if l.rec != nil {
+				l.rec.FrameReceived(l.syncExits, 0, fr)
+			}
 		}
 		v.loop.frames = inbox
 		if err := add(dev); err != nil {
@@ -145,13 +145,7 @@ func (v *VM) wireVirtio(pic devices.IRQSink) (string, error) {
 		}
 	}
 	for i, d := range v.cfg.Disks {
-		backend := d.Backend
-		switch {
-		case v.cfg.Record != nil:
-			backend = &recordingDisk{BlockBackend: backend, l: v.loop, dev: i}
-		case v.cfg.Replay != nil:
-			backend = &replayDisk{BlockBackend: backend, l: v.loop, dev: i}
-		}
+		backend := &modalDisk{BlockBackend: d.Backend, l: v.loop, dev: i}
 		dev, err := virtio.NewBlk(backend, virtio.BlkConfig{ReadOnly: d.ReadOnly})
 		if err != nil {
 			return "", fmt.Errorf("virtio-blk disk %d: %w", i, err)

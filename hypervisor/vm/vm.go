@@ -46,6 +46,11 @@ type Config struct {
 	// set. Either turns interrupt-window exits off (see loop.noWindows).
 	Record Recorder
 	Replay Replayer
+	// Replicable makes a VM that neither records nor replays ready to start
+	// recording later, for a backup made while it runs (StartRecording):
+	// its dirty-page logs and register sync are on from power-on, as with
+	// Record or Replay. The guest runs a little slower for the dirty log.
+	Replicable bool
 	// GoLive, with Replay, is asked where the log ends whether this backup
 	// goes live there (golive.go). Without it a backup stops at the end.
 	GoLive GoLiveFunc
@@ -152,7 +157,7 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	syncRegs := false
-	if cfg.Record != nil || cfg.Replay != nil {
+	if v.replicable() {
 		// Digests and checkpoints follow every page written from here
 		// on; both sides start from the same memory.
 		if err = v.EnableDirtyLog(); err != nil {
@@ -171,14 +176,7 @@ func New(cfg Config) (_ *VM, err error) {
 	}
 	v.loop = &loop{vcpu: v.vcpu, clock: clock, rec: cfg.Record, rep: cfg.Replay, guest: v, goLive: cfg.GoLive, logEnded: cfg.LogEnded,
 		noWindows: cfg.Record != nil || cfg.Replay != nil, syncRegs: syncRegs}
-	devClock := clock
-	switch {
-	case cfg.Record != nil:
-		devClock = &recordingClock{live: clock, l: v.loop}
-	case cfg.Replay != nil:
-		devClock = &replayClock{l: v.loop}
-	}
-	if err = v.wireDevices(devClock); err != nil {
+	if err = v.wireDevices(&modalClock{l: v.loop}); err != nil {
 		return nil, err
 	}
 	if cfg.ConsoleInput != nil {

@@ -27,7 +27,9 @@ func registry() map[string]Workload {
 		"none":  func(context.Context, Config, io.Writer) error { return nil },
 		"sleep": sleepWorkload,
 		"cpu":   cpuWorkload,
-		"kv":    kvWorkload,
+		// memwrite dirties memory as fast as it can (memwrite.go).
+		"memwrite": memwriteWorkload,
+		"kv":       kvWorkload,
 		// Distributed workloads: one guest per replica or role, talking
 		// over the guest network (raftkv.go, mapreduce.go).
 		workloadRaftKV:        raftkvWorkload,

@@ -1,0 +1,386 @@
+package replication_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/hypervisor/vm"
+	"github.com/ftvm/ftvm/instance"
+	"github.com/ftvm/ftvm/replication"
+	"github.com/ftvm/ftvm/storage/arbiter"
+	"github.com/ftvm/ftvm/testbench/guesttest"
+	"github.com/ftvm/ftvm/testbench/kvmhost"
+)
+
+// chainBackupEnv makes the test binary a backup process that, once live,
+// protects itself again by making a new backup at the next address:
+// "listen|image|storage|switch|arbiter|next|statusfile". It writes its
+// status to statusfile twice a second and stops cleanly on SIGTERM.
+const chainBackupEnv = "FTVM_TEST_CHAIN_BACKUP"
+
+func chainBackupProcess(spec string) int {
+	f := strings.Split(spec, "|")
+	if len(f) != 7 {
+		fmt.Fprintln(os.Stderr, "bad", chainBackupEnv)
+		return 2
+	}
+	listen, next, statusFile := f[0], f[5], f[6]
+	cfg := instance.Config{
+		Image: f[1], NetSocket: f[3], IP: "192.168.127.2/24", Disks: []string{"data"}, StorageDir: f[2],
+		Append: "ftvm.workload=kv ftvm.port=7000", MemoryMiB: 128,
+	}
+	arb, err := arbiter.OpenDir(f[4])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "backup:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	statusDone := make(chan struct{})
+	defer close(statusDone)
+	_, err = replication.RunBackup(ctx, replication.BackupConfig{
+		Instance: cfg, Listen: "unix:" + listen, Log: pairLog, StatusEvery: 5 * time.Second,
+		Arbiter: arb, Pair: "kv", Owner: "backup at " + filepath.Base(listen),
+		Running: func(status func() replication.BackupStatus) {
+			go func() {
+				for {
+					select {
+					case <-statusDone:
+						return
+					case <-time.After(500 * time.Millisecond):
+					}
+					tmp := statusFile + ".tmp"
+					if os.WriteFile(tmp, []byte(status().String()), 0o644) == nil {
+						os.Rename(tmp, statusFile)
+					}
+				}
+			}()
+		},
+		Live: func(protect replication.ProtectFunc) {
+			if next == "" {
+				return
+			}
+			go func() {
+				// The next backup may still be starting: ask until it
+				// answers or the run ends.
+				for ctx.Err() == nil {
+					res, err := protect(ctx, replication.PrimaryConfig{Peer: "unix:" + next, Log: pairLog, Owner: "survivor at " + filepath.Base(listen)},
+						replication.TransferOptions{Progress: func(p replication.TransferProgress) { fmt.Fprintln(os.Stderr, "transfer:", p) }})
+					if err == nil {
+						fmt.Fprintln(os.Stderr, "protected again:", res)
+						return
+					}
+					fmt.Fprintln(os.Stderr, "protect:", err)
+					time.Sleep(time.Second)
+				}
+			}()
+		},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "backup:", err)
+		return 1
+	}
+	return 0
+}
+
+// chainBackup is a chain backup process of the test.
+type chainBackup struct {
+	cmd              *exec.Cmd
+	stderr           *syncBuffer
+	listen, statusAt string
+}
+
+func (s *pairSetup) startChainBackup(t *testing.T, listen, arbDir, next string) *chainBackup {
+	t.Helper()
+	b := &chainBackup{stderr: &syncBuffer{}, listen: listen, statusAt: listen + ".status"}
+	b.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	b.cmd.Env = append(os.Environ(), chainBackupEnv+"="+strings.Join([]string{listen, s.inst.Image, s.storeDir, s.sock, arbDir, next, b.statusAt}, "|"))
+	b.cmd.Stderr = b.stderr
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		b.cmd.Process.Kill()
+		b.cmd.Wait()
+		if t.Failed() {
+			t.Logf("backup %s's stderr:\n%s", filepath.Base(listen), lastLines(b.stderr.String(), 40))
+		}
+	})
+	for i := 0; ; i++ {
+		if _, err := os.Stat(listen); err == nil {
+			return b
+		}
+		if i > 600 {
+			t.Fatalf("backup process never listened: %s", b.stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// status is the process's last status line.
+func (b *chainBackup) status() string {
+	s, _ := os.ReadFile(b.statusAt)
+	return string(s)
+}
+
+// waitFor waits until the status says want, or fails.
+func (b *chainBackup) waitFor(what string, bound time.Duration, ok func(status string) bool) error {
+	for deadline := time.Now().Add(bound); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if ok(b.status()) {
+			return nil
+		}
+	}
+	return fmt.Errorf("backup %s: not %s after %v; status: %s", filepath.Base(b.listen), what, bound, b.status())
+}
+
+// digestsMatched reads "digests matched N" from a backup's status line.
+func digestsMatched(status string) int {
+	i := strings.Index(status, "digests matched ")
+	if i < 0 {
+		return 0
+	}
+	var n int
+	fmt.Sscanf(status[i+len("digests matched "):], "%d", &n)
+	return n
+}
+
+// TestThreeFailoversWithReprotection: three failovers in a row under kv
+// client load, each followed by automatic re-protection. A pair starts
+// (primary P0, backup B1); B1 and each later backup, once live, make the
+// next backup from their running guest (pre-copy over the log channel,
+// then recording). The test kills P0, waits until B1 is live and B2
+// replays B1's log with digests matching, kills B1, and so on until B3 is
+// live. The clients' one history across the three failovers, with a
+// read-back, is linearizable, none saw an error, the disk holds what the
+// read-back saw, and the arbiter's generation went up by three.
+func TestThreeFailoversWithReprotection(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	s := newPairSetup(t)
+	arbDir := filepath.Join(t.TempDir(), "arbiter")
+	arb, err := arbiter.OpenDir(arbDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := arb.Read(context.Background(), "kv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(s.logSock)
+	socks := []string{s.logSock, filepath.Join(dir, "b2.sock"), filepath.Join(dir, "b3.sock")}
+	var backups []*chainBackup
+	for i, sock := range socks {
+		next := ""
+		if i+1 < len(socks) {
+			next = socks[i+1]
+		}
+		backups = append(backups, s.startChainBackup(t, sock, arbDir, next))
+	}
+	primary, perr := s.startPrimaryProcess(t, arbDir, "")
+	// The first backup replays before anything is killed.
+	if err := backups[0].waitFor("matching digests", 5*time.Minute, func(st string) bool { return digestsMatched(st) >= 3 }); err != nil {
+		t.Fatalf("%v\nprimary's stderr:\n%s", err, lastLines(perr.String(), 30))
+	}
+
+	faultErr := make(chan error, 1)
+	var timeline []string
+	tr := runTrialClients(t, s.fwd, func() time.Time {
+		victims := []*exec.Cmd{primary, backups[0].cmd, backups[1].cmd}
+		var killed time.Time
+		for i, victim := range victims {
+			survivor := backups[i]
+			killed = time.Now()
+			if err := victim.Process.Kill(); err != nil {
+				faultErr <- err
+				return killed
+			}
+			victim.Wait()
+			if err := survivor.waitFor("live", 3*time.Minute, func(st string) bool {
+				return strings.HasPrefix(st, "backup live") || strings.HasPrefix(st, "survivor protected again")
+			}); err != nil {
+				faultErr <- fmt.Errorf("failover %d: %w", i+1, err)
+				return killed
+			}
+			line := fmt.Sprintf("failover %d: %s live %v after the kill", i+1, filepath.Base(survivor.listen), time.Since(killed).Round(time.Millisecond))
+			if i+1 < len(backups) {
+				next := backups[i+1]
+				// Re-protected: the survivor is a primary again and its new
+				// backup replays its log, digests matching.
+				if err := next.waitFor("replaying the survivor's log with matching digests", 5*time.Minute, func(st string) bool {
+					return strings.HasPrefix(st, "backup replaying") && digestsMatched(st) >= 3
+				}); err != nil {
+					faultErr <- fmt.Errorf("re-protection %d: %w", i+1, err)
+					return killed
+				}
+				line += fmt.Sprintf(", protected again %v after the kill: %s", time.Since(killed).Round(time.Millisecond), survivor.status())
+			}
+			timeline = append(timeline, line)
+		}
+		faultErr <- nil
+		return killed
+	})
+	if err := <-faultErr; err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range timeline {
+		t.Log(l)
+	}
+	after, err := arb.Read(context.Background(), "kv")
+	if err != nil || after.Generation != before.Generation+3 {
+		t.Fatalf("record after three failovers %v, %v; want generation %d", after, err, before.Generation+3)
+	}
+	last := backups[len(backups)-1]
+	last.cmd.Process.Signal(syscall.SIGTERM)
+	if err := last.cmd.Wait(); err != nil {
+		t.Fatalf("the last survivor did not stop cleanly: %v\n%s", err, lastLines(last.stderr.String(), 30))
+	}
+	tr.checkDisk(t, s.storeDir, "data")
+	t.Logf("%s", tr)
+}
+
+// runningVM is a VM running alone in this process, made replicable so it
+// can be protected while it runs.
+type runningVM struct {
+	inst    *instance.Instance
+	console *guesttest.Console
+	runCtx  context.Context
+	stop    context.CancelCauseFunc
+	done    chan error
+}
+
+func (s *pairSetup) startRunningVM(t *testing.T, appendArgs string, memMiB int) *runningVM {
+	t.Helper()
+	cfg := s.inst
+	cfg.Append, cfg.MemoryMiB, cfg.Replicable = appendArgs, memMiB, true
+	r := &runningVM{console: guesttest.NewConsole(), done: make(chan error, 1)}
+	cfg.Console = r.console
+	inst, err := instance.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.inst = inst
+	r.runCtx, r.stop = context.WithCancelCause(context.Background())
+	go func() {
+		_, err := inst.Run(r.runCtx)
+		r.done <- err
+	}()
+	t.Cleanup(func() {
+		r.stop(nil)
+		select {
+		case <-r.done:
+		case <-time.After(time.Minute):
+		}
+		inst.Close()
+	})
+	return r
+}
+
+// memwriteRate reads the guest's "ftvm-guest memwrite second=N pages=P"
+// lines: the pages it wrote in each second of its run.
+func memwriteRate(console string) map[int]int {
+	perSecond := map[int]int{}
+	prev := 0
+	for _, line := range strings.Split(console, "\n") {
+		var sec, pages int
+		if _, err := fmt.Sscanf(strings.TrimSpace(line), "ftvm-guest memwrite second=%d pages=%d", &sec, &pages); err == nil {
+			perSecond[sec] = pages - prev
+			prev = pages
+		}
+	}
+	return perSecond
+}
+
+// TestProtectRunningVMUnderMemoryWrites: a VM running alone whose guest
+// rewrites 8 MiB of memory as fast as it can is protected while it runs
+// (ftctl protect's path: pre-copy over the log channel, then recording).
+// The guest dirties memory faster than the nested host's channel sends it,
+// so without auto-converge the rounds would not shrink; the test sees from
+// the guest's own console that it was slowed while the copy ran, that the
+// copy ended, and that the new backup then replays the guest with its
+// digests matching the primary's, and stops cleanly with the primary.
+func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	s := newPairSetup(t)
+	vmRun := s.startRunningVM(t, "ftvm.workload=memwrite ftvm.mib=8", 128)
+	vmRun.console.WaitFor(t, "ftvm-guest memwrite second=3 ", vmRun.done, 5*time.Minute)
+
+	var status atomic.Pointer[func() replication.BackupStatus]
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, StatusEvery: 5 * time.Second,
+		Running: func(f func() replication.BackupStatus) { status.Store(&f) }})
+	var rounds []string
+	copyStart := time.Now()
+	p, res, err := replication.Protect(context.Background(), vmRun.inst, vmRun.runCtx, vmRun.stop,
+		replication.PrimaryConfig{Peer: "unix:" + s.logSock, Log: pairLog},
+		replication.TransferOptions{Progress: func(pr replication.TransferProgress) { rounds = append(rounds, pr.String()) }})
+	copyTook := time.Since(copyStart)
+	if err != nil {
+		t.Fatalf("protect: %v\nrounds:\n  %s", err, strings.Join(rounds, "\n  "))
+	}
+	finish := p.Start(context.Background())
+	t.Logf("transfer: %v\nrounds:\n  %s", res, strings.Join(rounds, "\n  "))
+
+	// The guest goes on and the backup replays it, digests matching.
+	firstDigests := -1
+	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		var st replication.BackupStatus
+		if f := status.Load(); f != nil {
+			st = (*f)()
+		}
+		if firstDigests < 0 && st.Replayer.Digests > 0 {
+			firstDigests = int(st.Replayer.Digests)
+		}
+		if firstDigests >= 0 && int(st.Replayer.Digests) >= firstDigests+3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new backup does not replay with matching digests: %v", st)
+		}
+	}
+	vmRun.console.WaitFor(t, fmt.Sprintf("ftvm-guest memwrite second=%d ", int(time.Since(copyStart).Seconds())+15), vmRun.done, 5*time.Minute)
+
+	// Stop: the primary closes the log cleanly and the backup ends there.
+	vmRun.stop(nil)
+	runErr := <-vmRun.done
+	pres, err := finish(vm.StoppedCancelled, runErr)
+	if err != nil {
+		t.Fatalf("the protected VM's primary: %v (%v)", err, pres)
+	}
+	bcancel()
+	if b := <-backup; b.err != nil {
+		t.Fatalf("backup: %v", b.err)
+	}
+
+	// What the guest itself saw: its write rate while the copy ran
+	// against before and after.
+	rate := memwriteRate(vmRun.console.String())
+	var before, during, after []int
+	copySecs := int(copyTook.Seconds()) + 1
+	for sec, n := range rate {
+		switch {
+		case sec <= 3:
+			before = append(before, n)
+		case sec > 3 && sec <= 3+copySecs:
+			during = append(during, n)
+		default:
+			after = append(after, n)
+		}
+	}
+	t.Logf("guest's pages written per second: before the copy %v, while it ran %v, after %v (copy %v)", before, during, after, copyTook.Round(time.Millisecond))
+	if len(rate) < 10 {
+		t.Fatalf("the guest reported %d seconds of writing; want the copy to have run under a guest writing throughout: %v", len(rate), rate)
+	}
+}
