@@ -313,3 +313,46 @@ func (r *chunkReader) Pages() []ChunkPage { return r.pages[:r.n] }
 func (r *chunkReader) Content(i int) []byte {
 	return r.content[i*PageSize : (i+1)*PageSize : (i+1)*PageSize]
 }
+
+// DecodePageChunk decodes a CheckpointChunk's payload into its records and
+// the content of its PageContent pages (copied, in record order), for
+// tools and tests; the replayer decodes without allocating.
+func DecodePageChunk(chunk []byte) ([]ChunkPage, [][]byte, error) {
+	var r chunkReader
+	if err := r.decode(chunk); err != nil {
+		return nil, nil, err
+	}
+	pages := append([]ChunkPage(nil), r.Pages()...)
+	var content [][]byte
+	for i := range len(r.content) / PageSize {
+		content = append(content, append([]byte(nil), r.Content(i)...))
+	}
+	return pages, content, nil
+}
+
+// EncodePageChunk encodes records and the content of their PageContent
+// pages (in record order) as a CheckpointChunk's payload; for tools and
+// tests, such as one that alters a logged checkpoint.
+func EncodePageChunk(pages []ChunkPage, content [][]byte) ([]byte, error) {
+	var w chunkWriter
+	for _, p := range pages {
+		var c []byte
+		if p.Kind == PageContent {
+			if len(content) == 0 {
+				return nil, fmt.Errorf("page %d: no content left for it", p.Page)
+			}
+			c, content = content[0], content[1:]
+		}
+		if err := w.add(p, c); err != nil {
+			return nil, err
+		}
+	}
+	if len(content) > 0 {
+		return nil, fmt.Errorf("%d pages of content more than the content records", len(content))
+	}
+	b, err := w.encode()
+	if err != nil {
+		return nil, err
+	}
+	return bytes.Clone(b), nil
+}

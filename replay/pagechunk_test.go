@@ -238,3 +238,42 @@ func FuzzPageChunk(f *testing.F) {
 		checkDecoded(t, &r2, in)
 	})
 }
+
+// The exported codec round-trips and refuses content that does not match
+// the records.
+func TestExportedPageChunkCodec(t *testing.T) {
+	pages := []ChunkPage{
+		{Page: 1, Kind: PageContent},
+		{Page: 2, Kind: PageHashed, Hash: HashPage(testPage(2, false))},
+		{Page: 3, Kind: PageZero},
+		{Page: 9, Kind: PageContent},
+	}
+	content := [][]byte{testPage(1, false), testPage(9, true)}
+	b, err := EncodePageChunk(pages, content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotPages, gotContent, err := DecodePageChunk(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gotPages) != len(pages) || len(gotContent) != len(content) {
+		t.Fatalf("decoded %d pages and %d contents", len(gotPages), len(gotContent))
+	}
+	for i := range pages {
+		if gotPages[i] != pages[i] {
+			t.Fatalf("page %d: %+v, want %+v", i, gotPages[i], pages[i])
+		}
+	}
+	for i := range content {
+		if !bytes.Equal(gotContent[i], content[i]) {
+			t.Fatalf("content %d differs", i)
+		}
+	}
+	if _, err := EncodePageChunk(pages, content[:1]); err == nil {
+		t.Error("a content record without content was encoded")
+	}
+	if _, err := EncodePageChunk(pages, append(content, testPage(3, false))); err == nil {
+		t.Error("content without a record was encoded")
+	}
+}
