@@ -468,7 +468,7 @@ func (r *Replayer) loadChunk(n uint64, chunk, mem []byte) (loaded, verified uint
 			content++
 		case PageHashed:
 			if h := HashPage(page); h != p.Hash {
-				return loaded, verified, fmt.Errorf("%w: checkpoint at exit #%d: page %#x hashes to %x on the backup, %x on the primary, which sent only the hash (it had the page as written before the exit)",
+				return loaded, verified, fmt.Errorf("%w: checkpoint at exit #%d: page %#x hashes to %x on the backup, %x on the primary, which sent only the hash (it had not written the page since a point the backup replayed)",
 					ErrStateDiffers, n, addr, h[:8], p.Hash[:8])
 			}
 			verified++

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -46,11 +48,12 @@ func linuxVM(t *testing.T, storeDir string, rec vm.Recorder, rep vm.Replayer) (v
 }
 
 // TestAlteredLogValueIsCaught records a Linux guest booting and sleeping,
-// then replays the log three times with one value changed: the RIP of one
+// then replays the log four times with one value changed: the RIP of one
 // exit's mark and the hash of one disk write (the backup must stop at
-// exactly that exit), and one PM-timer value, a second ahead (the guest
-// then computes with another time; the backup must stop no later than the
-// next state digest after it). The unaltered log replays to the end.
+// exactly that exit), one checkpoint page's hash (the backup must stop at
+// that checkpoint), and one PM-timer value, a second ahead (the guest then
+// computes with another time; the backup must stop no later than the next
+// state digest after it). The unaltered log replays to the end.
 func TestAlteredLogValueIsCaught(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
@@ -161,6 +164,43 @@ func TestAlteredLogValueIsCaught(t *testing.T) {
 			t.Fatalf("altered the hash of the disk write at exit #%d; backup: %v", evs[i].Exit, err)
 		}
 		t.Logf("altered the hash of the disk write at exit #%d: %v", evs[i].Exit, de)
+	})
+	t.Run("hashed checkpoint page", func(t *testing.T) {
+		// A page the primary named by hash only: the backup computed it
+		// replaying and must check it. One bit of the hash flipped, it
+		// must stop at that checkpoint's exit, naming the page, before it
+		// loads the vCPU state and runs on.
+		evs := append([]replay.Event(nil), events...)
+		at, addr := -1, uint64(0)
+		for j := range evs {
+			if evs[j].Type != replay.CheckpointChunk {
+				continue
+			}
+			pages, content, err := replay.DecodePageChunk(evs[j].Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := slices.IndexFunc(pages, func(p replay.ChunkPage) bool { return p.Kind == replay.PageHashed })
+			if k < 0 {
+				continue
+			}
+			pages[k].Hash[0] ^= 1
+			if evs[j].Data, err = replay.EncodePageChunk(pages, content); err != nil {
+				t.Fatal(err)
+			}
+			at, addr = j, pages[k].Page*replay.PageSize
+			break
+		}
+		if at < 0 {
+			t.Fatal("no checkpoint named a page by hash: the test proves nothing")
+		}
+		_, _, err := replayWith(evs)
+		var de *vm.DivergenceError
+		if !errors.As(err, &de) || de.Exit != evs[at].Exit || !errors.Is(err, replay.ErrStateDiffers) ||
+			!strings.Contains(err.Error(), fmt.Sprintf("page %#x hashes to", addr)) {
+			t.Fatalf("altered the hash of page %#x in the checkpoint at exit #%d; backup: %v", addr, evs[at].Exit, err)
+		}
+		t.Logf("altered the hash of page %#x in the checkpoint at exit #%d: %v", addr, evs[at].Exit, de)
 	})
 	t.Run("clock value", func(t *testing.T) {
 		evs := append([]replay.Event(nil), events...)
