@@ -322,8 +322,8 @@ func (r *Recorder) BeforeRun(n uint64, g vm.GuestState) error {
 		// I/O, which moves RIP past the instruction the mark names.
 		r.mark()
 	}
-	if iv := r.opts.SyncInterval; iv > 0 && time.Since(r.syncAt) >= iv {
-		// Before the digest, so its rehash takes this read's pages too.
+	if iv := r.opts.SyncInterval; iv > 0 && !due && time.Since(r.syncAt) >= iv {
+		// (A due digest reads the dirty log itself, below.)
 		start := time.Now()
 		if err := r.state.collect(g); err != nil {
 			r.err = fmt.Errorf("mark a sync point at exit #%d: %w", n, err)
