@@ -1,5 +1,5 @@
 # ftvm: common tasks. Every target installs what it needs first.
-.PHONY: setup demo test fuzz soak bench ftctl clean
+.PHONY: setup demo demo-raft demo-mapreduce test fuzz soak bench ftctl clean
 
 setup:
 	scripts/setup.sh
@@ -14,6 +14,26 @@ ftctl: setup
 # linearizable.
 demo: ftctl
 	scripts/demo.sh
+
+# The FT demos on the distributed guest workloads, each a nested-host Go
+# test that boots its guests, prints a table of the kill with ftvm beside
+# the same kill without, and fails if a check does not hold (see
+# images/workloads/guests; not in make test: each boots four guests, one
+# a pair, 10 minutes or more in the nested host). DEMO_SCALE multiplies
+# their minimum work.
+# Raft: three raftkv replicas, the leader an ftvm pair, under three
+# clients; its primary is killed (no election, no client error), then the
+# leader's VM dies unprotected (an election, the clients' downtime).
+DEMO_SCALE ?= 1
+demo-raft: setup
+	FTVM_DEMOS=1 FTVM_DEMO_SCALE=$(DEMO_SCALE) go test -count=1 -v -timeout 60m -run '^TestRaftDemo$$' ./images/workloads/guests/
+
+# MapReduce: a word count over a coordinator and two workers, worker 0 an
+# ftvm pair killed mid-job (no task re-executed), then the same job with
+# worker 0 a plain VM that dies (the timeout, the re-execution, the extra
+# time). Both outputs must equal the sequential run.
+demo-mapreduce: setup
+	FTVM_DEMOS=1 FTVM_DEMO_SCALE=$(DEMO_SCALE) go test -count=1 -v -timeout 60m -run '^TestMapReduceDemo$$' ./images/workloads/guests/
 
 test:
 	scripts/test.sh

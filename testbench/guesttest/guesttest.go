@@ -1,7 +1,8 @@
 // Package guesttest holds helpers for tests that boot the guest image: a
-// console that waits for lines, a plain VM run for a test (guest.go), the
-// embedded switch on a temporary socket, and a client of the kv workload
-// through a port forward.
+// console that waits for lines, a plain VM run for a test (guest.go), a
+// guest run as an ftvm pair whose primary the test can kill (pair.go),
+// the embedded switch on a temporary socket, and a client of the kv
+// workload through a port forward.
 package guesttest
 
 import (

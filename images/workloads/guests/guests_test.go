@@ -25,6 +25,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// The primary of an ftvm pair (guesttest.StartPair) is this binary.
+	if status, ok := guesttest.PairMain(); ok {
+		os.Exit(status)
+	}
 	var opts []kvmhost.Option
 	// The replicas' disks are made with the host's mkfs.ext4
 	// (storage.CreateDisk); the nested host gets the same binary.
@@ -47,6 +51,38 @@ func guestConfig(t *testing.T, sock string, host int, appendArgs string) instanc
 	}
 }
 
+// raftReplicas makes the switch, disks and machines of one raftkv
+// replica per election timeout (ms): replica i is 192.168.127.(11+i),
+// port 7000, its disk raft<i>, reached from the host at fwds[i].
+func raftReplicas(t *testing.T, electionMS []int) (configs []instance.Config, fwds []string) {
+	t.Helper()
+	var peers []string
+	var forwards []network.Forward
+	for i := range electionMS {
+		guest := fmt.Sprintf("192.168.127.%d:7000", 11+i)
+		peers = append(peers, guest)
+		fwds = append(fwds, guesttest.FreeAddr(t))
+		forwards = append(forwards, network.Forward{Host: fwds[i], Guest: guest})
+	}
+	sock := guesttest.StartSwitch(t, network.SwitchConfig{Forwards: forwards})
+	storeDir := filepath.Join(t.TempDir(), "storage")
+	store, err := storage.Open(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ms := range electionMS {
+		disk := fmt.Sprintf("raft%d", i)
+		if _, err := store.CreateDisk(context.Background(), disk, 32<<20, storage.CreateOptions{Filesystem: storage.FilesystemExt4}); err != nil {
+			t.Fatal(err)
+		}
+		cfg := guestConfig(t, sock, 11+i, fmt.Sprintf("ftvm.workload=raftkv ftvm.id=%d ftvm.peers=%s ftvm.election-ms=%d ftvm.snapshot-bytes=8192",
+			i, strings.Join(peers, ","), ms))
+		cfg.Disks, cfg.StorageDir = []string{disk}, storeDir
+		configs = append(configs, cfg)
+	}
+	return configs, fwds
+}
+
 // leaderRE matches Raft's log line of a replica that became leader.
 var leaderRE = regexp.MustCompile(`msg=leader peer=(\d+) term=(\d+)`)
 
@@ -62,35 +98,12 @@ func TestRaftKVGuests(t *testing.T) {
 	}
 	start := time.Now()
 	const n = 3
-	var peers, fwds []string
-	var forwards []network.Forward
-	for i := range n {
-		guest := fmt.Sprintf("192.168.127.%d:7000", 11+i)
-		peers = append(peers, guest)
-		fwds = append(fwds, guesttest.FreeAddr(t))
-		forwards = append(forwards, network.Forward{Host: fwds[i], Guest: guest})
-	}
-	sock := guesttest.StartSwitch(t, network.SwitchConfig{Forwards: forwards})
-	storeDir := filepath.Join(t.TempDir(), "storage")
-	store, err := storage.Open(storeDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	configs := make([]instance.Config, n)
-	for i := range n {
-		disk := fmt.Sprintf("raft%d", i)
-		if _, err := store.CreateDisk(context.Background(), disk, 32<<20, storage.CreateOptions{Filesystem: storage.FilesystemExt4}); err != nil {
-			t.Fatal(err)
-		}
-		// A 10 s election timeout, and the 5 s RPC and 10 s op timeouts
-		// that scale with it: three guests share the nested host's one
-		// emulated CPU, and a small guest-to-guest RPC on a new connection
-		// regularly took over 2 s there (with 4 s, every vote request
-		// timed out and no leader was elected in 2 minutes).
-		configs[i] = guestConfig(t, sock, 11+i, fmt.Sprintf("ftvm.workload=raftkv ftvm.id=%d ftvm.peers=%s ftvm.election-ms=10000 ftvm.snapshot-bytes=8192",
-			i, strings.Join(peers, ",")))
-		configs[i].Disks, configs[i].StorageDir = []string{disk}, storeDir
-	}
+	// A 10 s election timeout, and the 5 s RPC and 10 s op timeouts that
+	// scale with it: three guests share the nested host's one emulated
+	// CPU, and a small guest-to-guest RPC on a new connection regularly
+	// took over 2 s there (with 4 s, every vote request timed out and no
+	// leader was elected in 2 minutes).
+	configs, fwds := raftReplicas(t, []int{10000, 10000, 10000})
 	replicas := make([]*guesttest.Guest, n)
 	for i := range n {
 		replicas[i] = guesttest.StartGuest(t, fmt.Sprintf("replica %d", i), configs[i])
