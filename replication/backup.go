@@ -63,6 +63,15 @@ type BackupConfig struct {
 	// must return at once: protect from another goroutine. The survivor is
 	// protected at most once; the new pair's primary ends with this run.
 	Live func(protect ProtectFunc)
+	// Resync: a backup that diverges from its primary (a digest, an
+	// output or an exit differs) does not stop: it logs the first
+	// differing exit, throws its VM away and waits on the same listener
+	// for a fresh copy of the primary's running state, which a primary
+	// with PrimaryConfig.Reprotect sends once it finds its backup lost.
+	Resync bool
+	// WrapReplayer, if set, wraps the replayer the VM reads the log
+	// through (tests: alter one replayed value to inject a divergence).
+	WrapReplayer func(vm.Replayer) vm.Replayer
 }
 
 // ProtectFunc makes a running VM the primary of a new pair (see Protect);
@@ -91,14 +100,21 @@ type BackupStatus struct {
 	Primary *PrimaryStatus
 	// Transfer is how that protection's state transfer went.
 	Transfer *TransferResult
+	// Resyncs counts the divergences this backup recovered from with a
+	// fresh copy of the primary's state (BackupConfig.Resync).
+	Resyncs int
 }
 
 func (s BackupStatus) String() string {
 	if s.Primary != nil {
 		return fmt.Sprintf("survivor protected again (%v): %v", s.Transfer, s.Primary)
 	}
-	return fmt.Sprintf("backup %s (generation %d, %d replayed writes kept): at exit #%d, received %d entries %.2f Mbit/s, lag %d exits %d entries %v (minute p50 %v p99 %v); digests matched %d (last at exit #%d), outputs matched %d, checkpoints loaded %d (%d pages, %d more verified by hash)",
-		s.State, s.Generation, s.KeptWrites, s.Exit, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.LogExit-min(s.LogExit, s.Exit), s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
+	resync := ""
+	if s.Resyncs > 0 {
+		resync = fmt.Sprintf(", %d resyncs", s.Resyncs)
+	}
+	return fmt.Sprintf("backup %s (generation %d%s, %d replayed writes kept): at exit #%d, received %d entries %.2f Mbit/s, lag %d exits %d entries %v (minute p50 %v p99 %v); digests matched %d (last at exit #%d), outputs matched %d, checkpoints loaded %d (%d pages, %d more verified by hash)",
+		s.State, s.Generation, resync, s.KeptWrites, s.Exit, s.Log.Entries, s.Log.BytesPerSec*8/1e6, s.LogExit-min(s.LogExit, s.Exit), s.Log.LagEntries, s.Log.LagTime.Round(time.Millisecond),
 		s.Log.LagP50.Round(time.Millisecond), s.Log.LagP99.Round(time.Millisecond),
 		s.Replayer.Digests, s.Replayer.LastDigestExit, s.Replayer.Outputs, s.Replayer.Checkpoints, s.Replayer.CheckpointPages, s.Replayer.CheckpointPagesVerified)
 }
@@ -119,6 +135,8 @@ type BackupResult struct {
 	// Protected is how the survivor's run as the primary of a new pair
 	// ended, if it was protected again after going live.
 	Protected *PrimaryResult
+	// Resyncs counts the divergences recovered from (BackupConfig.Resync).
+	Resyncs int
 }
 
 // FailoverTimeline is how a backup's go-live went, each step as the time
@@ -152,17 +170,9 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	if cfg.Instance.Pair == "" {
 		cfg.Instance.Pair = cfg.Pair // a storage server's disks belong to the pair
 	}
-	var gen uint64
-	if cfg.Arbiter != nil {
-		if cfg.Owner == "" {
-			host, _ := os.Hostname()
-			cfg.Owner = fmt.Sprintf("backup on %s pid %d", host, os.Getpid())
-		}
-		rec, err := cfg.Arbiter.Read(ctx, cfg.Pair)
-		if err != nil {
-			return nil, fmt.Errorf("read the pair's arbiter record: %w", err)
-		}
-		gen = rec.Generation
+	if cfg.Arbiter != nil && cfg.Owner == "" {
+		host, _ := os.Hostname()
+		cfg.Owner = fmt.Sprintf("backup on %s pid %d", host, os.Getpid())
 	}
 	// Check this side's machine before anyone can connect: a missing image
 	// or disk or a bad memory size is this side's mistake, said at once.
@@ -193,12 +203,47 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 	if cfg.Listening != nil {
 		cfg.Listening(ln.Addr())
 	}
-	log.Info("backup waiting for the primary", "addr", ln.Addr().String())
+	var resyncs int
+	for {
+		res, err := runBackupSession(ctx, cfg, ln, start, resyncs, log)
+		var de *vm.DivergenceError
+		if !cfg.Resync || !errors.As(err, &de) || ctx.Err() != nil {
+			if res != nil {
+				res.Resyncs = resyncs
+			}
+			return res, err
+		}
+		// Resync: this VM is wrong from exit de.Exit on; a fresh copy of
+		// the primary's running state replaces it. The primary finds its
+		// backup lost, wins the record and protects itself again here.
+		resyncs++
+		log.Warn("diverged from the primary; waiting for a fresh copy of its running state (resync)",
+			"first_differing_exit", de.Exit, "err", err, "resyncs", resyncs)
+		start = "" // a resync is a state transfer, never a boot or a file
+	}
+}
+
+// runBackupSession is one primary's log from accept to its end: the start
+// header, the VM's start (boot, snapshot or the primary's state), replay,
+// and going live if the primary is lost.
+func runBackupSession(ctx context.Context, cfg BackupConfig, ln *logchannel.Listener, start string, resyncs int, log *slog.Logger) (*BackupResult, error) {
+	log.Info("backup waiting for the primary", "addr", ln.Addr().String(), "resyncs", resyncs)
 	recv, err := ln.Accept(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("accept the primary: %w", err)
 	}
 	defer recv.Close()
+	// The record as this pair forms: a primary protecting its guest again
+	// (after a failover or a lost backup) won a generation since this
+	// backup started listening.
+	var gen uint64
+	if cfg.Arbiter != nil {
+		rec, err := cfg.Arbiter.Read(ctx, cfg.Pair)
+		if err != nil {
+			return nil, fmt.Errorf("read the pair's arbiter record: %w", err)
+		}
+		gen = rec.Generation
+	}
 
 	_, first, err := recv.Next(ctx)
 	if err != nil {
@@ -317,7 +362,11 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 		statusMu.Unlock()
 	}
 	icfg := cfg.Instance
-	icfg.Replay, icfg.Record, icfg.Backup, icfg.WallTime = rep, nil, true, hdr.WallTime
+	var replayer vm.Replayer = rep
+	if cfg.WrapReplayer != nil {
+		replayer = cfg.WrapReplayer(rep)
+	}
+	icfg.Replay, icfg.Record, icfg.Backup, icfg.WallTime = replayer, nil, true, hdr.WallTime
 	icfg.KeepBackupFrame = func(frame []byte) { kept.keepFrame(lastSeq, frame) }
 	icfg.Waiting = func(why string) { setState(fmt.Sprintf("won generation %d; waiting to go live: %s", gen, why)) }
 	icfg.KeepBackupWrite = func(disk int, off int64, p []byte) {
@@ -434,7 +483,7 @@ func RunBackup(ctx context.Context, cfg BackupConfig) (*BackupResult, error) {
 			// goes on counting exits.
 			e = inst.VM.Exits()
 		}
-		st := BackupStatus{State: state, Generation: gen, KeptWrites: keptN, KeptBytes: keptBytes,
+		st := BackupStatus{State: state, Generation: gen, KeptWrites: keptN, KeptBytes: keptBytes, Resyncs: resyncs,
 			Log: recv.Stats(), LogExit: le, Exit: e, Replayer: rep.Stats(), Failover: failover}
 		protMu.Lock()
 		if protected != nil {

@@ -71,6 +71,13 @@ type PrimaryConfig struct {
 	ConsoleLive bool
 	// Connected, if set, is called once the log channel is up.
 	Connected func()
+	// ProtectAgain: once the backup is lost and this primary won the
+	// arbiter's record, make a new backup at Peer from the running guest
+	// (Protect), asking every second while nothing listens there: a
+	// backup with BackupConfig.Resync listens there again after it
+	// diverged; a supervisor starts a new one after a crash. The primary
+	// is unprotected only from the loss to the end of the copy.
+	ProtectAgain bool
 }
 
 // DefaultMaxLag is how far (in time) a backup may fall behind its primary
@@ -89,6 +96,9 @@ type PrimaryStatus struct {
 	Log        logchannel.Stats
 	Recorder   replay.RecorderStats
 	Outputs    GateStats
+	// ProtectedAgain counts the new backups this primary made from its
+	// running guest after losing one (ProtectAgain).
+	ProtectedAgain int
 }
 
 func (s PrimaryStatus) String() string {
@@ -97,6 +107,9 @@ func (s PrimaryStatus) String() string {
 		s.Log.LagP50.Round(time.Millisecond), s.Log.LagP99.Round(time.Millisecond),
 		s.Outputs.HeldOutputs, s.Outputs.OldestHeld.Round(time.Millisecond), s.Outputs.ReleasedFrames, s.Outputs.ReleasedWrites,
 		s.Recorder.Digests, s.Recorder.Outputs, s.Recorder.Checkpoints)
+	if s.ProtectedAgain > 0 {
+		msg += fmt.Sprintf("; protected again %d times after losing a backup", s.ProtectedAgain)
+	}
 	if s.BackupErr != nil {
 		msg += "; backup: " + s.BackupErr.Error()
 	}
@@ -129,6 +142,14 @@ type Primary struct {
 	// and the claim starts.
 	arbitrating chan struct{}
 	arbOnce     sync.Once
+
+	// next is the primary this one handed the VM's recording to when it
+	// protected the guest again after losing its backup (ProtectAgain);
+	// nextFinish ends it. Under mu.
+	next       *Primary
+	nextFinish func(vm.StopReason, error) (*PrimaryResult, error)
+	// again counts those re-protections (its own and its successors').
+	again int
 }
 
 // PrimaryResult is how a primary's run ended.
@@ -246,9 +267,17 @@ func (p *Primary) lostErr() error {
 	return p.lost
 }
 
-// Status reports the primary's state now.
+// Status reports the primary's state now: once it protected the guest
+// again after losing its backup, its successor's.
 func (p *Primary) Status() PrimaryStatus {
 	p.mu.Lock()
+	if next := p.next; next != nil {
+		again := p.again
+		p.mu.Unlock()
+		st := next.Status()
+		st.ProtectedAgain += again
+		return st
+	}
 	st := PrimaryStatus{State: p.state, BackupErr: p.lost, Generation: p.gen}
 	p.mu.Unlock()
 	if p.sender != nil {
@@ -287,6 +316,30 @@ func (p *Primary) start(ctx context.Context) (stop func()) {
 // finish ends a primary whose VM stopped (Run's second half): the last
 // outputs, a handover if one was asked for, the channel's clean close.
 func (p *Primary) finish(stopBG func(), reason vm.StopReason, runErr error) (*PrimaryResult, error) {
+	// A successor's gate sits in front of this one's: it lets its outputs
+	// out (into this gate, alone since the loss) first.
+	p.mu.Lock()
+	nextFinish := p.nextFinish
+	p.mu.Unlock()
+	var nextRes *PrimaryResult
+	var nextErr error
+	if nextFinish != nil {
+		nextRes, nextErr = nextFinish(reason, runErr)
+		runErr = nil // reported by the successor
+	}
+	res, err := p.finishOwn(stopBG, reason, runErr)
+	if nextRes != nil {
+		res.Final, res.HandedOver = nextRes.Final, nextRes.HandedOver
+		res.Final.ProtectedAgain = p.Status().ProtectedAgain
+	}
+	var held *HeldOutputsError
+	if nextFinish != nil && errors.As(err, &held) {
+		err = nil // this primary's own gate is alone: its held count was the successor's to drain
+	}
+	return res, errors.Join(nextErr, err)
+}
+
+func (p *Primary) finishOwn(stopBG func(), reason vm.StopReason, runErr error) (*PrimaryResult, error) {
 	closeErr := p.rec.Close()
 	if p.lostErr() == nil && p.sender.Err() == nil && p.gate.Err() == nil {
 		// Let the last outputs out: everything is flushed and sealed.
@@ -450,6 +503,9 @@ func (p *Primary) arbitrate(ctx context.Context) {
 		p.log.Warn("won the arbiter's record: running on without a backup", "generation", rec.Generation)
 		p.inst.SetGeneration(rec.Generation)
 		p.gate.goAlone()
+		if p.cfg.ProtectAgain {
+			go p.protectAgain(ctx)
+		}
 	}
 }
 
@@ -630,4 +686,32 @@ func (p *Primary) startRecording() {
 	ropts := p.cfg.Recorder
 	ropts.OutputsLogged = func() { p.gate.seal(p.lastSeq) }
 	p.rec = replay.NewRecorder(p.emit, ropts)
+}
+
+// protectAgain makes a new backup at the configured peer from the running
+// guest, after this primary lost its backup and won the record: the new
+// pair's primary takes over the recording (see Protect); this one stays,
+// alone, behind it.
+func (p *Primary) protectAgain(ctx context.Context) {
+	p.log.Warn("protecting the guest again: copying it to a new backup while it runs", "peer", p.cfg.Peer)
+	for ctx.Err() == nil && p.runCtx.Err() == nil {
+		cfg := p.cfg
+		cfg.Connected, cfg.StatusEvery = nil, 0 // this primary's status lines show the successor's
+		next, res, err := Protect(ctx, p.inst, p.runCtx, p.stopVM, cfg, TransferOptions{})
+		if err == nil {
+			p.mu.Lock()
+			p.next, p.nextFinish = next, next.Start(ctx)
+			p.again++
+			p.state = "protected again: " + res.String()
+			p.mu.Unlock()
+			p.log.Info("protected again: replicating to the new backup", "peer", p.cfg.Peer, "transfer", res.String())
+			return
+		}
+		p.log.Warn("protect the guest again", "peer", p.cfg.Peer, "err", err, "retry_in", time.Second)
+		select {
+		case <-ctx.Done():
+		case <-p.runCtx.Done():
+		case <-time.After(time.Second):
+		}
+	}
 }

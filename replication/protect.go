@@ -2,15 +2,15 @@ package replication
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/ftvm/ftvm/hypervisor/vm"
 	"github.com/ftvm/ftvm/instance"
 )
 
-// Protect makes inst, a VM running live (alone, or a backup gone live
-// after its primary was lost), the primary of a new pair while it runs:
+// Protect makes inst, a VM running live (alone, a backup gone live after
+// its primary was lost, or a primary that lost its backup and won the
+// arbiter's record), the primary of a new pair while it runs:
 // it connects to the backup at cfg.Peer, copies the VM's state there with
 // the guest running (see transfer.go), and at one exit, with the guest
 // stopped for the last round, puts the output gate in front of the
@@ -56,7 +56,9 @@ func Protect(ctx context.Context, inst *instance.Instance, runCtx context.Contex
 
 	res, err := precopy(ctx, inst, id, p.sender, opts, func() error {
 		if inst.VM.Recording() {
-			return errors.New("the VM records for a backup already")
+			// A primary that lost its backup and won the record still
+			// records, into nowhere: this recorder replaces its.
+			inst.VM.StopRecording()
 		}
 		inst.WrapOutputs(wrap)
 		return inst.VM.StartRecording(p.rec)

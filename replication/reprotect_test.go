@@ -255,14 +255,20 @@ type runningVM struct {
 	console *guesttest.Console
 	runCtx  context.Context
 	stop    context.CancelCauseFunc
-	done    chan error
+	// done gets Run's error once (for WaitFor); finished is closed, and
+	// err set, when Run returned.
+	done     chan error
+	finished chan struct{}
+	err      error
 }
 
-func (s *pairSetup) startRunningVM(t *testing.T, appendArgs string, memMiB int) *runningVM {
+func (s *pairSetup) startRunningVM(t testing.TB, appendArgs string, memMiB int) *runningVM {
 	t.Helper()
+	// The backup made later must describe the same machine.
+	s.inst.Append, s.inst.MemoryMiB = appendArgs, memMiB
 	cfg := s.inst
-	cfg.Append, cfg.MemoryMiB, cfg.Replicable = appendArgs, memMiB, true
-	r := &runningVM{console: guesttest.NewConsole(), done: make(chan error, 1)}
+	cfg.Replicable = true
+	r := &runningVM{console: guesttest.NewConsole(), done: make(chan error, 1), finished: make(chan struct{})}
 	cfg.Console = r.console
 	inst, err := instance.New(context.Background(), cfg)
 	if err != nil {
@@ -272,12 +278,14 @@ func (s *pairSetup) startRunningVM(t *testing.T, appendArgs string, memMiB int) 
 	r.runCtx, r.stop = context.WithCancelCause(context.Background())
 	go func() {
 		_, err := inst.Run(r.runCtx)
+		r.err = err
+		close(r.finished)
 		r.done <- err
 	}()
 	t.Cleanup(func() {
 		r.stop(nil)
 		select {
-		case <-r.done:
+		case <-r.finished:
 		case <-time.After(time.Minute):
 		}
 		inst.Close()
@@ -354,8 +362,8 @@ func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 
 	// Stop: the primary closes the log cleanly and the backup ends there.
 	vmRun.stop(nil)
-	runErr := <-vmRun.done
-	pres, err := finish(vm.StoppedCancelled, runErr)
+	<-vmRun.finished
+	pres, err := finish(vm.StoppedCancelled, vmRun.err)
 	if err != nil {
 		t.Fatalf("the protected VM's primary: %v (%v)", err, pres)
 	}
@@ -383,4 +391,178 @@ func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 	if len(rate) < 10 {
 		t.Fatalf("the guest reported %d seconds of writing; want the copy to have run under a guest writing throughout: %v", len(rate), rate)
 	}
+}
+
+// alterOnce alters the next clock value it replays once armed: the
+// injected divergence of TestDivergenceIsResynced.
+type alterOnce struct {
+	vm.Replayer
+	armed *atomic.Bool
+}
+
+func (a alterOnce) ClockRead(n uint64) (time.Duration, error) {
+	v, err := a.Replayer.ClockRead(n)
+	if err == nil && a.armed.CompareAndSwap(true, false) {
+		v += time.Millisecond
+	}
+	return v, err
+}
+
+// TestDivergenceIsResynced: under kv client load, the backup is made to
+// replay one clock value 1 ms off what the primary's guest read. The
+// backup must not run on silently: it diverges, throws its VM away and
+// waits for a fresh copy; the primary finds it lost, wins the record,
+// copies its running guest to it and replicates again, the digests
+// matching from there. The clients see no error and their history with a
+// read-back is linearizable; the backup counts one resync and the primary
+// one re-protection.
+func TestDivergenceIsResynced(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	s := newPairSetup(t)
+	arb := openArbiterDir(t)
+	var armed atomic.Bool
+	var status atomic.Pointer[func() replication.BackupStatus]
+	backupStatus := func() replication.BackupStatus {
+		if f := status.Load(); f != nil {
+			return (*f)()
+		}
+		return replication.BackupStatus{}
+	}
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "the test's backup",
+		Resync: true, StatusEvery: 5 * time.Second,
+		WrapReplayer: func(r vm.Replayer) vm.Replayer { return alterOnce{Replayer: r, armed: &armed} },
+		Running:      func(f func() replication.BackupStatus) { status.Store(&f) }})
+	pr := s.startPrimary(t, replication.PrimaryConfig{Log: pairLog, Arbiter: arb, Pair: "kv", Owner: "the test's primary", ProtectAgain: true})
+
+	var resynced replication.BackupStatus
+	faultErr := make(chan error, 1)
+	tr := runTrialClients(t, s.fwd, func() time.Time {
+		at := time.Now()
+		armed.Store(true)
+		// Resynced: a second session replays the primary's log again,
+		// its digests matching.
+		err := func() error {
+			for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+				st := backupStatus()
+				if st.Resyncs == 1 && strings.HasPrefix(st.State, "replaying") && st.Replayer.Digests >= 3 {
+					resynced = st
+					return nil
+				}
+				if st.Resyncs > 1 {
+					return fmt.Errorf("%d resyncs for one altered value: %v", st.Resyncs, st)
+				}
+			}
+			return fmt.Errorf("not resynced: backup %v; primary %v", backupStatus(), pr.p.Status())
+		}()
+		faultErr <- err
+		return at
+	})
+	if err := <-faultErr; err != nil {
+		t.Fatal(err)
+	}
+	if armed.Load() {
+		t.Fatal("the altered value was never replayed")
+	}
+	pst := pr.p.Status()
+	if pst.ProtectedAgain != 1 || !strings.HasPrefix(pst.State, "replicating") {
+		t.Fatalf("the primary after the resync: %v; want replicating, protected again once", pst)
+	}
+	t.Logf("resynced: %v\nprimary: %v\n%s", resynced, pst, tr)
+	pr.cancel()
+	<-pr.finished
+	if pr.result.err != nil {
+		t.Fatalf("primary: %v", pr.result.err)
+	}
+	b := <-backup
+	if b.err != nil || b.res.Resyncs != 1 {
+		t.Fatalf("backup: %v (resyncs %d)", b.err, b.res.Resyncs)
+	}
+}
+
+// BenchmarkProtect measures re-protection's state transfer: a VM running
+// alone is protected while it runs (pre-copy over the log channel, then
+// recording), for a 128 MiB and a 512 MiB guest, idle and rewriting 32 MiB
+// as fast as it can. It reports the guest's pause (the last round), the
+// whole transfer, the rounds, what was sent and how far auto-converge
+// throttled, and the pause as a fraction of VMware FT's < 1 s anchor. One
+// transfer per case (-benchtime 1x); the new backup must then match the
+// primary's digests.
+func BenchmarkProtect(b *testing.B) {
+	for _, mem := range []int{128, 512} {
+		for _, load := range []struct{ name, append, ready string }{
+			{"idle", "ftvm.workload=sleep ftvm.seconds=100000", "ftvm-guest ready"},
+			{"writing", "ftvm.workload=memwrite ftvm.mib=32", "ftvm-guest memwrite second=2 "},
+		} {
+			b.Run(fmt.Sprintf("%dMiB/%s", mem, load.name), func(b *testing.B) {
+				if kvmhost.RanElsewhere(b) {
+					return
+				}
+				for range b.N {
+					res := benchProtectOnce(b, mem, load.append, load.ready)
+					b.ReportMetric(float64(res.Pause)/float64(time.Millisecond), "pause-ms")
+					b.ReportMetric(res.Total.Seconds(), "total-s")
+					b.ReportMetric(float64(res.Rounds), "rounds")
+					b.ReportMetric(float64(res.Bytes)/(1<<20), "MiB-sent")
+					b.ReportMetric(res.MaxThrottle, "max-throttle")
+					b.ReportMetric(res.Pause.Seconds()/1.0, "pause/vmware-1s")
+					b.Logf("%d MiB %s: %v (host: nested KVM under QEMU TCG)", mem, load.name, res)
+				}
+			})
+		}
+	}
+}
+
+func benchProtectOnce(b *testing.B, mem int, appendArgs, ready string) replication.TransferResult {
+	s := newPairSetup(b)
+	vmRun := s.startRunningVM(b, appendArgs, mem)
+	vmRun.console.WaitFor(b, ready, vmRun.done, 10*time.Minute)
+	var status atomic.Pointer[func() replication.BackupStatus]
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	backup := s.startBackupWith(b, bctx, replication.BackupConfig{Log: pairLog,
+		Running: func(f func() replication.BackupStatus) { status.Store(&f) }})
+	b.ResetTimer()
+	p, res, err := replication.Protect(context.Background(), vmRun.inst, vmRun.runCtx, vmRun.stop,
+		replication.PrimaryConfig{Peer: "unix:" + s.logSock, Log: pairLog}, replication.TransferOptions{})
+	b.StopTimer()
+	if err != nil {
+		b.Fatalf("protect: %v", err)
+	}
+	finish := p.Start(context.Background())
+	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		var st replication.BackupStatus
+		if f := status.Load(); f != nil {
+			st = (*f)()
+		}
+		if st.Replayer.Digests >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("the new backup does not replay with matching digests: %v", st)
+		}
+	}
+	vmRun.stop(nil)
+	<-vmRun.finished
+	if _, err := finish(vm.StoppedCancelled, vmRun.err); err != nil {
+		b.Fatalf("primary: %v", err)
+	}
+	bcancel()
+	if r := <-backup; r.err != nil {
+		b.Fatalf("backup: %v", r.err)
+	}
+	return res
+}
+
+// openArbiterDir is a fresh arbiter record directory for one test.
+func openArbiterDir(t testing.TB) *arbiter.Dir {
+	t.Helper()
+	arb, err := arbiter.OpenDir(filepath.Join(t.TempDir(), "arbiter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return arb
 }

@@ -50,7 +50,7 @@ func openSide(cmd *cobra.Command, role logchannel.Role, flag, addr string, silen
 }
 
 // runPrimary runs the VM as the primary of a pair (ftctl run --role primary).
-func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, silence, maxLag time.Duration, stats, consoleLive bool) error {
+func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, silence, maxLag time.Duration, stats, consoleLive, again bool) error {
 	ctx := cmd.Context()
 	side, err := openSide(cmd, logchannel.RoleSender, "--peer", peer, silence, "primary")
 	if err != nil {
@@ -63,7 +63,7 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 	p, err := replication.NewPrimary(ctx, replication.PrimaryConfig{
 		Instance: cfg, Restore: restore, Peer: peer, Log: lcfg,
 		StatusEvery: every, Logger: log, ConsoleLive: consoleLive,
-		Arbiter: arb, Pair: pair, MaxLag: maxLag,
+		Arbiter: arb, Pair: pair, MaxLag: maxLag, ProtectAgain: again,
 	})
 	if err != nil {
 		return err
@@ -106,7 +106,7 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 }
 
 // runBackup runs the VM as the backup of a pair (ftctl run --role backup).
-func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, silence time.Duration, protectTo string) error {
+func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, silence time.Duration, protectTo string, resync bool) error {
 	ctx := cmd.Context()
 	cfg.ConsoleInput = nil // the primary's console input arrives in the log
 	side, err := openSide(cmd, logchannel.RoleReceiver, "--listen", listen, silence, "backup")
@@ -126,10 +126,10 @@ func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, si
 		if err != nil {
 			return err
 		}
-		live = func(protect replication.ProtectFunc) { go protectAgain(ctx, cmd, protect, protectTo, pcfg, every) }
+		live = func(protect replication.ProtectFunc) { go protectAgain(ctx, cmd, protect, protectTo, pcfg) }
 	}
 	res, err := replication.RunBackup(ctx, replication.BackupConfig{
-		Live:     live,
+		Live: live, Resync: resync,
 		Instance: cfg, Restore: restore, Listen: listen, Log: lcfg,
 		StatusEvery: every, Logger: log, Arbiter: arb, Pair: pair,
 		Running: func(status func() replication.BackupStatus) { ctl.Set(control.FromBackup(status)) },
@@ -165,11 +165,13 @@ func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, si
 
 // protectAgain makes the live survivor the primary of a new pair with the
 // backup at addr, asking every second until one answers there.
-func protectAgain(ctx context.Context, cmd *cobra.Command, protect replication.ProtectFunc, addr string, lcfg logchannel.Config, every time.Duration) {
+func protectAgain(ctx context.Context, cmd *cobra.Command, protect replication.ProtectFunc, addr string, lcfg logchannel.Config) {
 	out := cmd.ErrOrStderr()
 	fmt.Fprintf(out, "ftctl: live; protecting the guest again: copying it to the new backup at %s while it runs\n", addr)
 	for ctx.Err() == nil {
-		res, err := protect(ctx, replication.PrimaryConfig{Peer: addr, Log: lcfg, StatusEvery: every},
+		// No StatusEvery: the backup's status lines show the new pair's
+		// primary from now on.
+		res, err := protect(ctx, replication.PrimaryConfig{Peer: addr, Log: lcfg, ProtectAgain: true},
 			replication.TransferOptions{Progress: func(p replication.TransferProgress) { fmt.Fprintf(out, "ftctl: protect: %v\n", p) }})
 		if err == nil {
 			fmt.Fprintf(out, "ftctl: protected again: %v\n", res)

@@ -35,6 +35,8 @@ func newRunCommand() *cobra.Command {
 		maxLag      time.Duration
 		snap        snapshotFlags
 		protectTo   string
+		again       bool
+		resync      bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run (--image DIR | --kernel FILE [--initrd FILE] [--cmdline ARGS]) [--role primary --peer ADDR | --role backup --listen ADDR]",
@@ -81,7 +83,10 @@ the pages written meanwhile (auto-converge throttles a guest that writes
 faster than the channel sends), then stops the guest at one exit for the
 last pages and the machine state, and from there on records for the new
 backup as a primary does; the status line and --control say so. The pause
-is the last round only.
+is the last round only. --protect-again on a primary does the same after
+it lost its backup and won the record, to a new backup at --peer; with
+--resync a backup that diverges is that new backup: it throws its VM away,
+says at which exit it diverged, and waits for the fresh copy (resync).
 SIGUSR2 to a primary is a planned switchover: its VM stops at an exit, it
 waits until the backup acknowledged everything and every output left, and
 hands the guest over; the backup claims the record and goes live where the
@@ -176,11 +181,17 @@ was lost (the log ended without a clean close).`,
 			if console == "stdio" {
 				cfg.ConsoleInput = os.Stdin
 			}
+			if again && role != "primary" {
+				return errors.New("--protect-again is for --role primary: after losing its backup it makes a new one at --peer")
+			}
+			if resync && role != "backup" {
+				return errors.New("--resync is for --role backup: after a divergence it waits for a fresh copy of the primary")
+			}
 			if protectTo != "" && role != "backup" {
 				return errors.New("--protect-to is for --role backup: once live, the survivor makes a new backup there")
 			}
 			if role == "backup" {
-				return runBackup(cmd, cfg, listen, every, silence, protectTo)
+				return runBackup(cmd, cfg, listen, every, silence, protectTo, resync)
 			}
 			if len(forwards) > 0 && cfg.NetSocket != "auto" {
 				return errors.New("--forward needs --net auto; with a separate switch, give the forwards to 'ftctl net serve'")
@@ -194,7 +205,7 @@ was lost (the log ended without a clean close).`,
 				cfg.NetSocket = sock
 			}
 			if role == "primary" {
-				return runPrimary(cmd, cfg, peer, every, silence, maxLag, stats, consoleLive)
+				return runPrimary(cmd, cfg, peer, every, silence, maxLag, stats, consoleLive, again)
 			}
 			return runPlain(cmd, cfg, snap, stats)
 		},
@@ -223,6 +234,8 @@ was lost (the log ended without a clean close).`,
 	f.StringVar(&listen, "listen", "", "backup: where to accept the primary, unix:/path/to.sock or host:port")
 	f.DurationVar(&every, "status-every", 10*time.Second, "primary/backup: print a status line this often (0: never)")
 	f.StringVar(&protectTo, "protect-to", "", "backup: once live after a failover, protect the guest again: copy it while it runs to a new backup listening at this address (start one with --role backup --listen ADDR; asked every second until one answers) and replicate to it")
+	f.BoolVar(&again, "protect-again", false, "primary: after losing the backup and winning the arbiter's record, make a new backup at --peer from the running guest (asked every second until one listens there: a --resync backup after a divergence, or a new one started in its place)")
+	f.BoolVar(&resync, "resync", false, "backup: after diverging from the primary (a digest, output or exit differs) do not stop: log the first differing exit and wait on --listen for a fresh copy of the primary's running state (the primary needs --protect-again)")
 	f.DurationVar(&silence, "peer-timeout", 3*time.Second, "primary/backup: declare the peer lost after this long without hearing from it")
 	addLogAuthFlags(f)
 	addArbiterFlags(f)

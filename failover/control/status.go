@@ -52,6 +52,9 @@ type Status struct {
 	// Reprotected is how a survivor was protected again after its
 	// failover (it is the primary of a new pair since; Role says so).
 	Reprotected *Reprotection `json:"reprotected,omitempty"`
+	// ProtectedAgain counts the new backups a primary made from its
+	// running guest after losing one (--protect-again).
+	ProtectedAgain int `json:"protected_again,omitempty"`
 }
 
 // Reprotection is how a live survivor made its new backup: the state
@@ -105,7 +108,7 @@ func primaryStatus(pid int, s replication.PrimaryStatus) Status {
 		HeldOutputs: s.Outputs.HeldOutputs, HeldBytes: s.Outputs.HeldBytes,
 		OldestHeldSeconds: s.Outputs.OldestHeld.Seconds(),
 		LogEntries:        s.Log.Entries, LogEntriesPerSecond: s.Log.EntriesPerSec, LogBytesPerSecond: s.Log.BytesPerSec,
-		Digests: s.Recorder.Digests,
+		Digests: s.Recorder.Digests, ProtectedAgain: s.ProtectedAgain,
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -118,12 +119,45 @@ func fakeFtctl(args []string) error {
 			}
 		}()
 	case Primary:
-		c, err := net.Dial("unix", strings.TrimPrefix(flagValue(args, "--peer"), "unix:"))
+		peer := strings.TrimPrefix(flagValue(args, "--peer"), "unix:")
+		c, err := net.Dial("unix", peer)
 		if err != nil {
 			return err
 		}
-		defer func() { c.Write([]byte("bye")); c.Close() }()
+		var mu sync.Mutex
+		defer func() { mu.Lock(); c.Write([]byte("bye")); c.Close(); mu.Unlock() }()
 		st.Store(&control.Status{Role: role, PID: os.Getpid(), Phase: "protected", State: "replicating", Generation: 1, HeldOutputs: 2})
+		// A lost backup (its end of the connection closes): unprotected,
+		// and with --protect-again a new backup at --peer, asked for
+		// until one listens.
+		go func() {
+			for again := 1; ; again++ {
+				mu.Lock()
+				cur := c
+				mu.Unlock()
+				io.Copy(io.Discard, cur)
+				if ctx.Err() != nil {
+					return
+				}
+				st.Store(&control.Status{Role: role, PID: os.Getpid(), Phase: "unprotected", State: "unprotected: the backup was lost", Generation: 2})
+				if !slices.Contains(args, "--protect-again") {
+					return
+				}
+				for {
+					if ctx.Err() != nil {
+						return
+					}
+					if nc, err := net.Dial("unix", peer); err == nil {
+						mu.Lock()
+						c = nc
+						mu.Unlock()
+						break
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				st.Store(&control.Status{Role: role, PID: os.Getpid(), Phase: "protected", State: "replicating", Generation: 2, ProtectedAgain: again})
+			}
+		}()
 	}
 	<-ctx.Done()
 	return nil

@@ -43,7 +43,7 @@ type Pair struct {
 	// primary of a new pair (each backup runs with --protect-to the next
 	// one's address).
 	NoReprotect bool
-	Log     *slog.Logger
+	Log         *slog.Logger
 }
 
 // NoStorageServer as Pair.StorageServer: no storage server.
@@ -97,6 +97,9 @@ func (p Pair) vmmArgs(role string, n int) []string {
 		}
 	} else {
 		args = append(args, "--peer", p.Dir.LogChannel())
+		if !p.NoReprotect {
+			args = append(args, "--protect-again")
+		}
 	}
 	if p.StorageServer == NoStorageServer {
 		args = append(args, "--arbiter", p.Dir.Arbiter())
@@ -279,27 +282,67 @@ func (p Pair) Run(ctx context.Context, ready func()) error {
 	// the primary of a new pair; without it, or when the backup is the
 	// one lost, the pair ends when both sides have exited (or ctx ends:
 	// stop them).
-	for n := 1; ; n++ {
+	// idx is the current backup's number (its log socket); failovers
+	// counts the dead primaries.
+	for idx, failovers := 1, 0; ; {
 		select {
 		case <-primary.done:
 			p.Log.Info("exited", "process", primary.String(), "pid", primary.proc.PID, "status", exitStatus(primary.err))
+			if p.NoReprotect {
+				return p.waitExit(ctx, backup)
+			}
+			failovers++
+			next, err := p.reprotect(ctx, backup, idx, failovers)
+			if err != nil {
+				p.Log.Error("re-protection failed; the survivor runs unprotected", "pair", p.Name, "err", err)
+				return p.waitExit(ctx, backup)
+			}
+			primary, backup = backup, next
+			idx++
 		case <-backup.done:
 			p.Log.Info("exited", "process", backup.String(), "pid", backup.proc.PID, "status", exitStatus(backup.err))
-			return p.waitExit(ctx, primary)
+			if p.NoReprotect {
+				return p.waitExit(ctx, primary)
+			}
+			next, err := p.replaceBackup(ctx, primary, idx)
+			if err != nil {
+				p.Log.Error("no new backup; the primary runs unprotected", "pair", p.Name, "err", err)
+				return p.waitExit(ctx, primary)
+			}
+			backup = next
 		case <-ctx.Done():
 			return nil
 		}
-		if p.NoReprotect {
-			return p.waitExit(ctx, backup)
-		}
-		next, err := p.reprotect(ctx, primary, backup, n)
-		if err != nil {
-			p.Log.Error("re-protection failed; the survivor runs unprotected", "pair", p.Name, "err", err)
-			return p.waitExit(ctx, backup)
-		}
-		primary, backup = backup, next
 		current = []*child{backup, primary}
 	}
+}
+
+// replaceBackup follows the loss of the idx-th backup while the primary
+// lives: the primary wins the record and (--protect-again) copies its
+// running guest to a new backup listening where the lost one did, which
+// this starts. It returns the new backup once the primary reports the
+// pair protected again.
+func (p Pair) replaceBackup(ctx context.Context, primary *child, idx int) (*child, error) {
+	start := time.Now()
+	before, _ := ask(ctx, p.Dir, Primary)
+	os.Remove(p.Dir.LogSocketN(idx)) // the dead backup's
+	if err := os.Rename(p.Dir.LogFile(Backup), fmt.Sprintf("%s.lost%d", p.Dir.LogFile(Backup), idx)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("keep the lost backup's log: %w", err)
+	}
+	p.Log.Info("backup lost; starting a new one for the primary to protect its guest again", "pair", p.Name, "backup", idx)
+	next, err := p.start(Backup, p.vmmArgs(Backup, idx))
+	if err != nil {
+		return nil, err
+	}
+	if err := p.waitFor(ctx, primary, "the primary to report the pair protected again", func(ctx context.Context) bool {
+		st, err := ask(ctx, p.Dir, Primary)
+		return err == nil && st.Phase == "protected" && st.ProtectedAgain > before.ProtectedAgain
+	}); err != nil {
+		p.stopChildren([]*child{next})
+		return nil, err
+	}
+	p.Log.Info("protected again", "pair", p.Name, "primary", primary.proc.PID, "backup", next.proc.PID, "after", time.Since(start).Round(time.Millisecond))
+	return next, nil
 }
 
 // waitExit waits for c to exit or ctx to end.
@@ -315,10 +358,10 @@ func (p Pair) waitExit(ctx context.Context, c *child) error {
 // reprotect follows a failover: once the backup (the n-th) is live, its
 // files take the primary's names (status, failover and stop find it
 // there; the dead primary's log and console are kept with the suffix
-// .failedN), a new backup starts listening where the survivor's
+// .failedN, N counting failovers), a new backup starts listening where the survivor's
 // --protect-to points, and the survivor copies its running guest there.
 // It returns the new backup once the survivor reports the pair protected.
-func (p Pair) reprotect(ctx context.Context, dead, survivor *child, n int) (*child, error) {
+func (p Pair) reprotect(ctx context.Context, survivor *child, n, failovers int) (*child, error) {
 	start := time.Now()
 	if err := p.waitFor(ctx, survivor, "the backup to go live", func(ctx context.Context) bool {
 		st, err := ask(ctx, p.Dir, Backup)
@@ -327,7 +370,7 @@ func (p Pair) reprotect(ctx context.Context, dead, survivor *child, n int) (*chi
 		return nil, err
 	}
 	for _, f := range []func(string) string{p.Dir.LogFile, p.Dir.ConsoleFile} {
-		if err := os.Rename(f(Primary), fmt.Sprintf("%s.failed%d", f(Primary), n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Rename(f(Primary), fmt.Sprintf("%s.failed%d", f(Primary), failovers)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("keep the dead primary's files: %w", err)
 		}
 	}

@@ -398,15 +398,7 @@ func TestReadAStuckSide(t *testing.T) {
 func TestDetachedReprotectsAfterKill(t *testing.T) {
 	p := fakePair(t)
 	ctx := context.Background()
-	sup, err := Detach(p.Dir, p.Ftctl, []string{"start", "--run-dir", string(p.Dir), "--image", "ok"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-	defer wcancel()
-	if err := sup.WaitProtected(wctx); err != nil {
-		t.Fatal(err)
-	}
+	sup, wctx := startProtected(t, p)
 	for n := 1; n <= 2; n++ {
 		before := Read(ctx, p.Name, p.Dir)
 		if before.Backup.Status == nil || before.Backup.Status.Phase != "replaying" {
@@ -419,7 +411,11 @@ func TestDetachedReprotectsAfterKill(t *testing.T) {
 		var ps PairStatus
 		for {
 			ps = Read(ctx, p.Name, p.Dir)
-			if ps.Primary.Status != nil && ps.Primary.Status.Reprotected != nil && ps.Backup.Status != nil && ps.Backup.Status.Phase == "replaying" {
+			// Done once the supervisor says so too (a kill before that
+			// would strike the survivor while the supervisor still
+			// counts it as the backup).
+			if ps.Primary.Status != nil && ps.Primary.Status.Reprotected != nil && ps.Backup.Status != nil && ps.Backup.Status.Phase == "replaying" &&
+				strings.Count(mustRead(t, p.Dir.LogFile(Supervisor)), "protected again") == n {
 				break
 			}
 			if wctx.Err() != nil {
@@ -452,4 +448,66 @@ func TestDetachedReprotectsAfterKill(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the supervisor did not exit after its pair was stopped")
 	}
+}
+
+// A killed backup is replaced: the primary (--protect-again) makes a new
+// backup from its running guest where the lost one listened, which the
+// supervisor starts; the lost backup's log is kept.
+func TestDetachedReplacesALostBackup(t *testing.T) {
+	p := fakePair(t)
+	ctx := context.Background()
+	sup, wctx := startProtected(t, p)
+	before := Read(ctx, p.Name, p.Dir)
+	bp, err := readPIDFile(p.Dir.PIDFile(Backup))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bp.signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var ps PairStatus
+	for {
+		ps = Read(ctx, p.Name, p.Dir)
+		if ps.Primary.Status != nil && ps.Primary.Status.ProtectedAgain >= 1 && ps.Primary.Status.Phase == "protected" &&
+			ps.Backup.Status != nil && ps.Backup.Status.PID != bp.PID && ps.Backup.Status.Phase == "replaying" {
+			break
+		}
+		if wctx.Err() != nil {
+			t.Fatalf("the lost backup was not replaced: primary %+v backup %+v (killed pid %d)", ps.Primary.Status, ps.Backup.Status, bp.PID)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ps.Primary.Status.PID != before.Primary.Status.PID {
+		t.Fatalf("the primary changed: pid %d, was %d", ps.Primary.Status.PID, before.Primary.Status.PID)
+	}
+	if _, err := os.Stat(p.Dir.LogFile(Backup) + ".lost1"); err != nil {
+		t.Errorf("the lost backup's log was not kept: %v", err)
+	}
+	if log := mustRead(t, p.Dir.LogFile(Backup)); !strings.Contains(log, "unix:"+p.Dir.LogSocket()) {
+		t.Errorf("the new backup does not listen where the lost one did:\n%s", log)
+	}
+	if _, err := Stop(ctx, p.Dir, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sup.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the supervisor did not exit after its pair was stopped")
+	}
+}
+
+// startProtected starts p's fake pair detached and waits until it is
+// protected; the context bounds the rest of the test.
+func startProtected(t *testing.T, p Pair) (*Detached, context.Context) {
+	t.Helper()
+	sup, err := Detach(p.Dir, p.Ftctl, []string{"start", "--run-dir", string(p.Dir), "--image", "ok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(wcancel)
+	if err := sup.WaitProtected(wctx); err != nil {
+		t.Fatal(err)
+	}
+	return sup, wctx
 }
