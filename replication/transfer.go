@@ -288,10 +288,12 @@ func precopy(ctx context.Context, inst *instance.Instance, id *snapshot.Identity
 		prevDirty = dirty
 	}
 
-	// The last round: at one exit, guest stopped.
+	// The last round: at one exit, guest stopped, and one after which it
+	// runs on (never inside a halt): the backup resumes this state by
+	// running the guest, and the primary records from here.
 	final := res.Rounds + 1
 	var pauseStart time.Time
-	err := v.AtExit(ctx, func() error {
+	err := v.AtRunningExit(ctx, func() error {
 		pauseStart = time.Now()
 		var meta snapshot.Meta
 		var err error

@@ -55,17 +55,17 @@ set -u
 ftctl=$1 image=$2 client_duration=$3 kill_after=$4 date=$5
 t0=$(date +%s)
 w=$(mktemp -d /tmp/ftvm-demo.XXXXXX) || exit 1
-net= backup= primary= client= shown=
+net= backup= backup2= primary= client= shown=
 say() { printf "\n== [%3ss] %s\n" "$(( $(date +%s) - t0 ))" "$*"; }
 cleanup() {
-  for p in $client $primary $backup $net; do kill -TERM "$p" 2>/dev/null; done
+  for p in $client $primary $backup $backup2 $net; do kill -TERM "$p" 2>/dev/null; done
   sleep 1
   rm -rf "$w"
 }
 trap cleanup EXIT
 fail() {
   say "FAILED: $*"
-  for f in net primary backup client; do echo "--- $f log:"; tail -n 40 "$w/$f.log"; done
+  for f in net primary backup backup2 client; do echo "--- $f log:"; tail -n 40 "$w/$f.log" 2>/dev/null; done
   echo "--- primary guest console (last lines):"; tail -n 20 "$w/console.log" 2>/dev/null
   exit 1
 }
@@ -116,11 +116,16 @@ say "ftctl disk create data --size 64M --mkfs ext4: the disk the guest'\''s kv s
 "$ftctl" disk create data --size 64M --mkfs ext4 --storage "$w/storage" | grep -E "^(created|size|filesystem)" || fail "disk create"
 
 machine="--image $image --mem 128 --net $w/net.sock --ip 192.168.127.2/24 --disk data --storage $w/storage --append ftvm.workload=kv --peer-timeout 10s --status-every 20s --arbiter $w/arbiter --pair demo"
-say "backup:  ftctl run $machine --role backup --listen unix:$w/log.sock --console none"
+say "backup:  ftctl run $machine --role backup --listen unix:$w/log.sock --protect-to unix:$w/log2.sock --console none"
 show backup; backup_shown=$shown
-"$ftctl" run $machine --role backup --listen "unix:$w/log.sock" --console none > "$w/backup.fifo" 2>&1 &
+"$ftctl" run $machine --role backup --listen "unix:$w/log.sock" --protect-to "unix:$w/log2.sock" --console none > "$w/backup.fifo" 2>&1 &
 backup=$!
 waitfor "$w/backup.log" "backup listening" 30 "$backup"
+say "backup2: ftctl run $machine --role backup --listen unix:$w/log2.sock --console none: waits to protect the survivor after the failover"
+show backup2; backup2_shown=$shown
+"$ftctl" run $machine --role backup --listen "unix:$w/log2.sock" --console none > "$w/backup2.fifo" 2>&1 &
+backup2=$!
+waitfor "$w/backup2.log" "backup listening" 30 "$backup2"
 
 say "primary: ftctl run (the same machine) --role primary --peer unix:$w/log.sock --console $w/console.log"
 show primary; primary_shown=$shown
@@ -159,13 +164,21 @@ wait "$client_shown"
 alive "$backup" || fail "the backup stopped after going live"
 gen1=$("$ftctl" arbiter show "$w/arbiter" demo) || fail "arbiter show"
 
-say "SIGTERM to the backup, now the live side: it stops the guest"
+say "re-protection: the survivor copies its running guest to backup2 and replicates to it"
+waitfor "$w/backup.log" "ftctl: protected again" 600 "$backup" "$backup2"
+reprotected=$(grep "^ftctl: protected again" "$w/backup.log" | sed "s/^ftctl: protected again: //")
+waitfor "$w/backup2.log" "digests matched [1-9]" 300 "$backup" "$backup2"
+
+say "SIGTERM to the backup, now the live side and backup2'\''s primary: it stops the guest and closes backup2'\''s log"
 kill -TERM "$backup"
 waitexit "$backup" 60 || fail "the backup did not stop within 60s of SIGTERM"
 backup_status=$status
 backup=
+waitexit "$backup2" 60 || fail "backup2 did not stop within 60s of its primary'\''s clean stop"
+backup2_status=$status
+backup2=
 kill -INT "$net" 2>/dev/null; waitexit "$net" 15 || kill -KILL "$net"; net=
-wait "$net_shown" "$backup_shown" "$primary_shown"
+wait "$net_shown" "$backup_shown" "$backup2_shown" "$primary_shown"
 
 [ "$client_status" = 0 ] || fail "the kv client exited with status $client_status"
 grep -q "^kvclient: errors: 0$" "$w/client.log" || fail "the kv client saw errors"
@@ -174,6 +187,7 @@ grep -q "^kvclient: read back all [0-9]* keys written" "$w/client.log" || fail "
 [ "$primary_status" = 137 ] || fail "the primary exited with status $primary_status (want 137: SIGKILL)"
 live=$(grep "^ftctl: went live at exit" "$w/backup.log") || fail "the backup did not report going live when it stopped"
 [ "$backup_status" = 130 ] || fail "the backup exited with status $backup_status after SIGTERM (want 130)"
+[ "$backup2_status" = 0 ] || fail "backup2 exited with status $backup2_status after its primary stopped cleanly (want 0)"
 case $gen0 in *"generation 0 "*) ;; *) fail "before the kill the record was not at generation 0: $gen0" ;; esac
 case $gen1 in *"generation 1 owned"*) ;; *) fail "after the kill the record is not at generation 1: $gen1" ;; esac
 
@@ -231,6 +245,9 @@ printf "  %8s  backup: live              (+%s ms)\n" "$(at "$golive")" "$golive"
 printf "  %8s  first answer to a client after the backup went live\n" "${first:-?}"
 [ "$inflight" -gt 0 ] && printf "  %8s  the last of the %d requests in flight at the kill answered: the pause clients saw\n" "$inflight_ms" "$inflight"
 echo "  backup: ${live#ftctl: }"
+echo
+echo "  re-protection: the survivor copied its running guest to backup2 ($reprotected);"
+echo "  backup2 replayed it from there with digests matching, and ended cleanly with it (exit 0)"
 echo
 echo "  The $ops requests of the run, the read-back included, fit one sequential order of a kv store that"
 echo "  agrees with when each was sent and answered (porcupine): the clients saw the same store before"

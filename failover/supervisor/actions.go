@@ -90,6 +90,13 @@ func (ps PairStatus) WriteText(w io.Writer) {
 		fmt.Fprintf(w, "           generation %d, lag %s (%d entries; last minute p50 %s p99 %s), held outputs %d (%d B), log %.0f entries/s %.2f Mbit/s, digests %d\n",
 			st.Generation, seconds(st.LagSeconds), st.LagEntries, seconds(st.LagP50Seconds), seconds(st.LagP99Seconds), st.HeldOutputs, st.HeldBytes,
 			st.LogEntriesPerSecond, st.LogBytesPerSecond*8/1e6, st.Digests)
+		if r := st.Reprotected; r != nil {
+			fmt.Fprintf(w, "           protected again after its failover: %d rounds, %d pages (%.1f MiB) in %.0f ms, guest paused %.1f ms, throttled up to %.0f%%\n",
+				r.Rounds, r.Pages, float64(r.Bytes)/(1<<20), r.TotalMS, r.PauseMS, r.MaxThrottle*100)
+		}
+		if st.ProtectedAgain > 0 {
+			fmt.Fprintf(w, "           made %d new backups from its running guest after losing one\n", st.ProtectedAgain)
+		}
 	}
 	if f := ps.LastFailover(); f != nil {
 		fmt.Fprintf(w, "  last failover: %s\n", FormatFailover(*f))

@@ -432,6 +432,11 @@ func TestDetachedReprotectsAfterKill(t *testing.T) {
 		if _, err := os.Stat(fmt.Sprintf("%s.failed%d", p.Dir.LogFile(Primary), n)); err != nil {
 			t.Errorf("failover %d: the dead primary's log was not kept: %v", n, err)
 		}
+		var text bytes.Buffer
+		ps.WriteText(&text)
+		if !strings.Contains(text.String(), "protected again after its failover: 3 rounds") {
+			t.Errorf("failover %d: status text lacks the re-protection:\n%s", n, text.String())
+		}
 		if log := mustRead(t, p.Dir.LogFile(Backup)); !strings.Contains(log, fmt.Sprintf("log%d.sock", n+1)) {
 			t.Errorf("failover %d: the new backup's log lacks its address log%d.sock:\n%s", n, n+1, log)
 		}

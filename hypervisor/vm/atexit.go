@@ -28,6 +28,9 @@ type exitRequests struct {
 type exitRequest struct {
 	fn   func() error
 	done chan error
+	// running: serve it only where the guest runs on next, never inside
+	// a halt (see AtRunningExit).
+	running bool
 }
 
 // AtExit runs fn on the vCPU goroutine between two exits, when the vCPU is
@@ -43,13 +46,28 @@ type exitRequest struct {
 // any kick. ctx bounds the wait for the loop; a request already taken by
 // the loop is waited for.
 func (v *VM) AtExit(ctx context.Context, fn func() error) error {
+	return v.atExit(ctx, fn, false)
+}
+
+// AtRunningExit is AtExit at an exit after which the guest runs on: a
+// halted guest leaves HLT first (as after a spurious wake-up, which a
+// guest's idle loop must handle anyway), so fn never runs inside a halt.
+// That is where a VM may start recording for a backup made from its state:
+// the backup resumes that state by running the guest, and so must the
+// primary; had the primary stayed halted, everything it recorded during
+// the halt would belong to a point the backup has already left.
+func (v *VM) AtRunningExit(ctx context.Context, fn func() error) error {
+	return v.atExit(ctx, fn, true)
+}
+
+func (v *VM) atExit(ctx context.Context, fn func() error, running bool) error {
 	r := &v.loop.requests
 	r.mu.Lock()
 	if !r.running {
 		defer r.mu.Unlock()
 		return fn()
 	}
-	req := &exitRequest{fn: fn, done: make(chan error, 1)}
+	req := &exitRequest{fn: fn, done: make(chan error, 1), running: running}
 	r.queue = append(r.queue, req)
 	r.pending.Store(true)
 	kickErr := r.kicker.Kick()
@@ -112,4 +130,27 @@ func (l *loop) serveRequests() {
 	for _, req := range queue {
 		req.done <- req.fn()
 	}
+}
+
+// serveHaltedRequests runs the queued requests that may run inside a
+// halt and reports whether others wait (AtRunningExit): the halt must end
+// for them. They stay queued, pending, for the loop's top.
+func (l *loop) serveHaltedRequests() (leave bool) {
+	r := &l.requests
+	r.mu.Lock()
+	var now, later []*exitRequest
+	for _, req := range r.queue {
+		if req.running {
+			later = append(later, req)
+		} else {
+			now = append(now, req)
+		}
+	}
+	r.queue = later
+	r.pending.Store(len(later) > 0)
+	r.mu.Unlock()
+	for _, req := range now {
+		req.done <- req.fn()
+	}
+	return len(later) > 0
 }

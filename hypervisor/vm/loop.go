@@ -589,8 +589,12 @@ func (l *loop) halt(ctx context.Context) {
 		case <-ctx.Done():
 		case <-l.requests.wake:
 			// Served here, and the guest stays halted: leaving HLT without
-			// an interrupt would be a point a backup cannot replay.
-			l.serveRequests()
+			// an interrupt would be a point a backup cannot replay. A
+			// request that must see the guest run on (AtRunningExit)
+			// ends the halt instead, before it is served.
+			if l.serveHaltedRequests() {
+				return
+			}
 		case <-l.input.ready():
 		case fr, ok := <-frames:
 			if ok {

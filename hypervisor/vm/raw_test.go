@@ -193,3 +193,46 @@ func TestRawCancelThenCloseRepeatedly(t *testing.T) {
 		}
 	}
 }
+
+// A request served inside a halt leaves the guest halted (AtExit); one
+// that must see the guest run on (AtRunningExit) ends the halt first, as
+// a spurious wake-up: hltwake's idle loop halts again, so the run shows
+// one more HLT exit, and the guest still wakes only on its timer.
+func TestRawAtRunningExitLeavesHalt(t *testing.T) {
+	if kvmhost.RanElsewhere(t) {
+		return
+	}
+	hltExits := func(running bool) uint64 {
+		v, console := newRawVM(t, "hltwake")
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		done := make(chan error, 1)
+		go func() {
+			_, err := v.Run(ctx)
+			done <- err
+		}()
+		time.Sleep(15 * time.Millisecond) // inside the 55 ms halt
+		ask := v.AtExit
+		if running {
+			ask = v.AtRunningExit
+		}
+		served := false
+		if err := ask(ctx, func() error { served = true; return nil }); err != nil || !served {
+			t.Fatalf("request: %v (served %v)", err, served)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		ticks, err := strconv.ParseUint(strings.TrimSpace(console.String()), 16, 32)
+		if err != nil || time.Duration(ticks)*time.Second/3579545 < 54*time.Millisecond {
+			t.Fatalf("console %q: the guest woke before its timer", console.String())
+		}
+		return v.Stats().ByKind()["HLT"]
+	}
+	if n := hltExits(false); n != 1 {
+		t.Fatalf("AtExit inside the halt: %d HLT exits, want 1 (the guest stays halted)", n)
+	}
+	if n := hltExits(true); n != 2 {
+		t.Fatalf("AtRunningExit inside the halt: %d HLT exits, want 2 (the halt ends, the idle loop halts again)", n)
+	}
+}
