@@ -29,8 +29,10 @@ import (
 
 // The failover trials CI runs, each on a fresh pair. $FTVM_KILL_TRIALS
 // and $FTVM_PARTITION_TRIALS raise them (`make soak`), never lower them.
+// TestThreeFailoversWithReprotection kills three more primaries (arbiter
+// directory), so CI kills six in all.
 const (
-	killTrials      = 5
+	killTrials      = 3
 	partitionTrials = 3
 )
 
@@ -108,7 +110,7 @@ func TestKillPrimaryBackupGoesLive(t *testing.T) {
 		return
 	}
 	// Where the record lives, by trial (then round again).
-	kinds := []trialStorage{storageDirs, storageDirs, storageServed, storageServed, storageServedDown}
+	kinds := []trialStorage{storageDirs, storageServed, storageServedDown, storageDirs, storageServed}
 	runTrials(t, trialsWanted("FTVM_KILL_TRIALS", killTrials), func(t *testing.T, i int) time.Duration {
 		return killTrial(t, kinds[i%len(kinds)])
 	})

@@ -13,7 +13,7 @@ import (
 // addControlFlag registers --control on ftctl run's flags; serveControl
 // reads it back.
 func addControlFlag(fs *pflag.FlagSet) {
-	fs.String("control", "", "primary/backup: serve this side's status on a unix socket at this path: GET /status (JSON), GET /metrics (Prometheus text); 'ftctl status' reads it")
+	fs.String("control", "", "serve this VM's status on a unix socket at this path: GET /status (JSON), GET /metrics (Prometheus text); 'ftctl status' reads it. A VM alone with --control can be protected while it runs ('ftctl protect'), and so can a backup once live")
 }
 
 // controlSocket is --control being served: Set hands it the side's status
@@ -41,6 +41,13 @@ func serveControl(cmd *cobra.Command, role string) (*controlSocket, error) {
 func (c *controlSocket) Set(src control.Source) {
 	if c.pending != nil {
 		c.pending.Set(src)
+	}
+}
+
+// SetProtector lets 'ftctl protect' protect this side's VM from now on.
+func (c *controlSocket) SetProtector(fn control.Protector) {
+	if c.pending != nil {
+		c.pending.SetProtector(fn)
 	}
 }
 

@@ -117,16 +117,32 @@ func runBackup(cmd *cobra.Command, cfg instance.Config, listen string, every, si
 	lcfg, arb, pair, ctl := side.log, side.arb, side.pair, side.ctl
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 	restore, _ := cmd.Flags().GetString("restore")
-	var live func(replication.ProtectFunc)
+	var pcfg logchannel.Config
 	if protectTo != "" {
 		if arb == nil {
 			return errors.New("--protect-to needs --arbiter and --pair: a backup goes live (and so protects again) only with them")
 		}
-		pcfg, err := logChannelConfig(cmd, logchannel.RoleSender, "--protect-to", protectTo, silence)
-		if err != nil {
+		if pcfg, err = logChannelConfig(cmd, logchannel.RoleSender, "--protect-to", protectTo, silence); err != nil {
 			return err
 		}
-		live = func(protect replication.ProtectFunc) { go protectAgain(ctx, cmd, protect, protectTo, pcfg) }
+	}
+	// Once live: 'ftctl protect' may protect the guest again by hand, and
+	// --protect-to does it at once.
+	live := func(protect replication.ProtectFunc) {
+		ctl.SetProtector(func(ctx context.Context, addr string) (string, error) {
+			lcfg, err := logChannelConfig(cmd, logchannel.RoleSender, "--backup", addr, silence)
+			if err != nil {
+				return "", err
+			}
+			res, err := protect(ctx, replication.PrimaryConfig{Peer: addr, Log: lcfg, ProtectAgain: true}, protectOptions(cmd))
+			if err != nil {
+				return "", err
+			}
+			return res.String(), nil
+		})
+		if protectTo != "" {
+			go protectAgain(ctx, cmd, protect, protectTo, pcfg)
+		}
 	}
 	res, err := replication.RunBackup(ctx, replication.BackupConfig{
 		Live: live, Resync: resync,
@@ -171,8 +187,7 @@ func protectAgain(ctx context.Context, cmd *cobra.Command, protect replication.P
 	for ctx.Err() == nil {
 		// No StatusEvery: the backup's status lines show the new pair's
 		// primary from now on.
-		res, err := protect(ctx, replication.PrimaryConfig{Peer: addr, Log: lcfg, ProtectAgain: true},
-			replication.TransferOptions{Progress: func(p replication.TransferProgress) { fmt.Fprintf(out, "ftctl: protect: %v\n", p) }})
+		res, err := protect(ctx, replication.PrimaryConfig{Peer: addr, Log: lcfg, ProtectAgain: true}, protectOptions(cmd))
 		if err == nil {
 			fmt.Fprintf(out, "ftctl: protected again: %v\n", res)
 			return

@@ -164,6 +164,15 @@ was lost (the log ended without a clean close).`,
 			if consoleLive && role != "primary" {
 				return errors.New("--console-live is for --role primary (only a primary holds console output)")
 			}
+			if again && role != "primary" {
+				return errors.New("--protect-again is for --role primary: after losing its backup it makes a new one at --peer")
+			}
+			if resync && role != "backup" {
+				return errors.New("--resync is for --role backup: after a divergence it waits for a fresh copy of the primary")
+			}
+			if protectTo != "" && role != "backup" {
+				return errors.New("--protect-to is for --role backup: once live, the survivor makes a new backup there")
+			}
 			cfg.StorageServer, _ = cmd.Flags().GetString("storage-server")
 			cfg.Pair, _ = cmd.Flags().GetString("pair")
 			if err := instance.Check(cfg); err != nil {
@@ -180,15 +189,6 @@ was lost (the log ended without a clean close).`,
 			cfg.Console = out
 			if console == "stdio" {
 				cfg.ConsoleInput = os.Stdin
-			}
-			if again && role != "primary" {
-				return errors.New("--protect-again is for --role primary: after losing its backup it makes a new one at --peer")
-			}
-			if resync && role != "backup" {
-				return errors.New("--resync is for --role backup: after a divergence it waits for a fresh copy of the primary")
-			}
-			if protectTo != "" && role != "backup" {
-				return errors.New("--protect-to is for --role backup: once live, the survivor makes a new backup there")
 			}
 			if role == "backup" {
 				return runBackup(cmd, cfg, listen, every, silence, protectTo, resync)

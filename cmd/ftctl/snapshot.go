@@ -13,6 +13,7 @@ import (
 
 	"github.com/ftvm/ftvm/hypervisor/vm"
 	"github.com/ftvm/ftvm/instance"
+	"github.com/ftvm/ftvm/replication"
 	"github.com/ftvm/ftvm/snapshot"
 )
 
@@ -73,6 +74,9 @@ func (s snapshotFlags) check(cfg instance.Config, role string) error {
 // optionally snapshotted (and stopped) at its ready line.
 func runPlain(cmd *cobra.Command, cfg instance.Config, snap snapshotFlags, stats bool) error {
 	ctx := cmd.Context()
+	if ctl, _ := cmd.Flags().GetString("control"); ctl != "" {
+		cfg.Replicable = true // ftctl protect may make it a primary while it runs
+	}
 	var ready *lineWatch
 	if snap.atReady != "" {
 		ready = newLineWatch(cfg.Console, readyLine)
@@ -93,8 +97,16 @@ func runPlain(cmd *cobra.Command, cfg instance.Config, snap snapshotFlags, stats
 			return err
 		}
 	}
-	runCtx, stop := context.WithCancel(ctx)
+	runCtx, stopCause := context.WithCancelCause(ctx)
+	stop := func() { stopCause(nil) }
 	defer stop()
+	// With --control the VM can be protected while it runs (ftctl
+	// protect); the new pair's primary then ends with the run.
+	finishPrimary, closeCtl, err := servePlainControl(cmd, inst, runCtx, stopCause)
+	if err != nil {
+		return err
+	}
+	defer closeCtl()
 	type result struct {
 		reason vm.StopReason
 		err    error
@@ -122,6 +134,20 @@ func runPlain(cmd *cobra.Command, cfg instance.Config, snap snapshotFlags, stats
 	}
 	if stats {
 		printStats(cmd, inst)
+	}
+	if fin := finishPrimary(); fin != nil {
+		pres, err := fin(res.reason, res.err)
+		if pres != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %v\n", pres.Final)
+		}
+		var lost *replication.LostArbitrationError
+		if errors.As(err, &lost) {
+			return &exitError{code: 7, err: err}
+		}
+		if err != nil {
+			return err
+		}
+		return stopError(res.reason, inst.VM)
 	}
 	if res.err != nil {
 		return res.err

@@ -50,6 +50,13 @@ func TestPairCommandsNameTheBadInput(t *testing.T) {
 		{[]string{"failover", "kv", "--kill", "--run-dir", dir}, "the backup is not replaying (gone)"},
 		{[]string{"failover", "kv", "--planned", "--run-dir", dir}, "the backup is not replaying (gone)"},
 		{[]string{"stop", "nosuch", "--run-dir", dir + "/nosuch"}, `no pair "nosuch"`},
+		{[]string{"protect", "--control", "x.sock"}, "--backup ADDR is required"},
+		{[]string{"protect", "--backup", "unix:/b.sock"}, "give a pair's NAME or --control SOCK"},
+		{[]string{"protect", "kv", "--control", "x.sock", "--backup", "unix:/b.sock"}, "not both"},
+		{[]string{"protect", "--control", dir + "/none.sock", "--backup", "unix:/b.sock"}, "gone"},
+		{[]string{"run", "--image", "x", "--protect-again"}, "--protect-again is for --role primary"},
+		{[]string{"run", "--image", "x", "--resync"}, "--resync is for --role backup"},
+		{[]string{"run", "--image", "x", "--protect-to", "unix:/b.sock"}, "--protect-to is for --role backup"},
 	} {
 		stderr, err := runFtctlTimeout(t, 10*time.Second, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

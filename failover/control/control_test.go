@@ -211,3 +211,41 @@ func TestPendingHandsOver(t *testing.T) {
 		t.Fatalf("after Set: %+v", st)
 	}
 }
+
+// POST /protect: refused while nothing can be protected, without an
+// address, and when protecting fails (the error says why); once a
+// protector is set it is asked with the address and its report returned.
+func TestProtectThroughTheControlSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ctl.sock")
+	pend := NewPending("none")
+	srv, err := Listen(path, pend, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx := context.Background()
+	if _, err := Protect(ctx, path, "unix:/tmp/b.sock"); err == nil || !strings.Contains(err.Error(), "cannot be protected now") {
+		t.Fatalf("protect with no protector: %v", err)
+	}
+	var asked string
+	pend.SetProtector(func(_ context.Context, addr string) (string, error) {
+		asked = addr
+		if addr == "unix:/tmp/bad.sock" {
+			return "", errors.New("connect to the backup: refused")
+		}
+		return "3 rounds, guest paused 4ms", nil
+	})
+	if _, err := Protect(ctx, path, ""); err == nil || !strings.Contains(err.Error(), "no backup address") {
+		t.Fatalf("protect without an address: %v", err)
+	}
+	if _, err := Protect(ctx, path, "unix:/tmp/bad.sock"); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("a failing protect: %v", err)
+	}
+	got, err := Protect(ctx, path, "unix:/tmp/b.sock")
+	if err != nil || got != "3 rounds, guest paused 4ms" || asked != "unix:/tmp/b.sock" {
+		t.Fatalf("protect: %q, %v (asked %q)", got, err, asked)
+	}
+	if _, err := Protect(ctx, filepath.Join(t.TempDir(), "none.sock"), "x"); !errors.Is(err, ErrGone) {
+		t.Fatalf("protect through a missing socket: %v", err)
+	}
+}

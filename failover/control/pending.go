@@ -9,8 +9,9 @@ import (
 // control socket first (a bad path fails before a VM is built, and a
 // supervisor can watch it start), then hands over its real source.
 type Pending struct {
-	role string
-	src  atomic.Pointer[Source]
+	role    string
+	src     atomic.Pointer[Source]
+	protect protectors
 }
 
 // NewPending reports role in phase "starting" until Set.

@@ -29,6 +29,7 @@ func Handler(src Source) http.Handler {
 		_ = enc.Encode(src.Status())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("POST /protect", serveProtect(src))
 	return mux
 }
 
