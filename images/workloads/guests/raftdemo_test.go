@@ -40,11 +40,15 @@ func demoScale() int {
 // ops each must have answered before the first kill and invoked after
 // each kill.
 const (
-	raftDemoClients     = 3
-	raftDemoOpsBefore   = 3
-	raftDemoOpsAfter    = 4
-	raftDemoLeaderMS    = 10000 // replica 0's election timeout
-	raftDemoFollowersMS = 30000 // the others'
+	raftDemoClients   = 3
+	raftDemoOpsBefore = 3
+	raftDemoOpsAfter  = 4
+	// Replica 0's election timeout, and so its RPC timeout (half of
+	// it): in the nested host a guest-to-guest RPC of a pair's guest
+	// often took over 5 s (two replicas, one a pair, took 1m51s to elect
+	// a leader with 10 s).
+	raftDemoLeaderMS    = 30000
+	raftDemoFollowersMS = 60000 // the others'
 )
 
 // statusRE matches the raftkv guest's periodic status line.
@@ -57,7 +61,7 @@ var electionRE = regexp.MustCompile(`msg=election term=(\d+)`)
 // TestRaftDemo is the Raft demo of what ftvm buys a replicated service.
 // Three raftkv replicas on the switch, each with its own disk; replica 0
 // runs as an ftvm pair and leads (it boots first, and its election
-// timeout is a third of the others', so it asks for votes first); three
+// timeout is half the others', so it asks for votes first); three
 // clients on the host run Put, Append and Get through port forwards the
 // whole time. First the leader's primary is SIGKILLed: its backup goes
 // live, and no replica starts an election (every term the replicas print
@@ -236,9 +240,9 @@ func startRaftLoad(t *testing.T, fwds []string) *raftLoad {
 	t.Cleanup(func() { l.cancel(); l.wg.Wait() })
 	for c := range raftDemoClients {
 		ck := raftkv.NewTCPClerk(fwds)
-		// Above the replicas' op timeouts (the followers' 30 s), as in
+		// Above replica 0's op timeout (its election timeout), as in
 		// TestRaftKVGuests: a clerk gives up on a server only after this.
-		ck.CallTimeout = 35 * time.Second
+		ck.CallTimeout = raftDemoLeaderMS*time.Millisecond + 15*time.Second
 		l.clerks = append(l.clerks, ck)
 		l.wg.Go(func() {
 			for i := 0; ctx.Err() == nil; i++ {
