@@ -197,6 +197,9 @@ type loop struct {
 
 	// requests is work asked of the vCPU goroutine between exits (AtExit).
 	requests exitRequests
+	// loadedAt: the machine state was loaded (LoadState) and the loop has
+	// not yet run from it.
+	loadedAt bool
 }
 
 // RequestPowerOff implements devices.PowerControl.
@@ -292,6 +295,22 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 			if l.rec != nil {
 				if err := l.rec.BeforeRun(l.syncExits, l.guest); err != nil {
 					return 0, fmt.Errorf("record after exit #%d: %w", l.syncExits, err)
+				}
+			}
+			if l.rep != nil && l.loadedAt {
+				// A backup that starts from a loaded state (a snapshot, a
+				// running primary's copy) did not replay the exit it
+				// starts at, so what the primary logged there before its
+				// first injection (its first BeforeRun's digest) is
+				// applied here, as a replayed exit would have.
+				l.loadedAt = false
+				if err := l.replayInputs(); err != nil {
+					if errors.Is(err, ErrLogEnd) {
+						err = l.tryGoLive()
+					}
+					if err != nil {
+						return l.replayStop(err)
+					}
 				}
 			}
 			if err := l.deliverInterrupt(); err != nil {

@@ -139,6 +139,7 @@ func (v *VM) LoadState(s *MachineState) error {
 		return err
 	}
 	v.loop.syncExits = s.Exit
+	v.loop.loadedAt = true
 	// A backup that goes live before the log gave it any clock read goes
 	// on from the snapshot's guest time, not from zero.
 	v.loop.lastReplayedClock = s.GuestTime
