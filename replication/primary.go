@@ -15,6 +15,7 @@ import (
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/snapshot"
 	"github.com/ftvm/ftvm/storage/arbiter"
 )
 
@@ -714,4 +715,11 @@ func (p *Primary) protectAgain(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// Snapshot writes a full snapshot of the primary's running VM to w at its
+// next exit (instance.Snapshot); the guest goes on. The kick that stops it
+// there ships a checkpoint to the backup like any kick.
+func (p *Primary) Snapshot(ctx context.Context, w io.Writer) (snapshot.Sum, error) {
+	return p.inst.Snapshot(ctx, w, nil)
 }

@@ -44,6 +44,13 @@ func (c *controlSocket) Set(src control.Source) {
 	}
 }
 
+// SetSnapshotter lets 'ftctl snapshot' snapshot this side's VM.
+func (c *controlSocket) SetSnapshotter(fn control.Snapshotter) {
+	if c.pending != nil {
+		c.pending.SetSnapshotter(fn)
+	}
+}
+
 // SetProtector lets 'ftctl protect' protect this side's VM from now on.
 func (c *controlSocket) SetProtector(fn control.Protector) {
 	if c.pending != nil {

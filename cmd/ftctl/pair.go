@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/replication"
+	"github.com/ftvm/ftvm/snapshot"
 	"github.com/ftvm/ftvm/storage/arbiter"
 )
 
@@ -70,6 +72,9 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 	}
 	defer p.Close()
 	ctl.Set(control.FromPrimary(p.Status))
+	ctl.SetSnapshotter(func(ctx context.Context, file string) (string, error) {
+		return snapshotRunning(ctx, file, func(w io.Writer) (snapshot.Sum, error) { return p.Snapshot(ctx, w) })
+	})
 	if consoleLive {
 		fmt.Fprintln(cmd.ErrOrStderr(), "ftctl: --console-live: console output is shown as printed, not held until the backup has the log")
 	}

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -17,6 +20,7 @@ import (
 	"github.com/ftvm/ftvm/instance"
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/replication"
+	"github.com/ftvm/ftvm/snapshot"
 )
 
 // protectOptions is how 'ftctl protect' copies a running guest: the
@@ -79,7 +83,94 @@ func servePlainControl(cmd *cobra.Command, inst *instance.Instance, runCtx conte
 		fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: protected: %v\n", res)
 		return res.String(), nil
 	})
+	ctl.SetSnapshotter(func(ctx context.Context, file string) (string, error) {
+		return snapshotRunning(ctx, file, func(w io.Writer) (snapshot.Sum, error) { return inst.Snapshot(ctx, w, nil) })
+	})
 	return finish, ctl.Close, nil
+}
+
+// snapshotRunning writes a snapshot of a running VM (take, at its next
+// exit) to file, which must not exist yet: through a temporary file
+// renamed once complete and synced, so a crash leaves no half snapshot.
+func snapshotRunning(ctx context.Context, file string, take func(io.Writer) (snapshot.Sum, error)) (string, error) {
+	if !filepath.IsAbs(file) {
+		return "", fmt.Errorf("snapshot file %q: give an absolute path (it is written by the VMM, whose working directory may differ)", file)
+	}
+	if _, err := os.Stat(file); err == nil {
+		return "", fmt.Errorf("snapshot file %s exists: not overwriting it", file)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*")
+	if err != nil {
+		return "", fmt.Errorf("write snapshot: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	w := bufio.NewWriterSize(tmp, 1<<20)
+	start := time.Now()
+	sum, err := take(w)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), file)
+	}
+	if err != nil {
+		return "", fmt.Errorf("write snapshot %s: %w", file, err)
+	}
+	fi, _ := os.Stat(file)
+	return fmt.Sprintf("%s: sha256 %v, %.1f MiB, written in %v (the guest paused for it)", file, sum, float64(fi.Size())/(1<<20), time.Since(start).Round(time.Millisecond)), nil
+}
+
+func newSnapshotCommand() *cobra.Command {
+	var ctlPath string
+	cmd := &cobra.Command{
+		Use:   "snapshot (NAME | --control SOCK) FILE",
+		Short: "Write a snapshot of a running VM to FILE (ftctl run --restore starts from it)",
+		Long: `Write a snapshot of a running VM: the VMM stops the guest at its next exit,
+writes the whole machine (vCPU, devices, memory without its zero pages) to
+FILE, and lets it run on. The disks are not in it: restore on the disks as
+they will be then. FILE is an absolute path on the VMM's host and must not
+exist. The VM is a pair's primary (give the pair's NAME) or one started
+with 'ftctl run --control SOCK' (give --control); a backup cannot be
+snapshotted (it replays the primary's log).
+
+'ftctl run --restore FILE' with the same machine options starts a VM from
+it; both sides of a pair given the same --restore start the pair from it.`,
+		Example: `  ftctl snapshot kv /var/lib/ftvm/kv.snap
+  ftctl snapshot --control /tmp/vm.sock /tmp/vm.snap`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			file := args[len(args)-1]
+			switch {
+			case len(args) == 2 && ctlPath != "":
+				return errors.New("give a pair's NAME or --control SOCK, not both")
+			case len(args) == 2:
+				dir, err := pairRunDir(cmd, args[0])
+				if err != nil {
+					return err
+				}
+				ctlPath = dir.Control(supervisor.Primary)
+			case ctlPath == "":
+				return errors.New("which VM? give a pair's NAME or --control SOCK, then the FILE")
+			}
+			abs, err := filepath.Abs(file)
+			if err != nil {
+				return err
+			}
+			report, err := control.Snapshot(cmd.Context(), ctlPath, abs)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "snapshot %s\n", report)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&ctlPath, "control", "", "the VM's control socket ('ftctl run --control')")
+	addRunDirFlag(cmd.Flags())
+	return cmd
 }
 
 func newProtectCommand() *cobra.Command {

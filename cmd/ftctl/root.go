@@ -64,7 +64,7 @@ Large downloads and builds are cached in $FTVM_CACHE (default ~/.cache/ftvm).`,
 		newNetCommand(),
 		newStorageCommand(),
 		newPairCommand(),
-		newStartCommand(), newStatusCommand(), newFailoverCommand(), newStopCommand(), newProtectCommand(),
+		newStartCommand(), newStatusCommand(), newFailoverCommand(), newStopCommand(), newProtectCommand(), newSnapshotCommand(),
 		newArbiterCommand(),
 		newTestbenchCommand(),
 	)

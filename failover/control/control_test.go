@@ -249,3 +249,34 @@ func TestProtectThroughTheControlSocket(t *testing.T) {
 		t.Fatalf("protect through a missing socket: %v", err)
 	}
 }
+
+// POST /snapshot: refused until a snapshotter is set, without a file, and
+// with the snapshotter's error; otherwise its report.
+func TestSnapshotThroughTheControlSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ctl.sock")
+	pend := NewPending("primary")
+	srv, err := Listen(path, pend, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx := context.Background()
+	if _, err := Snapshot(ctx, path, "/tmp/x.snap"); err == nil || !strings.Contains(err.Error(), "cannot be snapshotted now") {
+		t.Fatalf("snapshot with no snapshotter: %v", err)
+	}
+	pend.SetSnapshotter(func(_ context.Context, file string) (string, error) {
+		if file == "/exists" {
+			return "", errors.New("snapshot file /exists exists")
+		}
+		return file + ": sha256 ab", nil
+	})
+	if _, err := Snapshot(ctx, path, ""); err == nil || !strings.Contains(err.Error(), "no file") {
+		t.Fatalf("snapshot without a file: %v", err)
+	}
+	if _, err := Snapshot(ctx, path, "/exists"); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Fatalf("a failing snapshot: %v", err)
+	}
+	if got, err := Snapshot(ctx, path, "/tmp/x.snap"); err != nil || got != "/tmp/x.snap: sha256 ab" {
+		t.Fatalf("snapshot: %q, %v", got, err)
+	}
+}

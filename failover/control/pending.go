@@ -12,6 +12,8 @@ type Pending struct {
 	role    string
 	src     atomic.Pointer[Source]
 	protect protectors
+	// snapshot is what POST /snapshot runs (nil: nothing can be).
+	snapshot atomic.Pointer[Snapshotter]
 }
 
 // NewPending reports role in phase "starting" until Set.

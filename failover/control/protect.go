@@ -67,6 +67,12 @@ func serveProtect(src Source) http.HandlerFunc {
 // Protect asks the VMM at the control socket path to protect its VM with
 // the backup listening at backup; it waits for the copy to end.
 func Protect(ctx context.Context, path, backup string) (string, error) {
+	return post(ctx, path, "/protect?backup="+url.QueryEscape(backup), "protected")
+}
+
+// post makes a POST request of the control socket at path and returns
+// the answer's field key.
+func post(ctx context.Context, path, target, key string) (string, error) {
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -74,7 +80,7 @@ func Protect(ctx context.Context, path, backup string) (string, error) {
 		},
 	}}
 	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://control/protect?backup="+url.QueryEscape(backup), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://control"+target, nil)
 	if err != nil {
 		return "", err
 	}
@@ -89,11 +95,57 @@ func Protect(ctx context.Context, path, backup string) (string, error) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("protect through %s: %s", path, strings.TrimSpace(string(body)))
+		return "", fmt.Errorf("%s through %s: %s", key, path, strings.TrimSpace(string(body)))
 	}
 	var out map[string]string
 	if err := json.Unmarshal(body, &out); err != nil {
-		return "", fmt.Errorf("protect through %s: decode the answer: %w", path, err)
+		return "", fmt.Errorf("%s through %s: decode the answer: %w", key, path, err)
 	}
-	return out["protected"], nil
+	return out[key], nil
+}
+
+// Snapshotter writes a snapshot of the VM behind a control socket to a
+// file while it runs (at its next exit) and says what it wrote.
+type Snapshotter func(ctx context.Context, file string) (string, error)
+
+// SetSnapshotter lets POST /snapshot snapshot the VM from now on.
+func (p *Pending) SetSnapshotter(fn Snapshotter) {
+	if fn == nil {
+		p.snapshot.Store(nil)
+		return
+	}
+	p.snapshot.Store(&fn)
+}
+
+// serveSnapshot is POST /snapshot?file=PATH.
+func serveSnapshot(src Source) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		pend, ok := src.(*Pending)
+		var fn *Snapshotter
+		if ok {
+			fn = pend.snapshot.Load()
+		}
+		if fn == nil {
+			http.Error(w, "this VM cannot be snapshotted now: a backup replays the primary's log (snapshot the primary or a VM alone)", http.StatusConflict)
+			return
+		}
+		file := r.URL.Query().Get("file")
+		if file == "" {
+			http.Error(w, "no file: POST /snapshot?file=PATH", http.StatusBadRequest)
+			return
+		}
+		report, err := (*fn)(r.Context(), file)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{"snapshot": report})
+	}
+}
+
+// Snapshot asks the VMM at the control socket path to write a snapshot of
+// its running VM to file (a path on the VMM's host).
+func Snapshot(ctx context.Context, path, file string) (string, error) {
+	return post(ctx, path, "/snapshot?file="+url.QueryEscape(file), "snapshot")
 }

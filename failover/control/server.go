@@ -30,6 +30,7 @@ func Handler(src Source) http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("POST /protect", serveProtect(src))
+	mux.HandleFunc("POST /snapshot", serveSnapshot(src))
 	return mux
 }
 
