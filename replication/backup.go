@@ -349,6 +349,7 @@ func runBackupSession(ctx context.Context, cfg BackupConfig, ln *logchannel.List
 	defer stopRun(nil)
 	var (
 		protMu     sync.Mutex
+		protecting bool
 		protected  *Primary
 		protFinish func(vm.StopReason, error) (*PrimaryResult, error)
 		transfer   TransferResult
@@ -428,11 +429,19 @@ func runBackupSession(ctx context.Context, cfg BackupConfig, ln *logchannel.List
 	}
 	defer inst.Close()
 	protect = func(pctx context.Context, pcfg PrimaryConfig, opts TransferOptions) (TransferResult, error) {
+		// protMu is not held during the copy: status reads it meanwhile.
 		protMu.Lock()
-		defer protMu.Unlock()
-		if protected != nil {
-			return TransferResult{}, errors.New("the survivor is protected already")
+		if protected != nil || protecting {
+			protMu.Unlock()
+			return TransferResult{}, errors.New("the survivor is protected already, or being protected")
 		}
+		protecting = true
+		protMu.Unlock()
+		defer func() {
+			protMu.Lock()
+			protecting = false
+			protMu.Unlock()
+		}()
 		if pcfg.Arbiter == nil {
 			pcfg.Arbiter, pcfg.Pair = cfg.Arbiter, cfg.Pair
 		}
@@ -445,8 +454,10 @@ func runBackupSession(ctx context.Context, cfg BackupConfig, ln *logchannel.List
 			setState(fmt.Sprintf("live: generation %d; unprotected (protecting failed: %v)", gen, err))
 			return res, err
 		}
+		protMu.Lock()
 		protected, transfer = p, res
 		protFinish = p.Start(ctx)
+		protMu.Unlock()
 		log.Info("protected again: the survivor is the primary of a new pair", "backup", pcfg.Peer, "transfer", res.String())
 		return res, nil
 	}

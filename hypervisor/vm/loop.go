@@ -546,8 +546,11 @@ func (l *loop) deliverInterrupt() error {
 		return nil
 	}
 	if !l.vcpu.ReadyForInterruptInjection() {
+		// Cleared when windows are off: a live VM that starts recording
+		// may have asked for one before, and an interrupt-window exit is a
+		// counted exit its backup would never see.
+		l.vcpu.SetRequestInterruptWindow(!l.noWindows)
 		if !l.noWindows {
-			l.vcpu.SetRequestInterruptWindow(true)
 			l.stats.Windows++
 		}
 		return nil

@@ -40,8 +40,11 @@ func (v *VM) StartRecording(rec Recorder) error {
 	}
 	l.rec = rec
 	// As from power-on on a primary: interrupts only at exits the guest's
-	// own instructions caused, where the backup finds them by counting.
+	// own instructions caused, where the backup finds them by counting. A
+	// window asked for while live is withdrawn: its exit would be a
+	// counted exit the backup never sees.
 	l.noWindows = true
+	l.vcpu.SetRequestInterruptWindow(false)
 	return nil
 }
 
