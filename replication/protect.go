@@ -55,11 +55,15 @@ func Protect(ctx context.Context, inst *instance.Instance, runCtx context.Contex
 	wrap := p.outputWrappers()
 
 	res, err := precopy(ctx, inst, id, p.sender, opts, func() error {
+		// A primary that lost its backup and won the record still
+		// records, into nowhere; its recorder reads the dirty-page logs
+		// the rounds need, so it stops now (its gate, alone, stays in
+		// front of the outputs) and this one takes over at the switch.
 		if inst.VM.Recording() {
-			// A primary that lost its backup and won the record still
-			// records, into nowhere: this recorder replaces its.
 			inst.VM.StopRecording()
 		}
+		return nil
+	}, func() error {
 		inst.WrapOutputs(wrap)
 		return inst.VM.StartRecording(p.rec)
 	})

@@ -180,8 +180,11 @@ func (w *chunkWriter) endRound(round int, final bool) error {
 // precopy sends inst's state to the backup at the other end of sender
 // while the guest runs (see the top of this file), and in the last round,
 // at one exit with the guest stopped, calls atSwitch: the caller starts
-// recording there. id is inst's identity.
-func precopy(ctx context.Context, inst *instance.Instance, id *snapshot.Identity, sender *logchannel.Sender, opts TransferOptions, atSwitch func() error) (TransferResult, error) {
+// recording there. atStart runs at the exit where round 1 begins, before
+// the dirty-page logs are read: a VM still recording for a lost backup
+// stops there, since its recorder reads (and clears) the same logs and
+// would take pages from the rounds. id is inst's identity.
+func precopy(ctx context.Context, inst *instance.Instance, id *snapshot.Identity, sender *logchannel.Sender, opts TransferOptions, atStart, atSwitch func() error) (TransferResult, error) {
 	if opts.TargetPause <= 0 {
 		opts.TargetPause = 50 * time.Millisecond
 	}
@@ -209,6 +212,11 @@ func precopy(ctx context.Context, inst *instance.Instance, id *snapshot.Identity
 		// The round starts at an exit: the logs are read (and cleared)
 		// there, so every write after this point is in the next round.
 		err := v.AtExit(ctx, func() error {
+			if round == 1 && atStart != nil {
+				if err := atStart(); err != nil {
+					return err
+				}
+			}
 			var err error
 			if bitmap, err = marks.take(bitmap); err != nil {
 				return err
