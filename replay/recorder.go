@@ -182,6 +182,17 @@ func (r *Recorder) mark() {
 	}
 }
 
+// StartAt tells a recorder that starts on a running or restored VM the exit
+// it starts at (vm.VM.StartRecording and LoadState call it): inputs the
+// VM applies after that exit and before its next belong to it, as they
+// would after an Exit(n) the recorder had seen. No mark is logged for n:
+// the backup starts there from the same state without running that exit.
+func (r *Recorder) StartAt(n uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cur, r.marked = n, true
+}
+
 // Exit implements vm.Recorder.
 func (r *Recorder) Exit(n uint64, kind kvm.ExitKind, _ uint64, rip func() uint64) {
 	r.mu.Lock()

@@ -39,6 +39,7 @@ func (v *VM) StartRecording(rec Recorder) error {
 		return errors.New("start recording: the VM records already")
 	}
 	l.rec = rec
+	startRecorderAt(rec, l.syncExits)
 	// As from power-on on a primary: interrupts only at exits the guest's
 	// own instructions caused, where the backup finds them by counting. A
 	// window asked for while live is withdrawn: its exit would be a
@@ -64,3 +65,18 @@ func (v *VM) Recording() bool { return v.loop.rec != nil }
 // the time New was called): a backup made from this VM while it runs must
 // be built with the same value.
 func (v *VM) WallTime() time.Time { return v.cfg.WallTime }
+
+// recorderStart is what a Recorder that can start mid-run implements
+// (replay.Recorder): the exit it starts at.
+type recorderStart interface {
+	StartAt(n uint64)
+}
+
+// startRecorderAt tells rec the exit recording starts at, if it wants to
+// know: inputs applied after that exit (a frame taken before the next one)
+// belong to it.
+func startRecorderAt(rec Recorder, n uint64) {
+	if s, ok := rec.(recorderStart); ok {
+		s.StartAt(n)
+	}
+}

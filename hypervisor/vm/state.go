@@ -140,6 +140,9 @@ func (v *VM) LoadState(s *MachineState) error {
 	}
 	v.loop.syncExits = s.Exit
 	v.loop.loadedAt = true
+	if v.loop.rec != nil {
+		startRecorderAt(v.loop.rec, s.Exit) // a primary's fast start
+	}
 	// A backup that goes live before the log gave it any clock read goes
 	// on from the snapshot's guest time, not from zero.
 	v.loop.lastReplayedClock = s.GuestTime
