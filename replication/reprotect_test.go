@@ -295,18 +295,22 @@ func (s *pairSetup) startRunningVM(t testing.TB, appendArgs string, memMiB int) 
 }
 
 // memwriteRate reads the guest's "ftvm-guest memwrite second=N pages=P"
-// lines: the pages it wrote in each second of its run.
+// lines (P pages written by second N of its run): the pages per second
+// since the line before, by the second of the later line.
 func memwriteRate(console string) map[int]int {
-	perSecond := map[int]int{}
-	prev := 0
+	rate := map[int]int{}
+	prevSec, prevPages := -1, 0
 	for _, line := range strings.Split(console, "\n") {
 		var sec, pages int
-		if _, err := fmt.Sscanf(strings.TrimSpace(line), "ftvm-guest memwrite second=%d pages=%d", &sec, &pages); err == nil {
-			perSecond[sec] = pages - prev
-			prev = pages
+		if _, err := fmt.Sscanf(strings.TrimSpace(line), "ftvm-guest memwrite second=%d pages=%d", &sec, &pages); err != nil {
+			continue
 		}
+		if prevSec >= 0 && sec > prevSec {
+			rate[sec] = (pages - prevPages) / (sec - prevSec)
+		}
+		prevSec, prevPages = sec, pages
 	}
-	return perSecond
+	return rate
 }
 
 // TestProtectRunningVMUnderMemoryWrites: a VM running alone whose guest
@@ -317,9 +321,8 @@ func memwriteRate(console string) map[int]int {
 // do not shrink and auto-converge throttles it. The test sees from the
 // guest's own console that it wrote throughout the copy, that the copy
 // ended, and that the new backup then replays the guest with its digests
-// matching the primary's, and stops cleanly with the primary. (How much
-// the throttle slowed the guest is logged, not checked: in the nested host
-// the guest's own rate hardly dropped at 95%, which is not understood yet.)
+// matching the primary's, and stops cleanly with the primary; it logs the
+// guest's rate before, during and after the copy.
 func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
@@ -398,9 +401,11 @@ func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 		}
 	}
 	t.Logf("guest's pages written per second: before the copy %v, while it ran %v, after %v (copy %v)", before, during, after, copyTook.Round(time.Millisecond))
-	// The guest wrote throughout: before, during and after the copy (the
-	// copy ran under a guest dirtying memory, not an idle one).
-	if len(before) < 2 || len(during) < 2 || len(after) < 2 || slices.Min(during) == 0 {
+	// The guest wrote throughout: the copy ran under a guest dirtying
+	// memory. How much auto-converge slowed it is logged, not checked: at
+	// 95% the guest's own rate fell at most about 2.5x in the nested host,
+	// where 20x was expected; not understood yet.
+	if len(before) < 1 || len(during) < 2 || len(after) < 2 || slices.Min(during) == 0 {
 		t.Fatalf("the guest did not write throughout the copy: %v", rate)
 	}
 }
