@@ -329,7 +329,7 @@ func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 	}
 	s := newPairSetup(t)
 	vmRun := s.startRunningVM(t, "ftvm.workload=memwrite ftvm.mib=8 ftvm.rate=2000", 128)
-	vmRun.console.WaitFor(t, "ftvm-guest memwrite second=3 ", vmRun.done, 5*time.Minute)
+	waitMemwrite(t, vmRun, 3)
 
 	var status atomic.Pointer[func() replication.BackupStatus]
 	bctx, bcancel := context.WithCancel(context.Background())
@@ -370,7 +370,7 @@ func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 			t.Fatalf("the new backup does not replay with matching digests: %v", st)
 		}
 	}
-	vmRun.console.WaitFor(t, fmt.Sprintf("ftvm-guest memwrite second=%d ", int(time.Since(copyStart).Seconds())+15), vmRun.done, 5*time.Minute)
+	waitMemwrite(t, vmRun, int(time.Since(copyStart).Seconds())+15)
 
 	// Stop: the primary closes the log cleanly and the backup ends there.
 	vmRun.stop(nil)
@@ -402,9 +402,9 @@ func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 	}
 	t.Logf("guest's pages written per second: before the copy %v, while it ran %v, after %v (copy %v)", before, during, after, copyTook.Round(time.Millisecond))
 	// The guest wrote throughout: the copy ran under a guest dirtying
-	// memory. How much auto-converge slowed it is logged, not checked: at
-	// 95% the guest's own rate fell at most about 2.5x in the nested host,
-	// where 20x was expected; not understood yet.
+	// memory. How much auto-converge slowed it is logged, not checked: the
+	// throttle acts in the last rounds only, for a few seconds, and the
+	// guest's per-second rate is too noisy here to show it reliably.
 	if len(before) < 1 || len(during) < 2 || len(after) < 2 || slices.Min(during) == 0 {
 		t.Fatalf("the guest did not write throughout the copy: %v", rate)
 	}
@@ -598,4 +598,25 @@ func openArbiterDir(t testing.TB) *arbiter.Dir {
 		t.Fatal(err)
 	}
 	return arb
+}
+
+// waitMemwrite waits until the guest's memwrite reported second sec or a
+// later one (it reports the second it prints in, so some are skipped).
+func waitMemwrite(t *testing.T, r *runningVM, sec int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		for s := range memwriteRate(r.console.String()) {
+			if s >= sec {
+				return
+			}
+		}
+		select {
+		case err := <-r.done:
+			t.Fatalf("the VM stopped before memwrite's second %d: %v\n%s", sec, err, r.console.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no memwrite second %d or later within 5 min:\n%s", sec, r.console.String())
+		}
+	}
 }

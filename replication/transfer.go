@@ -394,8 +394,8 @@ func countPages(bitmap []uint64) int {
 	return n
 }
 
-// throttle is auto-converge: it stops the guest for a share of every
-// throttlePeriod, at an exit, until stopped.
+// throttle is auto-converge: it stops the guest, at exits, for a share of
+// its time until stopped.
 type throttle struct {
 	// atExit runs a function at the VM's next exit (vm.VM.AtExit).
 	atExit func(context.Context, func() error) error
@@ -405,7 +405,8 @@ type throttle struct {
 	done   chan struct{}
 }
 
-const throttlePeriod = 20 * time.Millisecond
+// throttleGap is the least the guest runs between two stops.
+const throttleGap = time.Millisecond
 
 // throttleSteps are the shares auto-converge raises the throttle through.
 var throttleSteps = [...]float64{0.3, 0.5, 0.7, 0.85, 0.95}
@@ -435,29 +436,40 @@ func (t *throttle) raise() float64 {
 	return t.frac
 }
 
-// run stops the guest for the throttle's share of every period until
-// quit is closed; it closes done on its way out.
+// run stops the guest for the throttle's share of its time until quit is
+// closed; it closes done on its way out. Each stop lasts share/(1-share)
+// times as long as the guest ran since the last one ended, measured, not
+// assumed: waking, kicking the vCPU and reaching its next exit take
+// milliseconds under a software CPU, and a fixed period would let the
+// guest run that long every time.
 func (t *throttle) run(quit <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
+	lastEnd := time.Now()
 	for {
-		f := t.share()
-		stopFor := time.Duration(f * float64(throttlePeriod))
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = t.atExit(ctx, func() error {
+			f := t.share()
+			ran := time.Since(lastEnd)
+			stopFor := min(time.Duration(float64(ran)*f/(1-f)), maxThrottleStop)
 			select {
 			case <-time.After(stopFor):
 			case <-quit:
 			}
+			lastEnd = time.Now()
 			return nil
 		})
 		cancel()
 		select {
 		case <-quit:
 			return
-		case <-time.After(throttlePeriod - stopFor):
+		case <-time.After(throttleGap):
 		}
 	}
 }
+
+// maxThrottleStop bounds one stop of the guest by auto-converge, so a
+// guest never freezes for long (its timers and clients wait meanwhile).
+const maxThrottleStop = 200 * time.Millisecond
 
 func (t *throttle) stop() {
 	t.mu.Lock()
