@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -99,26 +98,10 @@ func snapshotRunning(ctx context.Context, file string, take func(io.Writer) (sna
 	if _, err := os.Stat(file); err == nil {
 		return "", fmt.Errorf("snapshot file %s exists: not overwriting it", file)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*")
-	if err != nil {
-		return "", fmt.Errorf("write snapshot: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	w := bufio.NewWriterSize(tmp, 1<<20)
 	start := time.Now()
-	sum, err := take(w)
-	if err == nil {
-		err = w.Flush()
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), file)
-	}
+	sum, err := writeSnapshotFile(file, take)
 	if err != nil {
-		return "", fmt.Errorf("write snapshot %s: %w", file, err)
+		return "", err
 	}
 	fi, _ := os.Stat(file)
 	return fmt.Sprintf("%s: sha256 %v, %.1f MiB, written in %v (the guest paused for it)", file, sum, float64(fi.Size())/(1<<20), time.Since(start).Round(time.Millisecond)), nil

@@ -178,15 +178,25 @@ func restoreFrom(inst *instance.Instance, file string) error {
 // there. The snapshot is written beside file and renamed into place once
 // synced, so file is whole or absent.
 func writeSnapshot(ctx context.Context, inst *instance.Instance, file string, stop context.CancelFunc) (snapshot.Sum, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*")
+	sum, err := writeSnapshotFile(file, func(w io.Writer) (snapshot.Sum, error) { return inst.Snapshot(ctx, w, stop) })
 	if err != nil {
 		stop()
+	}
+	return sum, err
+}
+
+// writeSnapshotFile writes what take writes to file through a temporary
+// file in the same directory, synced and renamed once complete, so a crash
+// leaves no half snapshot under the name.
+func writeSnapshotFile(file string, take func(io.Writer) (snapshot.Sum, error)) (snapshot.Sum, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*")
+	if err != nil {
 		return snapshot.Sum{}, fmt.Errorf("write snapshot: %w", err)
 	}
 	defer os.Remove(tmp.Name()) // after the rename, nothing there
 	defer tmp.Close()
 	w := bufio.NewWriterSize(tmp, 1<<20)
-	sum, err := inst.Snapshot(ctx, w, stop)
+	sum, err := take(w)
 	if err == nil {
 		err = w.Flush()
 	}
@@ -197,7 +207,6 @@ func writeSnapshot(ctx context.Context, inst *instance.Instance, file string, st
 		err = os.Rename(tmp.Name(), file)
 	}
 	if err != nil {
-		stop()
 		return snapshot.Sum{}, fmt.Errorf("write snapshot %s: %w", file, err)
 	}
 	return sum, nil
