@@ -119,7 +119,9 @@ Its files take the primary's names (primary.sock, primary.pid, primary.log,
 primary.console; the dead primary's log and console are kept as
 primary.log.failedN); 'ftctl status' shows the transfer. --no-reprotect leaves
 the survivor unprotected instead. When the backup dies, the primary claims the
-record and runs on unprotected; nothing restarts a lost backup.
+record, and the supervisor starts a new backup on the same log socket which the
+primary protects the same way (the lost backup's log is kept as
+backup.log.lostN); with --no-reprotect the primary runs on unprotected.
 
 Exit status: 0 once the pair is protected (--foreground: once both sides
 have exited, or after Ctrl-C); 1 when a side failed to start (its log's last
