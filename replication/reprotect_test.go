@@ -294,41 +294,70 @@ func (s *pairSetup) startRunningVM(t testing.TB, appendArgs string, memMiB int) 
 	return r
 }
 
-// memwriteRate reads the guest's "ftvm-guest memwrite second=N pages=P"
-// lines (P pages written by second N of its run): the pages per second
-// since the line before, by the second of the later line.
+// memwriteSecond is one of the guest's "ftvm-guest memwrite second=N
+// pages=P stall_ms=S" lines: P pages written by second N of its run, and
+// the longest the guest went between two clock reads in that second.
+type memwriteSecond struct{ sec, pages, stallMS int }
+
+func memwriteSeconds(console string) []memwriteSecond {
+	var out []memwriteSecond
+	for _, line := range strings.Split(console, "\n") {
+		var m memwriteSecond
+		if _, err := fmt.Sscanf(strings.TrimSpace(line), "ftvm-guest memwrite second=%d pages=%d stall_ms=%d", &m.sec, &m.pages, &m.stallMS); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// memwriteRate is the guest's pages per second since the line before, by
+// the second of the later line.
 func memwriteRate(console string) map[int]int {
 	rate := map[int]int{}
-	prevSec, prevPages := -1, 0
-	for _, line := range strings.Split(console, "\n") {
-		var sec, pages int
-		if _, err := fmt.Sscanf(strings.TrimSpace(line), "ftvm-guest memwrite second=%d pages=%d", &sec, &pages); err != nil {
-			continue
+	secs := memwriteSeconds(console)
+	for i := 1; i < len(secs); i++ {
+		if d := secs[i].sec - secs[i-1].sec; d > 0 {
+			rate[secs[i].sec] = (secs[i].pages - secs[i-1].pages) / d
 		}
-		if prevSec >= 0 && sec > prevSec {
-			rate[sec] = (pages - prevPages) / (sec - prevSec)
-		}
-		prevSec, prevPages = sec, pages
 	}
 	return rate
 }
 
+// lastMemwriteSecond is the label of the guest's last memwrite line in
+// console, 0 if none.
+func lastMemwriteSecond(console string) int {
+	secs := memwriteSeconds(console)
+	if len(secs) == 0 {
+		return 0
+	}
+	return secs[len(secs)-1].sec
+}
+
 // TestProtectRunningVMUnderMemoryWrites: a VM running alone whose guest
-// rewrites an 8 MiB buffer at about 2000 pages a second (CPU-paced) is
-// protected while it runs (pre-copy over the log channel, then
-// recording). The guest dirties memory faster than the nested host's
-// channel sends it (about 3 MiB/s, some 750 pages a second), so the rounds
-// do not shrink and auto-converge throttles it. The test sees from the
-// guest's own console that it wrote throughout the copy, that the copy
-// ended, and that the new backup then replays the guest with its digests
-// matching the primary's, and stops cleanly with the primary; it logs the
-// guest's rate before, during and after the copy.
+// rewrites a 16 MiB buffer at about 2000 pages a second (CPU-paced),
+// faster than the nested host's channel sends it (a few MiB/s), is
+// protected while it runs (pre-copy over the log channel, then recording).
+// The rounds do not shrink until auto-converge throttles the guest; the
+// copy then ends. The test sees from the guest's own console that it wrote
+// throughout the copy, and that the new backup then replays the guest with
+// its digests matching the primary's and stops cleanly with it; it logs
+// the guest's rate and the longest stops it saw. (BenchmarkProtect compares
+// the pause with and without auto-converge.)
 func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return
 	}
+	protectMemwriteVM(t, "ftvm.workload=memwrite ftvm.mib=16 ftvm.rate=2000", replication.TransferOptions{})
+}
+
+// protectMemwriteVM boots a VM alone running the memwrite workload,
+// protects it with opts while the guest writes, checks that the backup
+// replays it with matching digests and that the guest wrote throughout,
+// and stops the pair.
+func protectMemwriteVM(t *testing.T, workload string, opts replication.TransferOptions) {
+	t.Helper()
 	s := newPairSetup(t)
-	vmRun := s.startRunningVM(t, "ftvm.workload=memwrite ftvm.mib=8 ftvm.rate=2000", 128)
+	vmRun := s.startRunningVM(t, workload, 128)
 	waitMemwrite(t, vmRun, 3)
 
 	var status atomic.Pointer[func() replication.BackupStatus]
@@ -337,16 +366,22 @@ func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 	backup := s.startBackupWith(t, bctx, replication.BackupConfig{Log: pairLog, StatusEvery: 5 * time.Second,
 		Running: func(f func() replication.BackupStatus) { status.Store(&f) }})
 	var rounds []string
+	opts.Progress = func(pr replication.TransferProgress) { rounds = append(rounds, pr.String()) }
+	secStart := lastMemwriteSecond(vmRun.console.String())
 	copyStart := time.Now()
 	p, res, err := replication.Protect(context.Background(), vmRun.inst, vmRun.runCtx, vmRun.stop,
-		replication.PrimaryConfig{Peer: "unix:" + s.logSock, Log: pairLog},
-		replication.TransferOptions{Progress: func(pr replication.TransferProgress) { rounds = append(rounds, pr.String()) }})
+		replication.PrimaryConfig{Peer: "unix:" + s.logSock, Log: pairLog}, opts)
 	copyTook := time.Since(copyStart)
+	// The stop for the last round ends just before Protect returns; the
+	// guest reports it in its first line after that (whose label may be
+	// seconds later: the guest's clock ran on while it was stopped).
+	atEnd := vmRun.console.String()
+	secEnd := lastMemwriteSecond(atEnd)
 	if err != nil {
 		t.Fatalf("protect: %v\nrounds:\n  %s", err, strings.Join(rounds, "\n  "))
 	}
 	finish := p.Start(context.Background())
-	t.Logf("transfer: %v\nrounds:\n  %s", res, strings.Join(rounds, "\n  "))
+	t.Logf("transfer (%+v): %v\nrounds:\n  %s", opts, res, strings.Join(rounds, "\n  "))
 
 	// The guest goes on and the backup replays it, digests matching.
 	firstDigests := -1
@@ -370,7 +405,7 @@ func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 			t.Fatalf("the new backup does not replay with matching digests: %v", st)
 		}
 	}
-	waitMemwrite(t, vmRun, int(time.Since(copyStart).Seconds())+15)
+	waitMemwrite(t, vmRun, secEnd+3)
 
 	// Stop: the primary closes the log cleanly and the backup ends there.
 	vmRun.stop(nil)
@@ -384,27 +419,30 @@ func TestProtectRunningVMUnderMemoryWrites(t *testing.T) {
 		t.Fatalf("backup: %v", b.err)
 	}
 
-	// What the guest itself saw: its write rate while the copy ran
-	// against before and after.
-	rate := memwriteRate(vmRun.console.String())
+	// What the guest itself saw, through the first line it printed
+	// after the copy ended.
+	console := vmRun.console.String()
+	rate := memwriteRate(console)
+	secReport := secEnd
+	if next := memwriteSeconds(console[len(atEnd):]); len(next) > 0 {
+		secReport = next[0].sec
+	}
 	var before, during, after []int
-	copySecs := int(copyTook.Seconds()) + 1
-	for sec, n := range rate {
+	var stalls []int
+	for _, m := range memwriteSeconds(console) {
 		switch {
-		case sec == 1: // its first second includes calibrating the pace
-		case sec <= 3:
-			before = append(before, n)
-		case sec > 3 && sec <= 3+copySecs:
-			during = append(during, n)
+		case m.sec <= 1: // its first second includes calibrating the pace
+		case m.sec <= secStart:
+			before = append(before, rate[m.sec])
+		case m.sec <= secReport:
+			during = append(during, rate[m.sec])
+			stalls = append(stalls, m.stallMS)
 		default:
-			after = append(after, n)
+			after = append(after, rate[m.sec])
 		}
 	}
-	t.Logf("guest's pages written per second: before the copy %v, while it ran %v, after %v (copy %v)", before, during, after, copyTook.Round(time.Millisecond))
-	// The guest wrote throughout: the copy ran under a guest dirtying
-	// memory. How much auto-converge slowed it is logged, not checked: the
-	// throttle acts in the last rounds only, for a few seconds, and the
-	// guest's per-second rate is too noisy here to show it reliably.
+	t.Logf("guest's pages written per second: before the copy %v, while it ran %v, after %v (copy %v, guest seconds %d-%d); its longest stop in each second of the copy (ms): %v",
+		before, during, after, copyTook.Round(time.Millisecond), secStart+1, secReport, stalls)
 	if len(before) < 1 || len(during) < 2 || len(after) < 2 || slices.Min(during) == 0 {
 		t.Fatalf("the guest did not write throughout the copy: %v", rate)
 	}
@@ -530,7 +568,7 @@ func BenchmarkProtect(b *testing.B) {
 					return
 				}
 				for range b.N {
-					res := benchProtectOnce(b, mem, load.append, load.ready)
+					res := benchProtectOnce(b, mem, load.append, load.ready, replication.TransferOptions{})
 					b.ReportMetric(float64(res.Pause)/float64(time.Millisecond), "pause-ms")
 					b.ReportMetric(res.Total.Seconds(), "total-s")
 					b.ReportMetric(float64(res.Rounds), "rounds")
@@ -538,13 +576,21 @@ func BenchmarkProtect(b *testing.B) {
 					b.ReportMetric(res.MaxThrottle, "max-throttle")
 					b.ReportMetric(res.Pause.Seconds()/1.0, "pause/vmware-1s")
 					b.Logf("%d MiB %s: %v (host: nested KVM under QEMU TCG)", mem, load.name, res)
+					if load.name != "writing" {
+						continue
+					}
+					// The same guest without auto-converge: what it saves.
+					alone := benchProtectOnce(b, mem, load.append, load.ready, replication.TransferOptions{NoAutoConverge: true})
+					b.ReportMetric(float64(alone.Pause)/float64(time.Millisecond), "no-autoconverge-pause-ms")
+					b.ReportMetric(float64(alone.Pause)/float64(max(res.Pause, time.Microsecond)), "pause-without/with-autoconverge")
+					b.Logf("%d MiB %s without auto-converge: %v", mem, load.name, alone)
 				}
 			})
 		}
 	}
 }
 
-func benchProtectOnce(b *testing.B, mem int, appendArgs, ready string) replication.TransferResult {
+func benchProtectOnce(b *testing.B, mem int, appendArgs, ready string, opts replication.TransferOptions) replication.TransferResult {
 	s := newPairSetup(b)
 	vmRun := s.startRunningVM(b, appendArgs, mem)
 	vmRun.console.WaitFor(b, ready, vmRun.done, 10*time.Minute)
@@ -555,7 +601,7 @@ func benchProtectOnce(b *testing.B, mem int, appendArgs, ready string) replicati
 		Running: func(f func() replication.BackupStatus) { status.Store(&f) }})
 	b.ResetTimer()
 	p, res, err := replication.Protect(context.Background(), vmRun.inst, vmRun.runCtx, vmRun.stop,
-		replication.PrimaryConfig{Peer: "unix:" + s.logSock, Log: pairLog}, replication.TransferOptions{})
+		replication.PrimaryConfig{Peer: "unix:" + s.logSock, Log: pairLog}, opts)
 	b.StopTimer()
 	if err != nil {
 		b.Fatalf("protect: %v", err)

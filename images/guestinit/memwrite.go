@@ -17,7 +17,11 @@ import (
 // record), so a guest throttled to a share of its vCPU's time writes about
 // that share of N: the case auto-converge is for (re-protection's
 // pre-copy), where the guest dirties memory faster than the channel sends
-// it until it is slowed.
+// it until it is slowed. Each line also gives the longest the guest went
+// between two of its clock reads in that second (stall_ms): normally the
+// time of a few pages' work, more when something outside stopped the
+// guest (auto-converge, the stop for a transfer's last round). That is the
+// guest's own view of its pauses, independent of what the VMM reports.
 func memwriteWorkload(ctx context.Context, cfg Config, out io.Writer) error {
 	mib := 64
 	if s, ok := cfg.Params["mib"]; ok {
@@ -56,6 +60,7 @@ func memwriteWorkload(ctx context.Context, cfg Config, out io.Writer) error {
 	start := time.Now()
 	next := time.Second
 	var pages, pass uint64
+	last, stall := time.Duration(0), time.Duration(0)
 	fmt.Fprintf(out, "ftvm-guest memwrite mib=%d gap=%v spins=%d started\n", mib, gap, spins)
 	for cfg.Seconds == 0 || time.Since(start) < time.Duration(cfg.Seconds)*time.Second {
 		if ctx.Err() != nil {
@@ -66,13 +71,18 @@ func memwriteWorkload(ctx context.Context, cfg Config, out io.Writer) error {
 			buf[off] = byte(pass)
 			pages++
 			work(spins)
-			// The clock is read every 64 pages (a read is an exit), and a
-			// line names the second it is printed in: a slowed guest shows
-			// as a gap between seconds, not as a late label.
-			if pages%64 == 0 {
-				if e := time.Since(start); e >= next {
-					fmt.Fprintf(out, "ftvm-guest memwrite second=%d pages=%d\n", int(e/time.Second), pages)
+			// The clock is read every 16 pages (a read is an exit: a few
+			// hundred a second at the usual pace), and a line names the
+			// second it is printed in: a slowed guest shows as a gap
+			// between seconds, not as a late label.
+			if pages%16 == 0 {
+				e := time.Since(start)
+				stall = max(stall, e-last)
+				last = e
+				if e >= next {
+					fmt.Fprintf(out, "ftvm-guest memwrite second=%d pages=%d stall_ms=%d\n", int(e/time.Second), pages, stall.Milliseconds())
 					next = e.Truncate(time.Second) + time.Second
+					stall = 0
 				}
 			}
 		}
