@@ -68,6 +68,10 @@ type Config struct {
 	// Replicable, for a VM that neither records nor replays, keeps it ready
 	// to become the primary of a pair while it runs (vm.Config.Replicable).
 	Replicable bool
+	// RecordingKickAfter bounds how long a recording guest may compute
+	// without an exit while a timer is overdue (vm.Config.RecordingKickAfter;
+	// default vm.DefaultRecordingKickAfter).
+	RecordingKickAfter time.Duration
 	// WrapTransmit, if set, wraps the NIC's send function (a primary holds
 	// frames under the output rule).
 	WrapTransmit func(send func(frame []byte)) func(frame []byte)
@@ -205,6 +209,7 @@ func New(ctx context.Context, cfg Config) (_ *Instance, err error) {
 		vcfg.Console = inst.console
 	}
 	vcfg.Replicable = cfg.Replicable
+	vcfg.RecordingKickAfter = cfg.RecordingKickAfter
 	boot, err := ResolveBoot(cfg)
 	if err != nil {
 		return nil, err

@@ -95,6 +95,82 @@ func BenchmarkLogBandwidthCPU(b *testing.B) {
 	benchLogBandwidth(b, "ftvm.workload=cpu ftvm.seconds=100000", vmwareLoadMaxMbps, false)
 }
 
+// BenchmarkKickAfter runs the kv guest's pair from power-on with the
+// recording watchdog's bound (vm.Config.RecordingKickAfter) at 5, 20 and
+// 50 ms, one after the other in one run: for each, the boot (primary start
+// to the guest's ready line) and its checkpoints, then 20 s of mixed kv
+// traffic (checkpoints per second, requests per second), and each as a
+// ratio to the 5 ms pair's. Kicks come from the guest computing without
+// exits while a timer is overdue; a longer bound lets more of that
+// computing end in an exit of its own.
+func BenchmarkKickAfter(b *testing.B) {
+	if kvmhost.RanElsewhere(b) {
+		return
+	}
+	for range b.N {
+		var base kickRun
+		for _, after := range []time.Duration{5 * time.Millisecond, 20 * time.Millisecond, 50 * time.Millisecond} {
+			r := kickAfterOnce(b, after)
+			if after == 5*time.Millisecond {
+				base = r
+			}
+			ms := fmt.Sprintf("%dms", after.Milliseconds())
+			b.ReportMetric(r.boot.Seconds(), "boot-s@"+ms)
+			b.ReportMetric(float64(r.bootCkpts), "boot-ckpts@"+ms)
+			b.ReportMetric(r.w.ckptPerSec, "ckpt/s@"+ms)
+			b.ReportMetric(r.reqPerSec, "req/s@"+ms)
+			if after != 5*time.Millisecond {
+				b.ReportMetric(r.boot.Seconds()/base.boot.Seconds(), "boot-x-5ms@"+ms)
+				b.ReportMetric(float64(r.bootCkpts)/max(float64(base.bootCkpts), 1), "boot-ckpts-x-5ms@"+ms)
+				b.ReportMetric(r.reqPerSec/max(base.reqPerSec, 1e-9), "req/s-x-5ms@"+ms)
+			}
+		}
+	}
+}
+
+// kickRun is one pair's run in BenchmarkKickAfter.
+type kickRun struct {
+	boot      time.Duration
+	bootCkpts uint64
+	w         windowStats
+	reqPerSec float64
+}
+
+// kickAfterOnce boots the kv guest's pair with the bound, then runs 20 s
+// of mixed traffic against it.
+func kickAfterOnce(b *testing.B, after time.Duration) kickRun {
+	s := newPairSetup(b)
+	s.inst.Append = "ftvm.workload=kv ftvm.port=7000"
+	s.inst.RecordingKickAfter = after
+	bctx, bcancel := context.WithCancel(context.Background())
+	defer bcancel()
+	backup := s.startBackup(b, bctx, pairLog)
+	var r kickRun
+	start := time.Now()
+	pr := s.startPrimary(b, replication.PrimaryConfig{}) // returns once the guest is ready
+	r.boot = time.Since(start)
+	r.bootCkpts = pr.p.Status().Recorder.Checkpoints
+	conn, rd := guesttest.DialKV(b, s.fwd)
+	defer conn.Close()
+	cl := &kvClient{conn: conn, r: rd, puts: map[string]string{}}
+	began := time.Now()
+	r.w = window(pr.p, 20*time.Second, cl.mixedUntil(b))
+	r.reqPerSec = float64(cl.ops) / time.Since(began).Seconds()
+	pr.cancel()
+	if pd := pr.wait(); pd.err != nil {
+		b.Fatalf("primary: %v", pd.err)
+	}
+	if res := <-backup; res.err != nil {
+		b.Fatalf("backup: %v", res.err)
+	}
+	if cl.ops == 0 {
+		b.Fatal("no kv request was answered")
+	}
+	b.Logf("kick after %v: boot %v with %d checkpoints; traffic: %.2f checkpoints/s, log %.2f Mbit/s (%.2f checkpoints), %.1f requests/s",
+		after, r.boot.Round(time.Millisecond), r.bootCkpts, r.w.ckptPerSec, r.w.mbps, r.w.ckptMbps, r.reqPerSec)
+	return r
+}
+
 func BenchmarkLogBandwidthNetwork(b *testing.B) {
 	benchLogBandwidth(b, "ftvm.workload=kv ftvm.port=7000", vmwareLoadMaxMbps, true)
 }

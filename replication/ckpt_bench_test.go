@@ -31,16 +31,7 @@ func BenchmarkCheckpointBytes(b *testing.B) {
 	defer conn.Close()
 	cl := &kvClient{conn: conn, r: r, puts: map[string]string{}}
 	b.ResetTimer()
-	w := window(pr.p, 20*time.Second, func(stop <-chan struct{}) {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			cl.mixed(b, i)
-		}
-	})
+	w := window(pr.p, 20*time.Second, cl.mixedUntil(b))
 	b.StopTimer()
 	st := pr.p.Status().Recorder
 	pr.cancel()
@@ -78,5 +69,19 @@ func BenchmarkCheckpointBytes(b *testing.B) {
 	if rs.CheckpointPagesVerified != st.CheckpointPagesHashed || rs.Checkpoints != st.Checkpoints {
 		b.Errorf("the backup loaded %d checkpoints and verified %d pages; the primary shipped %d with %d pages hashed",
 			rs.Checkpoints, rs.CheckpointPagesVerified, st.Checkpoints, st.CheckpointPagesHashed)
+	}
+}
+
+// mixedUntil is window's load: mixed requests until stop is closed.
+func (c *kvClient) mixedUntil(tb testing.TB) func(stop <-chan struct{}) {
+	return func(stop <-chan struct{}) {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.mixed(tb, i)
+		}
 	}
 }

@@ -31,6 +31,8 @@ func linuxVM(t *testing.T, storeDir string, rec vm.Recorder, rep vm.Replayer) (v
 		Disks: []string{"data"}, StorageDir: storeDir,
 		Console: &console, Record: rec, Replay: rep, Backup: rep != nil,
 		WallTime: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC),
+		// The hashed-checkpoint case needs kicks: the tightest bound.
+		RecordingKickAfter: vm.LiveKickAfter,
 	})
 	if err != nil {
 		t.Fatal(err)

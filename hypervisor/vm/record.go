@@ -39,6 +39,7 @@ func (v *VM) StartRecording(rec Recorder) error {
 		return errors.New("start recording: the VM records already")
 	}
 	l.rec = rec
+	l.setKickAfter()
 	startRecorderAt(rec, l.syncExits)
 	// As from power-on on a primary: interrupts only at exits the guest's
 	// own instructions caused, where the backup finds them by counting. A
@@ -54,6 +55,7 @@ func (v *VM) StartRecording(rec Recorder) error {
 // alone). Call it on the vCPU goroutine between exits (inside AtExit).
 func (v *VM) StopRecording() {
 	v.loop.rec = nil
+	v.loop.setKickAfter()
 	v.loop.noWindows = false
 }
 

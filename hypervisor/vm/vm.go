@@ -51,6 +51,13 @@ type Config struct {
 	// its dirty-page logs and register sync are on from power-on, as with
 	// Record or Replay. The guest runs a little slower for the dirty log.
 	Replicable bool
+	// RecordingKickAfter is how long the guest of a recording VM may run
+	// without an exit while a timer is overdue before the watchdog kicks
+	// it. Each such kick ships a checkpoint to the backup, so recording
+	// allows longer than a VM alone (LiveKickAfter), whose kick costs only
+	// a signal; the price is a timer interrupt that late for a guest
+	// computing without exits. Default DefaultRecordingKickAfter.
+	RecordingKickAfter time.Duration
 	// GoLive, with Replay, is asked where the log ends whether this backup
 	// goes live there (golive.go). Without it a backup stops at the end.
 	GoLive GoLiveFunc
@@ -175,7 +182,11 @@ func New(cfg Config) (_ *VM, err error) {
 		clock = v.ownClock
 	}
 	v.loop = &loop{vcpu: v.vcpu, clock: clock, rec: cfg.Record, rep: cfg.Replay, guest: v, goLive: cfg.GoLive, logEnded: cfg.LogEnded,
-		noWindows: cfg.Record != nil || cfg.Replay != nil, syncRegs: syncRegs}
+		noWindows: cfg.Record != nil || cfg.Replay != nil, syncRegs: syncRegs, recordingKickAfter: cfg.RecordingKickAfter}
+	if v.loop.recordingKickAfter <= 0 {
+		v.loop.recordingKickAfter = DefaultRecordingKickAfter
+	}
+	v.loop.setKickAfter()
 	if err = v.wireDevices(&modalClock{l: v.loop}); err != nil {
 		return nil, err
 	}
