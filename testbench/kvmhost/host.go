@@ -29,7 +29,10 @@ type Config struct {
 	// files) lives in that RAM too. Default 2048.
 	MemoryMiB int
 	// CPUs of the nested host. Default 1: with QEMU's software CPU a second
-	// vCPU mostly slows boot down on a 2-core machine.
+	// vCPU mostly slows boot down on a 2-core machine, and with two the
+	// nested host crashed running a pair and two guests (QEMU 7.2 MTTCG,
+	// host kernel 6.1.0-48: "stack guard page was hit" under
+	// svm_vcpu_enter_exit, 2026-12-07).
 	CPUs int
 	// Agent is the executable that serves the control line inside the host.
 	// Default: this process's own executable.
