@@ -65,6 +65,43 @@ func (c *Console) WaitFor(t testing.TB, what string, stopped <-chan error, timeo
 	}
 }
 
+// WaitForLine waits until the console shows a whole line (its newline
+// printed too) that contains what, and returns that line. A guest's line
+// can reach the console in pieces: a test that waited for its start with
+// WaitFor and parsed it at once read a half line once.
+func (c *Console) WaitForLine(t testing.TB, what string, stopped <-chan error, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		if line, ok := wholeLine(c.String(), what); ok {
+			return line
+		}
+		select {
+		case <-c.changed:
+		case err := <-stopped:
+			t.Fatalf("VM stopped (%v) before a whole line with %q; console:\n%s", err, what, c.String())
+		case <-deadline:
+			t.Fatalf("no whole line with %q within %v; console:\n%s", what, timeout, c.String())
+		}
+	}
+}
+
+// wholeLine finds the first line of out that contains what, if a newline
+// ends it, and returns it without the newline.
+func wholeLine(out, what string) (string, bool) {
+	i := strings.Index(out, what)
+	if i < 0 {
+		return "", false
+	}
+	// Only the last line can lack its newline: no whole line holds what.
+	end := strings.IndexByte(out[i:], '\n')
+	if end < 0 {
+		return "", false
+	}
+	start := strings.LastIndexByte(out[:i], '\n') + 1
+	return strings.TrimSuffix(out[start:i+end], "\r"), true
+}
+
 // StartSwitch serves an embedded switch on a socket in a temporary
 // directory until the test ends, and returns the socket once it is up.
 func StartSwitch(t testing.TB, cfg network.SwitchConfig) string {

@@ -130,12 +130,12 @@ func runMRDemoJob(t *testing.T, protect bool, splits int, want []string) mrJob {
 		job.killed = time.Now()
 		plain0.Stop(t)
 	}
-	c.Console.WaitFor(t, "ftvm-guest mapreduce done", c.Stopped, 2*bootTimeout)
+	line := c.Console.WaitForLine(t, "ftvm-guest mapreduce done", c.Stopped, 2*bootTimeout)
 	job.done = time.Now()
 	console := c.Console.String()
-	m := doneRE.FindStringSubmatch(console)
+	m := doneRE.FindStringSubmatch(line)
 	if m == nil {
-		t.Fatalf("no counters in the coordinator's done line; console:\n%s", console)
+		t.Fatalf("no counters in the coordinator's done line %q; console:\n%s", line, console)
 	}
 	job.elapsed = m[1]
 	job.assigned, _ = strconv.Atoi(m[2])
