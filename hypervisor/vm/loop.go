@@ -162,7 +162,7 @@ type loop struct {
 	// which the vCPU goroutine may swap or drop): the watchdog looks at
 	// its length only, which is safe from any goroutine.
 	frameSource atomic.Pointer[<-chan []byte]
-	kicks        atomic.Uint64
+	kicks       atomic.Uint64
 	// kickAfter is the watchdog's bound now (ns): LiveKickAfter, or
 	// recordingKickAfter while the VM records (setKickAfter).
 	kickAfter          atomic.Int64
