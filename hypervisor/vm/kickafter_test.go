@@ -65,8 +65,8 @@ func TestWatchdogKicksForAWaitingInterrupt(t *testing.T) {
 	if reason != StoppedPowerOff || console.String() != "MW\n" {
 		t.Fatalf("stopped with %v, console %q: want the tick taken in the exit-less loop (MW)", reason, console.String())
 	}
-	if st.Windows != 0 || st.Kicks == 0 {
-		t.Fatalf("%d windows, %d kicks: want the tick delivered by a kick, with no window", st.Windows, st.Kicks)
+	if st.Windows != 0 || st.KicksFor[KickInterrupt] == 0 {
+		t.Fatalf("%d windows, kicks %v: want the tick delivered by a kick for the waiting interrupt, with no window", st.Windows, st.KicksFor)
 	}
 }
 
@@ -91,13 +91,17 @@ func TestWatchdogSeesWaitingFrames(t *testing.T) {
 	}
 	const bound = int64(20 * time.Millisecond)
 	seen := int64(100 * time.Millisecond)
-	if l.waitedFor(seen+bound, bound, seen) {
-		t.Fatal("a frame seen one bound ago counts as waited for")
+	if r := l.waitedFor(seen+bound, bound, seen); r != kickNone {
+		t.Fatalf("a frame seen one bound ago counts as waited for (%v)", r)
 	}
-	if !l.waitedFor(seen+bound+1, bound, seen) {
-		t.Fatal("a frame seen more than a bound ago does not count as waited for")
+	if r := l.waitedFor(seen+bound+1, bound, seen); r != KickFrame {
+		t.Fatalf("a frame seen more than a bound ago: reason %v, want KickFrame", r)
 	}
-	if l.waitedFor(seen+10*bound, bound, 0) {
-		t.Fatal("waited for with no frame seen, no interrupt waiting and no timer")
+	if r := l.waitedFor(seen+10*bound, bound, 0); r != kickNone {
+		t.Fatalf("waited for (%v) with no frame seen, no interrupt waiting and no timer", r)
+	}
+	l.nextDeadline.Store(seen)
+	if r := l.waitedFor(seen+bound+1, bound, seen); r != KickTimer {
+		t.Fatalf("an overdue timer and a waiting frame: reason %v, want KickTimer (looked at first)", r)
 	}
 }

@@ -82,6 +82,7 @@ type Stats struct {
 	Injected   uint64               // interrupts injected with KVM_INTERRUPT
 	Windows    uint64               // interrupt windows requested
 	Kicks      uint64               // liveness kicks of a guest that did not exit
+	KicksFor   KickCounts           // the same, by what waited for the guest
 	SyncExits  uint64               // synchronous exits: the replay clock
 	HaltedTime time.Duration        // time spent waiting in HLT
 	// WentLive: a backup whose log ended went live at exit WentLiveAt.
@@ -163,6 +164,7 @@ type loop struct {
 	// its length only, which is safe from any goroutine.
 	frameSource atomic.Pointer[<-chan []byte]
 	kicks       atomic.Uint64
+	kicksFor    [kickReasons]atomic.Uint64
 	// kickAfter is the watchdog's bound now (ns): LiveKickAfter, or
 	// recordingKickAfter while the VM records (setKickAfter).
 	kickAfter          atomic.Int64
@@ -290,6 +292,7 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		stopWatch()
 		wg.Wait()
 		l.stats.Kicks = l.kicks.Load()
+		l.stats.KicksFor = l.kickCounts()
 		l.stats.SyncExits = l.syncExits
 	}()
 	l.ripFn = l.currentRIP
@@ -727,7 +730,8 @@ func (l *loop) watchdog(ctx context.Context, kicker *kvm.Kicker, tid int) {
 		case frameSeen == 0:
 			frameSeen = now
 		}
-		if since == 0 || now-since <= bound || !l.waitedFor(now, bound, frameSeen) {
+		reason := l.waitedFor(now, bound, frameSeen)
+		if since == 0 || now-since <= bound || reason == kickNone {
 			watchedRun = 0
 			continue
 		}
@@ -735,6 +739,7 @@ func (l *loop) watchdog(ctx context.Context, kicker *kvm.Kicker, tid int) {
 		if err != nil {
 			// No per-thread accounting: fall back to wall time.
 			l.kicks.Add(1)
+			l.kicksFor[reason].Add(1)
 			_ = kicker.Kick()
 			continue
 		}
@@ -745,19 +750,54 @@ func (l *loop) watchdog(ctx context.Context, kicker *kvm.Kicker, tid int) {
 		if cpu-cpuAtWatch > bound {
 			watchedRun = 0
 			l.kicks.Add(1)
+			l.kicksFor[reason].Add(1)
 			_ = kicker.Kick()
 		}
 	}
 }
 
-// waitedFor reports whether something has waited more than bound for the
-// guest to exit: a timer past its deadline, an interrupt pending since
+// waitedFor returns what has waited more than bound for the guest to exit,
+// first found first: a timer past its deadline, an interrupt pending since
 // KVM_RUN was entered, or frames the watchdog first saw at frameSeen.
-func (l *loop) waitedFor(now, bound, frameSeen int64) bool {
-	if d := l.nextDeadline.Load(); d >= 0 && now-d > bound {
-		return true
+func (l *loop) waitedFor(now, bound, frameSeen int64) KickReason {
+	switch d := l.nextDeadline.Load(); {
+	case d >= 0 && now-d > bound:
+		return KickTimer
+	case l.irqWaiting.Load():
+		return KickInterrupt
+	case frameSeen != 0 && now-frameSeen > bound:
+		return KickFrame
 	}
-	return l.irqWaiting.Load() || frameSeen != 0 && now-frameSeen > bound
+	return kickNone
+}
+
+// KickReason is what waited for a guest when the watchdog kicked it.
+type KickReason int
+
+const (
+	// KickTimer: a timer's deadline passed.
+	KickTimer KickReason = iota
+	// KickInterrupt: an interrupt the guest could not take when it last
+	// entered KVM_RUN (interrupts masked, and no window on a recording VM).
+	KickInterrupt
+	// KickFrame: a received frame waited for the next exit.
+	KickFrame
+	kickReasons
+	kickNone KickReason = -1
+)
+
+// KickCounts counts kicks by KickReason.
+type KickCounts [kickReasons]uint64
+
+func (k KickCounts) String() string {
+	return fmt.Sprintf("timer %d, interrupt %d, frame %d", k[KickTimer], k[KickInterrupt], k[KickFrame])
+}
+
+func (l *loop) kickCounts() (k KickCounts) {
+	for i := range k {
+		k[i] = l.kicksFor[i].Load()
+	}
+	return k
 }
 
 // framesWaiting reports whether received frames wait for the loop.
