@@ -58,6 +58,11 @@ type Task struct {
 	Input Split
 	// Reduce: where map task m's output lives (a worker's file server).
 	Locations []string
+	// Timeout is the coordinator's TaskTimeout: how long it waits for
+	// this task before giving it to another worker. The worker waits as
+	// long for its fetches and its report (reportTimeout): giving up
+	// sooner throws finished work away while the coordinator still waits.
+	Timeout time.Duration
 }
 
 type MapDone struct {
@@ -289,7 +294,7 @@ func (c *Coordinator) requestTask(req *TaskRequest) Task {
 	now := time.Now()
 	c.expire(c.maps, TaskMap, now)
 	c.expire(c.reduces, TaskReduce, now)
-	t := Task{App: c.cfg.App, NMap: len(c.maps), NReduce: len(c.reduces)}
+	t := Task{App: c.cfg.App, NMap: len(c.maps), NReduce: len(c.reduces), Timeout: c.cfg.TaskTimeout}
 	if c.seen != nil {
 		c.seen[req.Worker] = true
 		if len(c.seen) < c.cfg.Workers {

@@ -63,8 +63,15 @@ type Worker struct {
 	log  *slog.Logger
 }
 
-// rpcTimeout bounds one call to the coordinator or one fetch.
+// rpcTimeout bounds one call to the coordinator for a task, and a task's
+// fetches and report when the task does not say longer (reportTimeout).
 const rpcTimeout = 5 * time.Second
+
+// reportTimeout bounds task t's fetches and the report of its result: as
+// long as the coordinator waits for the task, at least rpcTimeout. A
+// worker in a slow guest (an ftvm pair in the nested test host) took over
+// 5 s for a report the coordinator would still have taken.
+func reportTimeout(t Task) time.Duration { return max(rpcTimeout, t.Timeout) }
 
 // RunWorker runs a worker until the job is done (nil), ctx ends (nil),
 // the coordinator stays unreachable (error), or an injected crash
@@ -120,7 +127,7 @@ func (w *Worker) loop(ctx context.Context) error {
 	unreachableSince := time.Time{}
 	for ctx.Err() == nil {
 		var t Task
-		if err := w.call(ctx, "Coordinator.RequestTask", &TaskRequest{Worker: w.cfg.Name, Addr: w.addr}, &t); err != nil {
+		if err := w.call(ctx, rpcTimeout, "Coordinator.RequestTask", &TaskRequest{Worker: w.cfg.Name, Addr: w.addr}, &t); err != nil {
 			// A coordinator gone for long means the job is over (or lost);
 			// either way this worker has nothing to do.
 			if unreachableSince.IsZero() {
@@ -183,19 +190,19 @@ func (w *Worker) run(ctx context.Context, t Task) error {
 		if fault == FaultCrashAfterWrite {
 			return ErrCrashed
 		}
-		return w.call(ctx, "Coordinator.MapDone", &MapDone{ID: t.ID, Attempt: t.Attempt, Addr: w.addr}, &Empty{})
+		return w.call(ctx, reportTimeout(t), "Coordinator.MapDone", &MapDone{ID: t.ID, Attempt: t.Attempt, Addr: w.addr}, &Empty{})
 	}
 	out, failed, err := w.doReduce(ctx, app, t)
 	if err != nil {
 		return err
 	}
 	if failed != nil {
-		return w.call(ctx, "Coordinator.FetchFailed", failed, &Empty{})
+		return w.call(ctx, reportTimeout(t), "Coordinator.FetchFailed", failed, &Empty{})
 	}
 	if fault == FaultCrashAfterWrite {
 		return ErrCrashed
 	}
-	return w.call(ctx, "Coordinator.ReduceDone", &ReduceDone{ID: t.ID, Attempt: t.Attempt, Output: out}, &Empty{})
+	return w.call(ctx, reportTimeout(t), "Coordinator.ReduceDone", &ReduceDone{ID: t.ID, Attempt: t.Attempt, Output: out}, &Empty{})
 }
 
 // doMap runs Map on the split and writes one file per reduce task, each
@@ -225,7 +232,7 @@ func (w *Worker) doReduce(ctx context.Context, app App, t Task) ([]byte, *FetchF
 	}
 	var kvs []KeyValue
 	for m, addr := range t.Locations {
-		part, err := fetch(ctx, addr, intermediateName(m, t.ID))
+		part, err := fetch(ctx, reportTimeout(t), addr, intermediateName(m, t.ID))
 		if err != nil {
 			w.log.Info("fetch failed", "map", m, "addr", addr, "err", err)
 			return nil, &FetchFailed{Reduce: t.ID, Attempt: t.Attempt, Map: m, Addr: addr}, nil
@@ -241,8 +248,8 @@ func (w *Worker) doReduce(ctx context.Context, app App, t Task) ([]byte, *FetchF
 	return out, nil, nil
 }
 
-func fetch(ctx context.Context, addr, name string) ([]KeyValue, error) {
-	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+func fetch(ctx context.Context, timeout time.Duration, addr, name string) ([]KeyValue, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/"+name, nil)
 	if err != nil {
@@ -265,9 +272,9 @@ func fetch(ctx context.Context, addr, name string) ([]KeyValue, error) {
 }
 
 // call makes one RPC to the coordinator on a fresh connection with a
-// deadline (net/rpc has no per-call timeout of its own).
-func (w *Worker) call(ctx context.Context, method string, args, reply any) error {
-	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+// deadline timeout away (net/rpc has no per-call timeout of its own).
+func (w *Worker) call(ctx context.Context, timeout time.Duration, method string, args, reply any) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", w.cfg.Coordinator)
