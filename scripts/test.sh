@@ -57,7 +57,10 @@ wait "$b" || { echo "test: stream B FAILED"; status=1; }
 echo "test: both streams ended after $((SECONDS - start))s"
 cat /tmp/ftvm-test-a.log /tmp/ftvm-test-b.log >/tmp/ftvm-test.log
 if ((status != 0)); then
+  # Each failing test with what it printed (the indented lines after its
+  # --- FAIL line): CI keeps only the end of the output.
   echo "test: FAILED; the failing lines:" >&2
-  grep -E '^(--- FAIL|FAIL|fuzz: FAIL|panic:)' /tmp/ftvm-test.log >&2 || true
+  grep -E -A12 '^\s*--- FAIL' /tmp/ftvm-test.log | cut -c1-300 >&2 || true
+  grep -E '^(FAIL|fuzz: FAIL|panic:)' /tmp/ftvm-test.log >&2 || true
 fi
 exit "$status"
