@@ -134,10 +134,15 @@ func TestRestoredGuestGoesOn(t *testing.T) {
 	if err != nil || reason != vm.StoppedPowerOff {
 		t.Fatalf("restored VM: %v %v, console %q", reason, err, b.out.String())
 	}
-	// The guest prints its newline at 100 ticks; one more may land
-	// between its last compare and CLI.
+	// The guest prints its newline at 100 ticks. Ticks taken between its
+	// last compare and CLI print dots too: one as a rule, more when the
+	// host is slow enough that a tick handler (two exits) outlasts the
+	// 1 ms tick period, so that the next tick is due at its IRET (103 in
+	// all once, on a loaded CI machine). What this test must tell apart
+	// is a restore that lost the delta (80 dots after the snapshot, 120
+	// in all) or started over (140).
 	total := atSnapshot + b.dots.Load()
-	if !strings.HasSuffix(b.out.String(), "\n") || total < 100 || total > 101 {
+	if !strings.HasSuffix(b.out.String(), "\n") || total < 100 || total >= 120 {
 		t.Fatalf("%d dots before the snapshot and %q after it: the count did not go on", atSnapshot, b.out.String())
 	}
 }
@@ -202,8 +207,11 @@ func TestSnapshotOfRunningGuest(t *testing.T) {
 	if err != nil || reason != vm.StoppedPowerOff {
 		t.Fatalf("restored VM: %v %v, console %q", reason, err, b.out.String())
 	}
+	// As in TestRestoredGuestGoesOn: dots past 100 can be ticks taken
+	// between the guest's last compare and CLI; a restore that started
+	// the count over would print 140 or more in all.
 	total := atSnapshot + b.dots.Load()
-	if total < 100 || total > 101 {
+	if total < 100 || total >= 120 {
 		t.Fatalf("%d dots before the snapshot and %q after it: the count did not go on", atSnapshot, b.out.String())
 	}
 	t.Logf("snapshot of a running guest after %d dots (%d bytes, taken within %v of asking)", atSnapshot, size, paused.Round(time.Microsecond))
