@@ -97,9 +97,6 @@ type PrimaryStatus struct {
 	Log        logchannel.Stats
 	Recorder   replay.RecorderStats
 	Outputs    GateStats
-	// Kicks is the watchdog's kicks of the guest by what waited for it;
-	// each cost a checkpoint.
-	Kicks vm.KickCounts
 	// ProtectedAgain counts the new backups this primary made from its
 	// running guest after losing one (ProtectAgain).
 	ProtectedAgain int
@@ -111,9 +108,6 @@ func (s PrimaryStatus) String() string {
 		s.Log.LagP50.Round(time.Millisecond), s.Log.LagP99.Round(time.Millisecond),
 		s.Outputs.HeldOutputs, s.Outputs.OldestHeld.Round(time.Millisecond), s.Outputs.ReleasedFrames, s.Outputs.ReleasedWrites,
 		s.Recorder.Digests, s.Recorder.Outputs, s.Recorder.Checkpoints)
-	if s.Recorder.Checkpoints > 0 {
-		msg += " (kicks: " + s.Kicks.String() + ")"
-	}
 	if s.ProtectedAgain > 0 {
 		msg += fmt.Sprintf("; protected again %d times after losing a backup", s.ProtectedAgain)
 	}
@@ -295,9 +289,6 @@ func (p *Primary) Status() PrimaryStatus {
 	}
 	if p.gate != nil {
 		st.Outputs = p.gate.Stats()
-	}
-	if p.inst != nil {
-		st.Kicks = p.inst.VM.KickCounts()
 	}
 	return st
 }

@@ -93,7 +93,7 @@ func runPrimary(cmd *cobra.Command, cfg instance.Config, peer string, every, sil
 	if res != nil {
 		fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %v\n", res.Final)
 		if stats {
-			fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits (%d synchronous), %d kicks (%v)\n", res.Stats.Total(), res.Stats.SyncExits, res.Stats.Kicks, res.Stats.KicksFor)
+			fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits (%d synchronous), %d kicks\n", res.Stats.Total(), res.Stats.SyncExits, res.Stats.Kicks)
 		}
 	}
 	var lost *replication.LostArbitrationError

@@ -247,8 +247,8 @@ was lost (the log ended without a clean close).`,
 // printStats prints the stopped VM's exit statistics (--stats).
 func printStats(cmd *cobra.Command, inst *instance.Instance) {
 	st := inst.VM.Stats()
-	fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits %v; %d interrupts injected, %d windows, %d kicks (%v); halted %v; busiest ports %v\n",
-		st.Total(), st.ByKind(), st.Injected, st.Windows, st.Kicks, st.KicksFor, st.HaltedTime, st.TopPorts(6))
+	fmt.Fprintf(cmd.ErrOrStderr(), "ftctl: %d exits %v; %d interrupts injected, %d windows, %d kicks; halted %v; busiest ports %v\n",
+		st.Total(), st.ByKind(), st.Injected, st.Windows, st.Kicks, st.HaltedTime, st.TopPorts(6))
 }
 
 // openConsole opens where --console sends the guest's serial output. A

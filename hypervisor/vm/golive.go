@@ -67,7 +67,6 @@ func (l *loop) tryGoLive() error {
 	l.noWindows = false
 	if l.frames != nil && in.Received != nil {
 		l.frames.source = in.Received
-		l.frameSource.Store(&in.Received)
 	}
 	l.stats.WentLiveAt = l.syncExits
 	l.stats.WentLive = true

@@ -82,7 +82,6 @@ type Stats struct {
 	Injected   uint64               // interrupts injected with KVM_INTERRUPT
 	Windows    uint64               // interrupt windows requested
 	Kicks      uint64               // liveness kicks of a guest that did not exit
-	KicksFor   KickCounts           // the same, by what waited for the guest
 	SyncExits  uint64               // synchronous exits: the replay clock
 	HaltedTime time.Duration        // time spent waiting in HLT
 	// WentLive: a backup whose log ended went live at exit WentLiveAt.
@@ -156,15 +155,7 @@ type loop struct {
 	// plain atomics, no locks.
 	inRunSince   atomic.Int64 // guest ns when KVM_RUN was entered, 0 outside
 	nextDeadline atomic.Int64 // earliest timer deadline in guest ns, -1 none
-	// irqWaiting: KVM_RUN was entered with an interrupt the guest could
-	// not take yet and no window asked for it (a recording VM).
-	irqWaiting atomic.Bool
-	// frameSource is the channel received frames arrive on (frames.source,
-	// which the vCPU goroutine may swap or drop): the watchdog looks at
-	// its length only, which is safe from any goroutine.
-	frameSource atomic.Pointer[<-chan []byte]
-	kicks       atomic.Uint64
-	kicksFor    [kickReasons]atomic.Uint64
+	kicks        atomic.Uint64
 	// kickAfter is the watchdog's bound now (ns): LiveKickAfter, or
 	// recordingKickAfter while the VM records (setKickAfter).
 	kickAfter          atomic.Int64
@@ -292,7 +283,6 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 		stopWatch()
 		wg.Wait()
 		l.stats.Kicks = l.kicks.Load()
-		l.stats.KicksFor = l.kickCounts()
 		l.stats.SyncExits = l.syncExits
 	}()
 	l.ripFn = l.currentRIP
@@ -374,7 +364,6 @@ func (l *loop) run(ctx context.Context) (StopReason, error) {
 				}
 			}
 		}
-		l.irqWaiting.Store(l.noWindows && l.pic.Pending())
 		l.inRunSince.Store(int64(max(l.clock.Now(), 1)))
 		exit, err := l.vcpu.Run()
 		l.inRunSince.Store(0)
@@ -697,41 +686,28 @@ func (l *loop) feedConsole() {
 	}
 }
 
-// watchdog kicks a guest that runs without exiting while something waits
-// for it (DESIGN.md rule 5): a timer overdue, or an input the loop can
-// only hand over at an exit, a received frame or an interrupt the guest
-// could not take when it entered KVM_RUN. Without the latter a computing
-// guest saw a frame only at its next timer kick: a Raft peer run as a pair
-// answered its peers 3-4 times slower than alone. Such a kick is not a
-// point the backup can reproduce; it is counted so replication can
-// resynchronise after it.
+// watchdog kicks a guest that runs without exiting while a timer is
+// overdue (DESIGN.md rule 5). Such a kick is not a point the backup can
+// reproduce; it is counted so replication can resynchronise after it.
 //
 // It counts the CPU time the vCPU thread spent in the current KVM_RUN since
-// the wait began, not wall time: a thread that the host did not schedule
-// (a busy machine, two VMs on one CPU) has not been spinning, and kicking
-// it would cost a resync for nothing.
+// the timer became overdue, not wall time: a thread that the host did not
+// schedule (a busy machine, two VMs on one CPU) has not been spinning, and
+// kicking it would cost a resync for nothing.
 func (l *loop) watchdog(ctx context.Context, kicker *kvm.Kicker, tid int) {
 	tick := time.NewTicker(LiveKickAfter)
 	defer tick.Stop()
 	stat := fmt.Sprintf("/proc/self/task/%d/schedstat", tid)
 	var watchedRun, cpuAtWatch int64
-	var frameSeen int64 // guest ns the watchdog first saw frames waiting, 0 none
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		since, bound := l.inRunSince.Load(), l.kickAfter.Load()
+		since, deadline, bound := l.inRunSince.Load(), l.nextDeadline.Load(), l.kickAfter.Load()
 		now := int64(l.clock.Now())
-		switch {
-		case !l.framesWaiting():
-			frameSeen = 0
-		case frameSeen == 0:
-			frameSeen = now
-		}
-		reason := l.waitedFor(now, bound, frameSeen)
-		if since == 0 || now-since <= bound || reason == kickNone {
+		if since == 0 || deadline < 0 || now-deadline <= bound || now-since <= bound {
 			watchedRun = 0
 			continue
 		}
@@ -739,7 +715,6 @@ func (l *loop) watchdog(ctx context.Context, kicker *kvm.Kicker, tid int) {
 		if err != nil {
 			// No per-thread accounting: fall back to wall time.
 			l.kicks.Add(1)
-			l.kicksFor[reason].Add(1)
 			_ = kicker.Kick()
 			continue
 		}
@@ -750,60 +725,9 @@ func (l *loop) watchdog(ctx context.Context, kicker *kvm.Kicker, tid int) {
 		if cpu-cpuAtWatch > bound {
 			watchedRun = 0
 			l.kicks.Add(1)
-			l.kicksFor[reason].Add(1)
 			_ = kicker.Kick()
 		}
 	}
-}
-
-// waitedFor returns what has waited more than bound for the guest to exit,
-// first found first: a timer past its deadline, an interrupt pending since
-// KVM_RUN was entered, or frames the watchdog first saw at frameSeen.
-func (l *loop) waitedFor(now, bound, frameSeen int64) KickReason {
-	switch d := l.nextDeadline.Load(); {
-	case d >= 0 && now-d > bound:
-		return KickTimer
-	case l.irqWaiting.Load():
-		return KickInterrupt
-	case frameSeen != 0 && now-frameSeen > bound:
-		return KickFrame
-	}
-	return kickNone
-}
-
-// KickReason is what waited for a guest when the watchdog kicked it.
-type KickReason int
-
-const (
-	// KickTimer: a timer's deadline passed.
-	KickTimer KickReason = iota
-	// KickInterrupt: an interrupt the guest could not take when it last
-	// entered KVM_RUN (interrupts masked, and no window on a recording VM).
-	KickInterrupt
-	// KickFrame: a received frame waited for the next exit.
-	KickFrame
-	kickReasons
-	kickNone KickReason = -1
-)
-
-// KickCounts counts kicks by KickReason.
-type KickCounts [kickReasons]uint64
-
-func (k KickCounts) String() string {
-	return fmt.Sprintf("timer %d, interrupt %d, frame %d", k[KickTimer], k[KickInterrupt], k[KickFrame])
-}
-
-func (l *loop) kickCounts() (k KickCounts) {
-	for i := range k {
-		k[i] = l.kicksFor[i].Load()
-	}
-	return k
-}
-
-// framesWaiting reports whether received frames wait for the loop.
-func (l *loop) framesWaiting() bool {
-	src := l.frameSource.Load()
-	return src != nil && len(*src) > 0
 }
 
 // threadCPUTime reads a thread's time on a CPU, guest time included, in ns

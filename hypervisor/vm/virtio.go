@@ -117,7 +117,6 @@ func (v *VM) wireVirtio(pic devices.IRQSink) (string, error) {
 	if n := v.cfg.Net; n != nil {
 		inbox := &frameInbox{source: n.Received}
 		l := v.loop
-		l.frameSource.Store(&n.Received)
 		// The mode is looked up per frame: see modalClock.
 		transmit := func(fr []byte) {
 			switch {

@@ -267,10 +267,6 @@ func (v *VM) Stats() Stats { return v.loop.stats }
 // log counts by); safe to call from any goroutine while the VM runs.
 func (v *VM) Exits() uint64 { return v.loop.exits.Load() }
 
-// KickCounts is the watchdog's kicks so far by reason, safe to call from any
-// goroutine while the VM runs.
-func (v *VM) KickCounts() KickCounts { return v.loop.kickCounts() }
-
 // ConsoleOutput is the tail of what the guest printed.
 func (v *VM) ConsoleOutput() string { return v.console.String() }
 
