@@ -425,55 +425,6 @@ func TestSingleStep(t *testing.T) {
 	}
 }
 
-// TestHardwareBreakpoint: the guest stops before the instruction at the
-// breakpoint, every time it gets there (a loop), stops again if entered
-// at it with the breakpoint on, and goes past it one step at a time with
-// the breakpoint off.
-func TestHardwareBreakpoint(t *testing.T) {
-	if kvmhost.RanElsewhere(t) {
-		return
-	}
-	// mov cx, 3; l: nop; loop l; hlt  (16-bit: b9 03 00, 90, e2 fd, f4)
-	g := newGuest(t, []byte{0xB9, 0x03, 0x00, 0x90, 0xE2, 0xFD, 0xF4}, 0)
-	lockThread(t)
-	bp := uint64(codeAddr + 3) // the nop
-	on := kvm.GuestDebug{Breakpoint: bp, BreakpointOn: true}
-	if err := g.vcpu.SetDebug(on); err != nil {
-		t.Fatal(err)
-	}
-	for hit, wantCX := range []uint64{3, 2, 1} {
-		e := g.next(t)
-		if e.Kind != kvm.ExitDebug || e.Debug.PC != bp {
-			t.Fatalf("hit %d: exit %v %+v, want a breakpoint stop at %#x", hit, e.Kind, e.Debug, bp)
-		}
-		if r := g.regs(t); r.RIP != bp || r.RCX&0xffff != wantCX {
-			t.Fatalf("hit %d: RIP %#x CX %d, want RIP %#x CX %d", hit, r.RIP, r.RCX&0xffff, bp, wantCX)
-		}
-		if hit == 0 {
-			// Entered at the breakpoint with it on: stops there again.
-			if e := g.next(t); e.Kind != kvm.ExitDebug || e.Debug.PC != bp {
-				t.Fatalf("re-entered at the breakpoint: exit %v %+v, want a stop at %#x again", e.Kind, e.Debug, bp)
-			}
-		}
-		// Past it: one step with the breakpoint off, then on again.
-		if err := g.vcpu.SetDebug(kvm.GuestDebug{SingleStep: true}); err != nil {
-			t.Fatal(err)
-		}
-		if e := g.next(t); e.Kind != kvm.ExitDebug || e.Debug.PC != bp+1 {
-			t.Fatalf("hit %d: step past: exit %v %+v, want a stop at %#x", hit, e.Kind, e.Debug, bp+1)
-		}
-		if err := g.vcpu.SetDebug(on); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if e := g.next(t); e.Kind != kvm.ExitHLT {
-		t.Fatalf("exit %v, want HLT after the loop's last pass", e.Kind)
-	}
-	if err := g.vcpu.SetDebug(kvm.GuestDebug{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestDirtyLog(t *testing.T) {
 	if kvmhost.RanElsewhere(t) {
 		return

@@ -151,13 +151,7 @@ type guestDebug struct {
 const (
 	guestDbgEnable     = 1 << 0
 	guestDbgSingleStep = 1 << 1
-	guestDbgUseHWBP    = 1 << 17
 )
-
-// dr7Local0 enables debug register 0 as an instruction breakpoint: L0 set,
-// R/W0 = 00 (execution) and LEN0 = 00 (one byte), as the SDM requires
-// for instruction breakpoints.
-const dr7Local0 = 1 << 0
 
 // VCPUEvents is struct kvm_vcpu_events: pending and injected exceptions,
 // interrupts and NMIs and the interrupt shadow, which a snapshot must carry

@@ -263,37 +263,12 @@ func (v *VCPU) SetCPUID2(entries []CPUIDEntry2) error {
 // SetGuestDebug turns single-stepping on or off (KVM_SET_GUEST_DEBUG). While
 // on, every guest instruction ends in an ExitDebug.
 func (v *VCPU) SetGuestDebug(singleStep bool) error {
-	return v.SetDebug(GuestDebug{SingleStep: singleStep})
-}
-
-// GuestDebug is what KVM_SET_GUEST_DEBUG asks of a vCPU; the zero value
-// turns debugging off.
-type GuestDebug struct {
-	// SingleStep: every guest instruction ends in an ExitDebug.
-	SingleStep bool
-	// Breakpoint, when BreakpointOn, is a linear address: the guest stops
-	// with an ExitDebug before it executes the instruction there (a
-	// hardware breakpoint in debug register 0, invisible to the guest).
-	// Entering again at that instruction stops again: step past it with
-	// the breakpoint off.
-	Breakpoint   uint64
-	BreakpointOn bool
-}
-
-// SetDebug sets single-stepping and the hardware breakpoint
-// (KVM_SET_GUEST_DEBUG).
-func (v *VCPU) SetDebug(g GuestDebug) error {
 	var d guestDebug
-	if g.SingleStep {
-		d.Control |= guestDbgEnable | guestDbgSingleStep
-	}
-	if g.BreakpointOn {
-		d.Control |= guestDbgEnable | guestDbgUseHWBP
-		d.DebugReg[0] = g.Breakpoint
-		d.DebugReg[7] = dr7Local0
+	if singleStep {
+		d.Control = guestDbgEnable | guestDbgSingleStep
 	}
 	if _, err := ioctlPtr(v.fd, kvmSetGuestDebug, unsafe.Pointer(&d)); err != nil {
-		return fmt.Errorf("vcpu %d: KVM_SET_GUEST_DEBUG %+v: %w", v.id, g, err)
+		return fmt.Errorf("vcpu %d: KVM_SET_GUEST_DEBUG single-step=%t: %w", v.id, singleStep, err)
 	}
 	return nil
 }
