@@ -53,16 +53,7 @@ func (c *Console) String() string {
 // stops first (an error arrives on stopped) or timeout passes.
 func (c *Console) WaitFor(t testing.TB, what string, stopped <-chan error, timeout time.Duration) {
 	t.Helper()
-	deadline := time.After(timeout)
-	for !strings.Contains(c.String(), what) {
-		select {
-		case <-c.changed:
-		case err := <-stopped:
-			t.Fatalf("VM stopped (%v) before %q; console:\n%s", err, what, c.String())
-		case <-deadline:
-			t.Fatalf("no %q within %v; console:\n%s", what, timeout, c.String())
-		}
-	}
+	c.waitUntil(t, fmt.Sprintf("%q", what), stopped, timeout, func(out string) bool { return strings.Contains(out, what) })
 }
 
 // WaitForLine waits until the console shows a whole line (its newline
@@ -71,17 +62,26 @@ func (c *Console) WaitFor(t testing.TB, what string, stopped <-chan error, timeo
 // WaitFor and parsed it at once read a half line once.
 func (c *Console) WaitForLine(t testing.TB, what string, stopped <-chan error, timeout time.Duration) string {
 	t.Helper()
+	var line string
+	c.waitUntil(t, fmt.Sprintf("a whole line with %q", what), stopped, timeout, func(out string) (ok bool) {
+		line, ok = wholeLine(out, what)
+		return ok
+	})
+	return line
+}
+
+// waitUntil waits until done holds for the console's output, failing the
+// test (naming what was awaited) if the VM stops first or timeout passes.
+func (c *Console) waitUntil(t testing.TB, awaited string, stopped <-chan error, timeout time.Duration, done func(string) bool) {
+	t.Helper()
 	deadline := time.After(timeout)
-	for {
-		if line, ok := wholeLine(c.String(), what); ok {
-			return line
-		}
+	for !done(c.String()) {
 		select {
 		case <-c.changed:
 		case err := <-stopped:
-			t.Fatalf("VM stopped (%v) before a whole line with %q; console:\n%s", err, what, c.String())
+			t.Fatalf("VM stopped (%v) before %s; console:\n%s", err, awaited, c.String())
 		case <-deadline:
-			t.Fatalf("no whole line with %q within %v; console:\n%s", what, timeout, c.String())
+			t.Fatalf("no %s within %v; console:\n%s", awaited, timeout, c.String())
 		}
 	}
 }
