@@ -3,6 +3,7 @@ package replay
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -70,7 +71,15 @@ type RecorderStats struct {
 	SyncReadTime   time.Duration
 	LastDigestExit uint64
 	Outputs        uint64 // frames and disk writes logged as hashes
+	// KicksUser counts the checkpoints whose kick stopped the guest in
+	// user mode (CPL 3); the rest of Checkpoints stopped it in the kernel
+	// (KernelKickPoints says where).
+	KicksUser uint64
 }
+
+// maxKickPoints bounds the distinct kernel RIPs KernelKickPoints keeps;
+// kicks at further RIPs are counted under RIP 0.
+const maxKickPoints = 4096
 
 // Recorder implements vm.Recorder: it turns a primary's inputs into log
 // batches, each decodable on its own, handed to emit (the log channel in a
@@ -110,6 +119,9 @@ type Recorder struct {
 	chunks        chunkWriter
 	zeroPage      []byte
 	chunkSize     uint64 // log bytes of the current checkpoint's chunks
+	// kernelKicks counts kicks by the kernel RIP they stopped at, to tell
+	// where kicks come from (a measurement; see KernelKickPoints).
+	kernelKicks map[uint64]uint64
 }
 
 var _ vm.Recorder = (*Recorder)(nil)
@@ -409,6 +421,7 @@ func (r *Recorder) Kicked(n uint64, g vm.GuestState) error {
 		return r.err
 	}
 	r.append(NewCheckpointCPU(n, cpu))
+	r.countKickPoint(&r.state.cpu)
 	if !r.readSinceCkpt {
 		r.stats.CheckpointsWithoutSync++
 	}
@@ -457,6 +470,34 @@ func (r *Recorder) Kicked(n uint64, g vm.GuestState) error {
 	r.stats.CheckpointRawSize += raw
 	r.flushLocked() // the backup is stopped until it has all of it
 	return r.err
+}
+
+// countKickPoint notes where a kick stopped the guest: user mode, or the
+// kernel RIP. The CPL is SS.DPL in protected mode (both VMX and SVM keep
+// it there); real mode runs at CPL 0.
+func (r *Recorder) countKickPoint(c *vm.CPUState) {
+	if c.Sregs.CR0&1 != 0 && c.Sregs.SS.DPL == 3 {
+		r.stats.KicksUser++
+		return
+	}
+	if r.kernelKicks == nil {
+		r.kernelKicks = make(map[uint64]uint64)
+	}
+	rip := c.Regs.RIP
+	if _, ok := r.kernelKicks[rip]; !ok && len(r.kernelKicks) >= maxKickPoints {
+		rip = 0
+	}
+	r.kernelKicks[rip]++
+}
+
+// KernelKickPoints returns how many kicks stopped the guest at each kernel
+// RIP (RIP 0: at one of the RIPs past the first maxKickPoints distinct).
+// With the kernel's symbol table it says which kernel code runs long
+// without exits.
+func (r *Recorder) KernelKickPoints() map[uint64]uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.kernelKicks)
 }
 
 // appendChunk encodes the chunk built so far into the log and starts the

@@ -582,6 +582,16 @@ func (p *Primary) Close() error {
 // VM is the primary's virtual machine (for reports after Run).
 func (p *Primary) VM() *vm.VM { return p.inst.VM }
 
+// KernelKickPoints says at which kernel RIPs watchdog kicks stopped the
+// guest, and how often (replay.Recorder.KernelKickPoints); nil before the
+// primary records.
+func (p *Primary) KernelKickPoints() map[uint64]uint64 {
+	if p.rec == nil {
+		return nil
+	}
+	return p.rec.KernelKickPoints()
+}
+
 // setDefaults fills in what cfg leaves zero.
 func (cfg *PrimaryConfig) setDefaults() {
 	if cfg.FlushInterval == 0 {

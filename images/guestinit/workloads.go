@@ -27,6 +27,8 @@ func registry() map[string]Workload {
 		"none":  func(context.Context, Config, io.Writer) error { return nil },
 		"sleep": sleepWorkload,
 		"cpu":   cpuWorkload,
+		// db commits fsync'd transactions with CPU work between (db.go).
+		"db": dbWorkload,
 		// memwrite dirties memory as fast as it can (memwrite.go).
 		"memwrite": memwriteWorkload,
 		"kv":       kvWorkload,
@@ -75,20 +77,49 @@ func sleepWorkload(ctx context.Context, cfg Config, out io.Writer) error {
 // cpuWorkload keeps the CPU busy for cfg.Seconds (hashing a buffer over and
 // over, no I/O) and prints a line per second: the CPU-bound case of the
 // replication benchmarks, where the guest exits only for timer ticks.
+// With ftvm.rounds=N it does a fixed amount of work instead, N rounds
+// whatever the time, and ends with a done line whose digest depends only
+// on N: the measure of a pair's slowdown against the guest alone.
 func cpuWorkload(ctx context.Context, cfg Config, out io.Writer) error {
+	rounds := 0
+	if _, ok := cfg.Params["rounds"]; ok {
+		n, err := positiveParam(cfg.Params, "rounds", 0, 1<<40)
+		if err != nil {
+			return err
+		}
+		rounds = n
+	}
 	buf := make([]byte, 64<<10)
 	sum := sha256.Sum256(buf)
 	start := time.Now()
-	next, rounds := time.Second, 0
+	if rounds > 0 {
+		// No clock reads between the progress lines: each would be an exit,
+		// and this case is about a guest that computes without them.
+		fmt.Fprintf(out, "ftvm-guest cpu start rounds=%d\n", rounds)
+		step := max(rounds/10, 1)
+		for done := 1; done <= rounds; done++ {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			copy(buf, sum[:])
+			sum = sha256.Sum256(buf)
+			if done%step == 0 && done != rounds {
+				fmt.Fprintf(out, "ftvm-guest cpu rounds=%d/%d elapsed=%s\n", done, rounds, time.Since(start).Round(time.Millisecond))
+			}
+		}
+		fmt.Fprintf(out, "ftvm-guest cpu done rounds=%d digest=%x elapsed=%s\n", rounds, sum[:8], time.Since(start).Round(time.Millisecond))
+		return nil
+	}
+	next, done := time.Second, 0
 	for time.Since(start) < time.Duration(cfg.Seconds)*time.Second {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		copy(buf, sum[:])
 		sum = sha256.Sum256(buf)
-		rounds++
+		done++
 		if e := time.Since(start); e >= next {
-			fmt.Fprintf(out, "ftvm-guest cpu second=%d rounds=%d digest=%x\n", int(next/time.Second), rounds, sum[:4])
+			fmt.Fprintf(out, "ftvm-guest cpu second=%d rounds=%d digest=%x\n", int(next/time.Second), done, sum[:4])
 			next += time.Second
 		}
 	}
