@@ -45,7 +45,7 @@ func TestParseCmdline(t *testing.T) {
 		t.Fatalf("later parameter must win: %+v %v", cfg, err)
 	}
 	for in, want := range map[string]string{
-		"ftvm.workload=bogus": `ftvm.workload="bogus" is not a known workload (have: cpu, crash, kv, mapreduce-coordinator, mapreduce-worker, memwrite, none, raftkv, rdtscp, sleep, tsc)`,
+		"ftvm.workload=bogus": `ftvm.workload="bogus" is not a known workload (have: cpu, crash, db, kv, mapreduce-coordinator, mapreduce-worker, memwrite, none, raftkv, rdtscp, sleep, tsc)`,
 		"ftvm.seconds=-1":     `ftvm.seconds="-1" is not a non-negative integer`,
 		"ftvm.seconds=x":      `ftvm.seconds="x"`,
 	} {
