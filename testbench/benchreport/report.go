@@ -23,6 +23,7 @@ type Result struct {
 	Case                               string
 	Host                               string
 	SoloSeconds, PairSeconds, Speed    float64
+	SoloRuns                           []float64
 	LogMbps, InputMbps, CheckpointMbps float64
 	Kicks, KicksFound                  uint64
 	KicksUser, KicksKernel             uint64

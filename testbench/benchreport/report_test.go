@@ -48,7 +48,7 @@ func TestParseNamesTheBadLine(t *testing.T) {
 
 func TestMarkdownHasTheTableAndVerdicts(t *testing.T) {
 	rs := []Result{
-		{Case: "cpu", Host: "nested", SoloSeconds: 10, PairSeconds: 40, Speed: 0.25, LogMbps: 2.5, InputMbps: 0.5, CheckpointMbps: 2, Kicks: 200, KicksUser: 150, KicksKernel: 50,
+		{Case: "cpu", Host: "nested", SoloSeconds: 10, SoloRuns: []float64{9, 11}, PairSeconds: 40, Speed: 0.25, LogMbps: 2.5, InputMbps: 0.5, CheckpointMbps: 2, Kicks: 200, KicksUser: 150, KicksKernel: 50,
 			TopKernel: []Symbol{{"clear_page_rep", 30}}, BootSeconds: 12, BootKicks: 9, BootKicksUser: 3, BootTopKernel: []Symbol{{"memset", 7}}},
 		{Case: "kv", SoloEchoP50ms: 1, PairEchoP50ms: 3.5, RTTms: 0.4, FrameHoldP50ms: 2},
 		{Case: "db", SoloSeconds: 20, PairSeconds: 25, Speed: 0.8, Kicks: 10, KicksFound: 10},
@@ -60,7 +60,7 @@ func TestMarkdownHasTheTableAndVerdicts(t *testing.T) {
 	md := b.String()
 	for _, want := range []string{
 		"- Host: nested\n",
-		"| cpu | 10.0 s | 40.0 s | **0.25** | 2.500 | 0.500 | 2.000 | 0.139 | 200 | 0 (0%) | 150 / 50 |",
+		"| cpu | 10.0 s (9.0, 11.0) | 40.0 s | **0.25** | 2.500 | 0.500 | 2.000 | 0.139 | 200 | 0 (0%) | 150 / 50 |",
 		"| p50 | 1.00 ms | 3.50 ms | 2.50 ms |",
 		"- **cpu**, boot: `memset` 7; work: `clear_page_rep` 30.",
 		"| cpu | 12.0 s | 9 (33%) | 200 (75%) |",
@@ -68,11 +68,22 @@ func TestMarkdownHasTheTableAndVerdicts(t *testing.T) {
 		"| cpu: at most 5% of kicks fall back to a checkpoint | 100% of 200 | **no** |",
 		"| disk-heavy guest, speed >= 0.8 (primary and backup on separate vCPUs) | 0.80, one shared vCPU | yes |",
 		"| db: at most 5% of kicks fall back to a checkpoint | 0% of 10 | yes |",
+		"| kv | 0.0 s | 0.0 s | **0.00** |",
 		"![speed: guest alone time over pair time](docs/bench/speed.png)",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("no %q in:\n%s", want, md)
 		}
+	}
+}
+
+func TestMarkdownSaysWhenThereWereNoKicks(t *testing.T) {
+	var b bytes.Buffer
+	if err := Markdown(&b, []Result{{Case: "db", Speed: 0.7}}, "d", "p"); err != nil {
+		t.Fatal(err)
+	}
+	if want := "| db: at most 5% of kicks fall back to a checkpoint | no kicks in the work | yes |"; !strings.Contains(b.String(), want) {
+		t.Fatalf("no %q in:\n%s", want, b.String())
 	}
 }
 
