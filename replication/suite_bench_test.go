@@ -100,6 +100,10 @@ type SuiteResult struct {
 	Kicks, KicksFound, KicksUser, KicksKernel uint64
 	// TopKernel: the kernel functions kicks stopped in most often.
 	TopKernel []SuiteSymbol
+	// ExitsPerSec: the primary's exits (those the log counts) per second
+	// of the work; TopPorts: the port I/O exits by port, boot and work.
+	ExitsPerSec float64
+	TopPorts    []string
 	// The pair's boot, from the primary's start to the guest's ready
 	// line: its time, and its kicks like the work's.
 	BootSeconds              float64
@@ -203,6 +207,7 @@ func runSuiteCase(b *testing.B, name, appendArgs string, work func(*testing.B, *
 	holds, frames = holds[:0], 0 // the boot's frames (DHCP, ARP) are not the work's
 	mu.Unlock()
 	before, kicksBefore := pr.p.Status(), pr.p.KernelKickPoints()
+	exitsBefore := pr.p.VM().Exits()
 	vmlinux := filepath.Join(s.inst.Image, "vmlinux")
 	r.BootSeconds = time.Since(bootStart).Seconds()
 	r.BootKicks, r.BootKicksUser = before.Recorder.Checkpoints, before.Recorder.KicksUser
@@ -227,10 +232,12 @@ func runSuiteCase(b *testing.B, name, appendArgs string, work func(*testing.B, *
 	close(stopSampling)
 	<-sampled
 	after, kicksAfter := pr.p.Status(), pr.p.KernelKickPoints()
+	r.ExitsPerSec = float64(pr.p.VM().Exits()-exitsBefore) / paired.took.Seconds()
 	pr.cancel()
 	if pd := pr.wait(); pd.err != nil {
 		b.Fatalf("primary: %v", pd.err)
 	}
+	r.TopPorts = pr.p.VM().Stats().TopPorts(5) // boot and work: Stats is whole-run
 	if res := <-backup; res.err != nil {
 		b.Fatalf("backup: %v", res.err)
 	}
@@ -269,7 +276,7 @@ func runSuiteCase(b *testing.B, name, appendArgs string, work func(*testing.B, *
 	r.RTTms = float64(after.Log.RTT) / 1e6
 	r.SoloEchoP50ms, r.PairEchoP50ms = float64(alone.p50)/1e6, float64(paired.p50)/1e6
 	r.SoloEchoP99ms, r.PairEchoP99ms = float64(alone.p99)/1e6, float64(paired.p99)/1e6
-	fmt.Printf("suite %s: pair boot %.1f s with %d kicks (user %d), top kernel %v\n", name, r.BootSeconds, r.BootKicks, r.BootKicksUser, r.BootTopKernel)
+	fmt.Printf("suite %s: pair boot %.1f s with %d kicks (user %d), top kernel %v; work: %.0f exits/s, ports %v\n", name, r.BootSeconds, r.BootKicks, r.BootKicksUser, r.BootTopKernel, r.ExitsPerSec, r.TopPorts)
 	fmt.Printf("suite %s: alone %v, pair %v (speed %.2f); log %.3f Mbit/s (inputs %.3f, checkpoints %.3f); kicks %d (user %d, kernel %d), top kernel %v; lag p50 %.0f ms p99 %.0f ms; frame hold p50 %.2f ms vs RTT %.2f ms\n",
 		name, alone.took.Round(time.Millisecond), paired.took.Round(time.Millisecond), r.Speed, r.LogMbps, r.InputMbps, r.CheckpointMbps,
 		r.Kicks, r.KicksUser, r.KicksKernel, r.TopKernel, r.LagP50ms, r.LagP99ms, r.FrameHoldP50ms, r.RTTms)

@@ -61,9 +61,10 @@ func Markdown(w io.Writer, results []Result, when, plotDir string) error {
 	b.WriteString("overdue; the backup cannot find that point, so each one ships a checkpoint. By the guest's mode\n")
 	b.WriteString("at the kick, and the kernel functions it stopped in most (from the image's `vmlinux`):\n\n")
 	fmt.Fprintf(&b, "![kicks by mode](%s/kicks.png)\n\n", plotDir)
-	b.WriteString("| case | pair boot | kicks in the boot (user) | kicks in the work (user) |\n|---|---|---|---|\n")
+	b.WriteString("| case | pair boot | kicks in the boot (user) | kicks in the work (user) | exits/s in the work | port exits (boot and work) |\n|---|---|---|---|---|---|\n")
 	for _, r := range results {
-		fmt.Fprintf(&b, "| %s | %.1f s | %d (%s) | %d (%s) |\n", r.Case, r.BootSeconds, r.BootKicks, percent(r.BootKicksUser, r.BootKicks), r.Kicks, percent(r.KicksUser, r.Kicks))
+		fmt.Fprintf(&b, "| %s | %.1f s | %d (%s) | %d (%s) | %.0f | %s |\n", r.Case, r.BootSeconds, r.BootKicks, percent(r.BootKicksUser, r.BootKicks),
+			r.Kicks, percent(r.KicksUser, r.Kicks), r.ExitsPerSec, strings.Join(r.TopPorts, " "))
 	}
 	b.WriteString("\nThe kernel functions kicks stopped in most:\n\n")
 	for _, r := range results {

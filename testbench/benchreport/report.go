@@ -31,6 +31,8 @@ type Result struct {
 	BootSeconds                        float64
 	BootKicks, BootKicksUser           uint64
 	BootTopKernel                      []Symbol
+	ExitsPerSec                        float64
+	TopPorts                           []string
 	LagP50ms, LagP99ms                 float64
 	FrameHoldP50ms, RTTms              float64
 	SoloEchoP50ms, PairEchoP50ms       float64

@@ -49,7 +49,7 @@ func TestParseNamesTheBadLine(t *testing.T) {
 func TestMarkdownHasTheTableAndVerdicts(t *testing.T) {
 	rs := []Result{
 		{Case: "cpu", Host: "nested", SoloSeconds: 10, SoloRuns: []float64{9, 11}, PairSeconds: 40, Speed: 0.25, LogMbps: 2.5, InputMbps: 0.5, CheckpointMbps: 2, Kicks: 200, KicksUser: 150, KicksKernel: 50,
-			TopKernel: []Symbol{{"clear_page_rep", 30}}, BootSeconds: 12, BootKicks: 9, BootKicksUser: 3, BootTopKernel: []Symbol{{"memset", 7}}},
+			TopKernel: []Symbol{{"clear_page_rep", 30}}, BootSeconds: 12, BootKicks: 9, BootKicksUser: 3, BootTopKernel: []Symbol{{"memset", 7}}, ExitsPerSec: 410, TopPorts: []string{"0x40:99", "0x20:50"}},
 		{Case: "kv", SoloEchoP50ms: 1, PairEchoP50ms: 3.5, RTTms: 0.4, FrameHoldP50ms: 2},
 		{Case: "db", SoloSeconds: 20, PairSeconds: 25, Speed: 0.8, Kicks: 10, KicksFound: 10},
 	}
@@ -63,7 +63,7 @@ func TestMarkdownHasTheTableAndVerdicts(t *testing.T) {
 		"| cpu | 10.0 s (9.0, 11.0) | 40.0 s | **0.25** | 2.500 | 0.500 | 2.000 | 0.139 | 200 | 0 (0%) | 150 / 50 |",
 		"| p50 | 1.00 ms | 3.50 ms | 2.50 ms |",
 		"- **cpu**, boot: `memset` 7; work: `clear_page_rep` 30.",
-		"| cpu | 12.0 s | 9 (33%) | 200 (75%) |",
+		"| cpu | 12.0 s | 9 (33%) | 200 (75%) | 410 | 0x40:99 0x20:50 |",
 		"| CPU-bound guest, log < 1 Mbit/s | 2.500 Mbit/s | **no** |",
 		"| cpu: at most 5% of kicks fall back to a checkpoint | 100% of 200 | **no** |",
 		"| disk-heavy guest, speed >= 0.8 (primary and backup on separate vCPUs) | 0.80, one shared vCPU | yes |",
