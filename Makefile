@@ -18,10 +18,9 @@ demo: ftctl
 # The FT demos on the distributed guest workloads, each a nested-host Go
 # test that boots its guests, prints a table of the kill with ftvm beside
 # the same kill without, and fails if a check does not hold (see
-# images/workloads/guests). Each boots four guests, one a pair: about 4
-# (MapReduce) and 15 (Raft) minutes in the nested host. Not in make test:
-# each passed once and failed once (README). DEMO_SCALE multiplies their
-# minimum work.
+# images/workloads/guests). Each boots four guests, one a pair: about 4.5
+# minutes each in the nested host; make test runs both at their minimum
+# work. DEMO_SCALE multiplies it.
 # Raft: three raftkv replicas, the leader an ftvm pair, under three
 # clients; its primary is killed (no election, no client error), then the
 # leader's VM dies unprotected (an election, the clients' downtime).

@@ -27,13 +27,24 @@ fi
 # host's software CPU keeps one core busy, and on a two-core machine a
 # single stream leaves the other core idle (the suite took ~50 minutes that
 # way here, 80 on CI). Stream A is most of ./replication, the longest
-# package (~35 minutes); stream B is the fuzz tests, every other package
-# and the rest of ./replication. Within a stream, -p 1: two nested hosts
-# on one core only slow each other down and time out.
+# package (~35 minutes), and the Raft FT demo; stream B is the fuzz tests,
+# every other package, the rest of ./replication and the MapReduce FT demo.
+# Within a stream, -p 1: two nested hosts on one core only slow each other
+# down and time out.
 moved='^TestKillPrimaryBackupGoesLive$' # ./replication's tests stream B runs
 gotest=(go test -race -count=1 -p 1 -timeout 60m)
+# The FT demos (make demo-raft, make demo-mapreduce) at their minimum work,
+# without the race detector: each tests the whole system end to end (the
+# packages under them ran with it), boots four guests, one of them a pair,
+# and takes about 4.5 minutes here. One in each stream.
+demo() {
+  FTVM_DEMOS=1 go test -count=1 -p 1 -timeout 30m -v -run "^$1\$" ./images/workloads/guests/
+}
 stream_a() {
-  "${gotest[@]}" -skip "$moved" ./replication/
+  local rc=0
+  "${gotest[@]}" -skip "$moved" ./replication/ || rc=1
+  demo TestRaftDemo || rc=1
+  return "$rc"
 }
 # A failing step does not stop the stream: every failure shows in one run.
 stream_b() {
@@ -41,8 +52,7 @@ stream_b() {
   scripts/fuzz.sh 5 || rc=1 # every fuzz test in turn, 5 s each: 33 of them at 10 s took over 6 min here
   "${gotest[@]}" $(go list ./... | grep -v '/replication$') || rc=1
   "${gotest[@]}" -run "$moved" ./replication/ || rc=1
-  # The FT demos (make demo-raft, demo-mapreduce) are not here: a CI-style
-  # run of each failed once (README, "The FT demos").
+  demo TestMapReduceDemo || rc=1
   return "$rc"
 }
 rm -f /tmp/ftvm-test-a.log /tmp/ftvm-test-b.log
