@@ -30,17 +30,22 @@ const (
 	suiteDBTxns    = 300  // fsync'd transactions, ~400 hash rounds each
 )
 
-// suiteCases are the guests of BenchmarkSuite: a CPU-bound one, the kv
-// server under the standard client load, and a disk-heavy database.
-var suiteCases = []struct {
+// suiteCase is one guest of BenchmarkSuite.
+type suiteCase struct {
 	name, append string
 	// work runs the case's fixed work on a VM whose guest printed its
 	// ready line, and says what the host saw.
 	work func(b *testing.B, s *pairSetup, console *guesttest.Console, stopped <-chan error) suiteWork
-}{
-	{"cpu", fmt.Sprintf("ftvm.workload=cpu ftvm.rounds=%d", suiteCPURounds), consoleWork("cpu")},
-	{"kv", "ftvm.workload=kv ftvm.port=7000", kvWork},
-	{"db", fmt.Sprintf("ftvm.workload=db ftvm.txns=%d", suiteDBTxns), consoleWork("db")},
+}
+
+// suiteCases are the guests of BenchmarkSuite: a CPU-bound one, the kv
+// server under the standard client load, and a disk-heavy database.
+func suiteCases() []suiteCase {
+	return []suiteCase{
+		{"cpu", fmt.Sprintf("ftvm.workload=cpu ftvm.rounds=%d", suiteCPURounds), consoleWork("cpu")},
+		{"kv", "ftvm.workload=kv ftvm.port=7000", kvWork},
+		{"db", fmt.Sprintf("ftvm.workload=db ftvm.txns=%d", suiteDBTxns), consoleWork("db")},
+	}
 }
 
 // suiteWork is one run of a case's work as the host saw it.
@@ -147,7 +152,7 @@ func BenchmarkSuite(b *testing.B) {
 	}
 	host := suiteHostKind()
 	for range b.N {
-		for _, c := range suiteCases {
+		for _, c := range suiteCases() {
 			r := runSuiteCase(b, c.name, c.append, c.work)
 			r.Host = host
 			at := "@" + c.name
