@@ -130,7 +130,16 @@ type Switch struct {
 	mu      sync.Mutex
 	serving bool
 	nextID  int
+
+	// up is closed once Serve listens with every forward exposed.
+	up     chan struct{}
+	upOnce sync.Once
 }
+
+// Up returns a channel that is closed once Serve listens on its socket with
+// every forward exposed: a client that dials a forward before then finds
+// nothing listening (Serve creates the socket first, then the forwards).
+func (s *Switch) Up() <-chan struct{} { return s.up }
 
 // NewSwitch validates cfg and builds the network. Forwards are not listened
 // on until Serve. Because gvisor-tap-vsock cannot stop its DHCP and DNS
@@ -165,7 +174,7 @@ func NewSwitch(cfg SwitchConfig) (*Switch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create virtual network %s: %w", c.Subnet, err)
 	}
-	return &Switch{cfg: c, vn: vn, services: vn.ServicesMux(), log: c.Logger}, nil
+	return &Switch{cfg: c, vn: vn, services: vn.ServicesMux(), log: c.Logger, up: make(chan struct{})}, nil
 }
 
 // withDefaults fills in defaults and checks that every address fits the
@@ -340,6 +349,7 @@ func (s *Switch) Serve(ctx context.Context, socketPath string) error {
 		return err
 	}
 	s.log.Info("network: switch listening", "socket", socketPath, "subnet", s.cfg.Subnet, "gateway", s.cfg.GatewayIP)
+	s.upOnce.Do(func() { close(s.up) })
 
 	// Ports run under a context that also ends when Serve returns for any
 	// other reason, so the wait below cannot hang on a live VMM.

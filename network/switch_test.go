@@ -53,22 +53,16 @@ func runSwitch(t *testing.T, cfg SwitchConfig) (*Switch, string, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- sw.Serve(ctx, sock) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		select {
-		case err := <-served:
-			cancel()
-			t.Fatalf("Serve returned early: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatal("switch socket never appeared")
-		}
-		time.Sleep(5 * time.Millisecond)
+	// Up, not the socket file: the forwards are exposed after the socket
+	// appears, and a test that dialed one in between was refused.
+	select {
+	case <-sw.Up():
+	case err := <-served:
+		cancel()
+		t.Fatalf("Serve returned early: %v", err)
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatal("switch never came up")
 	}
 	stopped := false
 	stop := func() {

@@ -10,7 +10,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -113,16 +112,18 @@ func StartSwitch(t testing.TB, cfg network.SwitchConfig) string {
 	sock := filepath.Join(t.TempDir(), "net.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	go func() { _ = sw.Serve(ctx, sock) }()
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			return sock
-		}
-		if i > 200 {
-			t.Fatal("switch socket never appeared")
-		}
-		time.Sleep(50 * time.Millisecond)
+	served := make(chan error, 1)
+	go func() { served <- sw.Serve(ctx, sock) }()
+	// Up, not the socket file: the forwards are exposed after the socket.
+	select {
+	case <-sw.Up():
+		return sock
+	case err := <-served:
+		t.Fatalf("switch stopped before it came up: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("switch never came up")
 	}
+	return ""
 }
 
 // FreeAddr returns a loopback TCP address nobody listens on.
