@@ -237,29 +237,20 @@ func BenchmarkKVWithFT(b *testing.B) {
 	s := newPairSetup(b)
 
 	// Alone: the same machine, no replication.
-	plain := s.inst
-	plain.Console = guesttest.NewConsole()
-	inst, err := instance.New(context.Background(), plain)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan error, 1)
-	go func() { _, err := inst.Run(ctx); stopped <- err }()
-	plain.Console.(*guesttest.Console).WaitFor(b, "ftvm-guest ready", stopped, 5*time.Minute)
-	conn, r := guesttest.DialKV(b, s.fwd)
-	alone := guesttest.RunKVLoad(b, conn, r)
-	conn.Close()
-	cancel()
-	<-stopped
-	inst.Close()
+	var alone guesttest.KVLoad
+	runAlone(b, s, func(b *testing.B, s *pairSetup, _ *guesttest.Console, _ <-chan error) suiteWork {
+		conn, r := guesttest.DialKV(b, s.fwd)
+		defer conn.Close()
+		alone = guesttest.RunKVLoad(b, conn, r)
+		return suiteWork{}
+	})
 
 	// As a primary.
 	bctx, bcancel := context.WithCancel(context.Background())
 	defer bcancel()
 	backup := s.startBackup(b, bctx, pairLog)
 	pr := s.startPrimary(b, replication.PrimaryConfig{})
-	conn, r = guesttest.DialKV(b, s.fwd)
+	conn, r := guesttest.DialKV(b, s.fwd)
 	var ft guesttest.KVLoad
 	b.ResetTimer()
 	w := window(pr.p, 0, func(<-chan struct{}) { ft = guesttest.RunKVLoad(b, conn, r) })

@@ -187,9 +187,8 @@ func runSuiteCase(b *testing.B, name, appendArgs string, work func(*testing.B, *
 
 	// As a pair.
 	var (
-		mu     sync.Mutex
-		holds  []time.Duration
-		frames uint64
+		mu    sync.Mutex
+		holds []time.Duration
 	)
 	bctx, bcancel := context.WithCancel(context.Background())
 	defer bcancel()
@@ -199,7 +198,6 @@ func runSuiteCase(b *testing.B, name, appendArgs string, work func(*testing.B, *
 		if rel.Kind == replication.OutputFrame {
 			mu.Lock()
 			holds = append(holds, rel.Released.Sub(rel.Produced))
-			frames++
 			mu.Unlock()
 		}
 	}})
@@ -209,7 +207,7 @@ func runSuiteCase(b *testing.B, name, appendArgs string, work func(*testing.B, *
 		pstopped <- fmt.Errorf("the primary stopped: %v %v", pr.result.res, pr.result.err)
 	}()
 	mu.Lock()
-	holds, frames = holds[:0], 0 // the boot's frames (DHCP, ARP) are not the work's
+	holds = holds[:0] // the boot's frames (DHCP, ARP) are not the work's
 	mu.Unlock()
 	before, kicksBefore := pr.p.Status(), pr.p.KernelKickPoints()
 	exitsBefore := pr.p.VM().Exits()
@@ -275,7 +273,7 @@ func runSuiteCase(b *testing.B, name, appendArgs string, work func(*testing.B, *
 	r.TopKernel = topKernelSymbols(b, vmlinux, kicksBefore, kicksAfter, 8)
 	r.LagP50ms, r.LagP99ms = quantileMs(lags, 50), quantileMs(lags, 99)
 	mu.Lock()
-	r.Frames = frames
+	r.Frames = uint64(len(holds))
 	r.FrameHoldP50ms = quantileMs(holds, 50)
 	mu.Unlock()
 	r.RTTms = float64(after.Log.RTT) / 1e6
